@@ -1,0 +1,213 @@
+//! Command-line parsing, by hand: the bench takes a handful of flags and a bad one must
+//! be reported on one line (clap prints a multi-line usage block).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::BenchError;
+use crate::pools::PoolKind;
+use crate::scenario::Scenario;
+
+/// Usage text printed by `--help`.
+pub const USAGE: &str = "\
+usage: queuepool-bench core [--json FILE] [--reps N] [--secs S] [--warmup S]
+                            [--pool NAME[,NAME..]] [--scenario NAME[,NAME..]]
+
+  --json FILE     also write the results as JSON to FILE (atomically: temp file + rename)
+  --reps N        repetitions per (scenario, pool), interleaved; median reported (default 3)
+  --secs S        measured duration of one repetition, seconds (default 2)
+  --warmup S      warm-up before each repetition, seconds (default 0.5)
+  --pool LIST     pools to run: queuepool, deadpool, bb8 (default all)
+  --scenario LIST scenarios to run: 1-task, 64-tasks-pool-8, 8-tasks-pool-8 (default all)";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct CoreArgs {
+    /// Where to write the JSON report, if anywhere.
+    pub json: Option<PathBuf>,
+    /// Repetitions of each (scenario, pool) measurement.
+    pub reps: usize,
+    /// Measured duration of one repetition.
+    pub secs: Duration,
+    /// Warm-up before each repetition.
+    pub warmup: Duration,
+    /// Pools to compare, in the interleaving order.
+    pub pools: Vec<PoolKind>,
+    /// Scenarios to run.
+    pub scenarios: Vec<Scenario>,
+}
+
+/// The parsed command line.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// `core`: the core pool benchmark.
+    Core(CoreArgs),
+    /// `--help` / `-h` / `help`.
+    Help,
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, BenchError> {
+    let mut args = args.into_iter();
+    match args.next().as_deref() {
+        Some("core") => parse_core(args).map(Command::Core),
+        Some("-h" | "--help" | "help") => Ok(Command::Help),
+        Some(other) => Err(BenchError::Args(format!(
+            "unknown subcommand `{other}` (expected `core`; try --help)"
+        ))),
+        None => Err(BenchError::Args(
+            "missing subcommand (expected `core`; try --help)".to_owned(),
+        )),
+    }
+}
+
+fn parse_core(mut args: impl Iterator<Item = String>) -> Result<CoreArgs, BenchError> {
+    let mut out = CoreArgs {
+        json: None,
+        reps: 3,
+        secs: Duration::from_secs(2),
+        warmup: Duration::from_millis(500),
+        pools: PoolKind::ALL.to_vec(),
+        scenarios: Scenario::ALL.to_vec(),
+    };
+    while let Some(arg) = args.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        if flag == "-h" || flag == "--help" {
+            return Err(BenchError::Help);
+        }
+        let known = [
+            "--json",
+            "--reps",
+            "--secs",
+            "--warmup",
+            "--pool",
+            "--scenario",
+        ];
+        if !known.contains(&flag.as_str()) {
+            return Err(BenchError::Args(format!(
+                "unknown argument `{arg}` (try --help)"
+            )));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => args
+                .next()
+                .ok_or_else(|| BenchError::Args(format!("`{flag}` needs a value")))?,
+        };
+        match flag.as_str() {
+            "--json" => {
+                if value.is_empty() {
+                    return Err(BenchError::Args("`--json` needs a file name".to_owned()));
+                }
+                out.json = Some(PathBuf::from(value));
+            }
+            "--reps" => {
+                out.reps = match value.parse::<usize>() {
+                    Ok(n) if (1..=100).contains(&n) => n,
+                    _ => {
+                        return Err(BenchError::Args(format!(
+                            "`--reps {value}`: expected an integer from 1 to 100"
+                        )));
+                    }
+                }
+            }
+            "--secs" => out.secs = parse_secs(&flag, &value, 0.01)?,
+            "--warmup" => out.warmup = parse_secs(&flag, &value, 0.0)?,
+            "--pool" => out.pools = parse_list(&flag, &value, PoolKind::parse)?,
+            "--scenario" => out.scenarios = parse_list(&flag, &value, Scenario::parse)?,
+            _ => unreachable!("flag checked against `known` above"),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_secs(flag: &str, value: &str, min: f64) -> Result<Duration, BenchError> {
+    const MAX: f64 = 600.0;
+    match value.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= min && s <= MAX => Ok(Duration::from_secs_f64(s)),
+        _ => Err(BenchError::Args(format!(
+            "`{flag} {value}`: expected seconds from {min} to {MAX}"
+        ))),
+    }
+}
+
+fn parse_list<T: PartialEq>(
+    flag: &str,
+    value: &str,
+    parse_one: fn(&str) -> Option<T>,
+) -> Result<Vec<T>, BenchError> {
+    let mut out = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        let item = parse_one(name).ok_or_else(|| {
+            BenchError::Args(format!("`{flag}`: unknown name `{name}` (try --help)"))
+        })?;
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(args: &[&str]) -> Result<CoreArgs, BenchError> {
+        let all = std::iter::once("core")
+            .chain(args.iter().copied())
+            .map(str::to_owned);
+        match parse(all)? {
+            Command::Core(c) => Ok(c),
+            Command::Help => panic!("unexpected help"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_three_reps_of_two_seconds_for_all_pools() {
+        let c = core(&[]).unwrap();
+        assert_eq!(c.reps, 3);
+        assert_eq!(c.secs, Duration::from_secs(2));
+        assert_eq!(c.pools, PoolKind::ALL.to_vec());
+        assert_eq!(c.scenarios, Scenario::ALL.to_vec());
+        assert!(c.json.is_none());
+    }
+
+    #[test]
+    fn flags_accept_separate_and_inline_values() {
+        let c = core(&["--json", "out.json", "--reps=5", "--secs", "0.5"]).unwrap();
+        assert_eq!(c.json, Some(PathBuf::from("out.json")));
+        assert_eq!(c.reps, 5);
+        assert_eq!(c.secs, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn pool_and_scenario_lists_are_parsed_and_deduplicated() {
+        let c = core(&["--pool", "bb8,queuepool,bb8", "--scenario", "1-task"]).unwrap();
+        assert_eq!(c.pools, vec![PoolKind::Bb8, PoolKind::Queuepool]);
+        assert_eq!(c.scenarios, vec![Scenario::Single]);
+    }
+
+    #[test]
+    fn bad_arguments_are_one_line_errors() {
+        for bad in [
+            vec!["--reps", "0"],
+            vec!["--reps", "x"],
+            vec!["--secs", "-1"],
+            vec!["--secs", "nan"],
+            vec!["--json"],
+            vec!["--frobnicate"],
+            vec!["--pool", "r2d2"],
+        ] {
+            let err = core(&bad).unwrap_err().to_string();
+            assert!(!err.contains('\n'), "{bad:?}: {err}");
+            assert!(!err.is_empty(), "{bad:?}");
+        }
+        let err = parse(vec!["bogus".to_owned()]).unwrap_err().to_string();
+        assert!(err.contains("unknown subcommand"), "{err}");
+        assert!(parse(Vec::<String>::new()).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! The three pools under test, each behind the same tiny [`BenchPool`] interface, with
+//! the same no-op manager: `connect` returns a unit struct, every check and reset does
+//! nothing. What is left is the pool's own bookkeeping, which is what we measure.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::error::BenchError;
+
+/// The connection every manager hands out: nothing at all.
+#[derive(Debug)]
+pub struct NoopConn;
+
+/// A pool as the benchmark sees it: check a connection out; dropping the guard returns it.
+pub trait BenchPool: Clone + Send + Sync + 'static {
+    /// The pool's guard; dropping it returns the connection.
+    type Guard<'a>: Send
+    where
+        Self: 'a;
+    /// Checks a connection out (the timed operation).
+    fn checkout(&self) -> impl Future<Output = Result<Self::Guard<'_>, BenchError>> + Send;
+}
+
+/// Which pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// This project's pool.
+    Queuepool,
+    /// deadpool 0.12, `managed`.
+    Deadpool,
+    /// bb8 0.9.
+    Bb8,
+}
+
+impl PoolKind {
+    /// All pools, in the order they are interleaved and printed.
+    pub const ALL: [PoolKind; 3] = [PoolKind::Queuepool, PoolKind::Deadpool, PoolKind::Bb8];
+
+    /// The name used in the table, the JSON (`pool` key) and `--pool`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Queuepool => "queuepool",
+            PoolKind::Deadpool => "deadpool",
+            PoolKind::Bb8 => "bb8",
+        }
+    }
+
+    /// Parses a `--pool` name.
+    pub fn parse(name: &str) -> Option<PoolKind> {
+        PoolKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// No pool in this benchmark ever waits out a timeout: the peers have none (deadpool)
+/// or a large default (bb8, 30 s); queuepool requires one, so it gets its maximum.
+const NEVER: Duration = Duration::from_secs(24 * 3600);
+
+fn pool_error(pool: PoolKind, err: impl std::fmt::Display) -> BenchError {
+    BenchError::Pool {
+        pool: pool.name(),
+        message: err.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------- queuepool
+
+/// queuepool's no-op manager. `needs_reset` keeps its default (`true`): the reset hook
+/// runs on every return, the counterpart of deadpool's `recycle` on every checkout and
+/// bb8's `is_valid` (`test_on_check_out`, on by default).
+#[derive(Debug)]
+pub struct QueuepoolNoop;
+
+impl queuepool::Manager for QueuepoolNoop {
+    type Connection = NoopConn;
+    type Error = Infallible;
+
+    fn connect(&self) -> impl Future<Output = Result<NoopConn, Infallible>> + Send {
+        async { Ok(NoopConn) }
+    }
+
+    fn is_valid(&self, _: &mut NoopConn) -> impl Future<Output = Result<(), Infallible>> + Send {
+        async { Ok(()) }
+    }
+
+    fn reset(&self, _: &mut NoopConn) -> impl Future<Output = Result<(), Infallible>> + Send {
+        async { Ok(()) }
+    }
+
+    fn is_disconnect(&self, _: &Infallible) -> bool {
+        false
+    }
+}
+
+/// Builds a queuepool of `size` connections, no overflow, with every other option at its
+/// default (pre_ping on: connections used within the last second are not pinged;
+/// reset-on-return rollback; FIFO; prefill).
+pub async fn queuepool(size: u32) -> Result<queuepool::Pool<QueuepoolNoop>, BenchError> {
+    let config = queuepool::PoolConfig::builder()
+        .pool_size(size)
+        .max_overflow(0)
+        .pool_timeout(NEVER)
+        .name("bench")
+        .build()
+        .map_err(|e| pool_error(PoolKind::Queuepool, e))?;
+    queuepool::Pool::new(QueuepoolNoop, config)
+        .await
+        .map_err(|e| pool_error(PoolKind::Queuepool, e))
+}
+
+impl BenchPool for queuepool::Pool<QueuepoolNoop> {
+    type Guard<'a> = queuepool::PooledConn<QueuepoolNoop>;
+
+    #[inline]
+    fn checkout(&self) -> impl Future<Output = Result<Self::Guard<'_>, BenchError>> + Send {
+        async move {
+            self.get()
+                .await
+                .map_err(|e| pool_error(PoolKind::Queuepool, e))
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------- deadpool
+
+/// deadpool's no-op manager: `recycle` (run on every checkout) does nothing.
+#[derive(Debug)]
+pub struct DeadpoolNoop;
+
+impl deadpool::managed::Manager for DeadpoolNoop {
+    type Type = NoopConn;
+    type Error = Infallible;
+
+    fn create(&self) -> impl Future<Output = Result<NoopConn, Infallible>> + Send {
+        async { Ok(NoopConn) }
+    }
+
+    fn recycle(
+        &self,
+        _: &mut NoopConn,
+        _: &deadpool::managed::Metrics,
+    ) -> impl Future<Output = deadpool::managed::RecycleResult<Infallible>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Builds a deadpool of `size` objects (defaults: no timeouts, FIFO) and fills it.
+pub async fn deadpool(size: u32) -> Result<deadpool::managed::Pool<DeadpoolNoop>, BenchError> {
+    let pool = deadpool::managed::Pool::builder(DeadpoolNoop)
+        .max_size(size as usize)
+        .build()
+        .map_err(|e| pool_error(PoolKind::Deadpool, e))?;
+    prefill(&pool, size).await?;
+    Ok(pool)
+}
+
+impl BenchPool for deadpool::managed::Pool<DeadpoolNoop> {
+    type Guard<'a> = deadpool::managed::Object<DeadpoolNoop>;
+
+    #[inline]
+    fn checkout(&self) -> impl Future<Output = Result<Self::Guard<'_>, BenchError>> + Send {
+        async move {
+            self.get()
+                .await
+                .map_err(|e| pool_error(PoolKind::Deadpool, format!("{e:?}")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------- bb8
+
+/// bb8's no-op manager: `is_valid` (run on every checkout by default) does nothing.
+#[derive(Debug)]
+pub struct Bb8Noop;
+
+impl bb8::ManageConnection for Bb8Noop {
+    type Connection = NoopConn;
+    type Error = Infallible;
+
+    fn connect(&self) -> impl Future<Output = Result<NoopConn, Infallible>> + Send {
+        async { Ok(NoopConn) }
+    }
+
+    fn is_valid(&self, _: &mut NoopConn) -> impl Future<Output = Result<(), Infallible>> + Send {
+        async { Ok(()) }
+    }
+
+    fn has_broken(&self, _: &mut NoopConn) -> bool {
+        false
+    }
+}
+
+/// Builds a bb8 pool of `size` connections, `min_idle = size` (its prefill), other
+/// options at their defaults (FIFO, test_on_check_out, 30 s connection timeout).
+pub async fn bb8(size: u32) -> Result<bb8::Pool<Bb8Noop>, BenchError> {
+    let pool = bb8::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(size))
+        .build(Bb8Noop)
+        .await
+        .map_err(|e| pool_error(PoolKind::Bb8, format!("{e:?}")))?;
+    prefill(&pool, size).await?;
+    Ok(pool)
+}
+
+impl BenchPool for bb8::Pool<Bb8Noop> {
+    type Guard<'a> = bb8::PooledConnection<'a, Bb8Noop>;
+
+    #[inline]
+    fn checkout(&self) -> impl Future<Output = Result<Self::Guard<'_>, BenchError>> + Send {
+        async move { self.get().await.map_err(|e| pool_error(PoolKind::Bb8, e)) }
+    }
+}
+
+/// Opens `size` connections by holding `size` checkouts at once, so every pool starts
+/// full, like queuepool's prefill.
+pub async fn prefill<P: BenchPool>(pool: &P, size: u32) -> Result<(), BenchError> {
+    let mut held = Vec::with_capacity(size as usize);
+    for _ in 0..size {
+        held.push(pool.checkout().await?);
+    }
+    drop(held);
+    Ok(())
+}
