@@ -1,0 +1,431 @@
+//! Pool configuration: [`PoolConfig`], its validating [`ConfigBuilder`] and [`Preset`]s.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// How many connections may be opened above `pool_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// At most this many extra connections.
+    Limited(u32),
+    /// No limit (SQLAlchemy's `max_overflow=-1`): checkouts never wait.
+    Unlimited,
+}
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Overflow::Limited(n) => write!(f, "{n}"),
+            Overflow::Unlimited => f.write_str("-1"),
+        }
+    }
+}
+
+/// Which idle connection a checkout takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Oldest returned first: rotates through every connection (SQLAlchemy's default).
+    #[default]
+    Fifo,
+    /// Most recently returned first: keeps the hottest connection warm and lets the
+    /// others age out as overflow.
+    Lifo,
+}
+
+/// What happens to a connection when it is returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetOnReturn {
+    /// Run [`Manager::reset`](crate::Manager::reset) (a rollback) before reuse.
+    #[default]
+    Rollback,
+    /// Reuse as it is. Only safe when every borrower commits or rolls back itself.
+    None,
+}
+
+/// The tutorial's presets. Every value can still be overridden on the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// `pool_size` 5, `max_overflow` 10, `pool_timeout` 30 s, `pool_recycle` 30 min.
+    Dev,
+    /// `pool_size` 10, `max_overflow` 20, `pool_timeout` 30 s, `pool_recycle` 30 min.
+    ProdLow,
+    /// `pool_size` 20, `max_overflow` 20, `pool_timeout` 60 s, `pool_recycle` 30 min.
+    HighLoad,
+}
+
+impl Preset {
+    /// Every preset, in order of size.
+    pub const ALL: [Preset; 3] = [Preset::Dev, Preset::ProdLow, Preset::HighLoad];
+
+    /// The preset's name as written in configuration (`dev`, `prod-low`, `high-load`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Dev => "dev",
+            Preset::ProdLow => "prod-low",
+            Preset::HighLoad => "high-load",
+        }
+    }
+
+    /// `(pool_size, max_overflow, pool_timeout)` of the preset; `pool_recycle` is 30 min.
+    pub fn sizes(self) -> (u32, u32, Duration) {
+        match self {
+            Preset::Dev => (5, 10, Duration::from_secs(30)),
+            Preset::ProdLow => (10, 20, Duration::from_secs(30)),
+            Preset::HighLoad => (20, 20, Duration::from_secs(60)),
+        }
+    }
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Preset {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| ConfigError::UnknownPreset(s.to_owned()))
+    }
+}
+
+/// A validated pool configuration. Build one with [`PoolConfig::builder`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Connections kept open and reused.
+    pub pool_size: u32,
+    /// Extra connections allowed above `pool_size` under load.
+    pub max_overflow: Overflow,
+    /// How long a checkout waits when the limit is reached.
+    pub pool_timeout: Duration,
+    /// Maximum lifetime of a connection (±2.5 % jitter); `None` keeps connections forever.
+    pub pool_recycle: Option<Duration>,
+    /// Validate a connection before lending it, unless it was used within the last second.
+    pub pre_ping: bool,
+    /// What to do with a returned connection before it is reused.
+    pub reset_on_return: ResetOnReturn,
+    /// Which idle connection is lent first.
+    pub order: Order,
+    /// An overflow connection idle this long is closed (zero: closed on return).
+    pub overflow_idle: Duration,
+    /// Open `pool_size` connections when the pool is built.
+    pub prefill: bool,
+    /// Bound on one connection attempt (and on one ping or reset).
+    pub connect_timeout: Duration,
+    /// Connection attempts in flight at once.
+    pub max_connecting: u32,
+    /// Warn when a connection is held longer than this.
+    pub leak_threshold: Option<Duration>,
+    /// Name of the pool in logs and metric labels.
+    pub name: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        let (pool_size, max_overflow, pool_timeout) = Preset::Dev.sizes();
+        PoolConfig {
+            pool_size,
+            max_overflow: Overflow::Limited(max_overflow),
+            pool_timeout,
+            pool_recycle: Some(DEFAULT_RECYCLE),
+            pre_ping: true,
+            reset_on_return: ResetOnReturn::Rollback,
+            order: Order::Fifo,
+            overflow_idle: Duration::from_secs(10),
+            prefill: true,
+            connect_timeout: Duration::from_secs(10),
+            max_connecting: 2,
+            leak_threshold: None,
+            name: "default".to_owned(),
+        }
+    }
+}
+
+const DEFAULT_RECYCLE: Duration = Duration::from_secs(30 * 60);
+/// Upper bound for `pool_size` and a limited `max_overflow`: far above what any
+/// database accepts, low enough to catch a typo.
+pub const MAX_POOL_SIZE: u32 = 10_000;
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+impl PoolConfig {
+    /// A builder starting from the defaults (the `dev` preset).
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: PoolConfig::default(),
+        }
+    }
+
+    /// The configuration of a preset, with every other option at its default.
+    pub fn preset(preset: Preset) -> PoolConfig {
+        let mut config = PoolConfig::default();
+        config.apply_preset(preset);
+        config
+    }
+
+    fn apply_preset(&mut self, preset: Preset) {
+        let (size, overflow, timeout) = preset.sizes();
+        self.pool_size = size;
+        self.max_overflow = Overflow::Limited(overflow);
+        self.pool_timeout = timeout;
+        self.pool_recycle = Some(DEFAULT_RECYCLE);
+    }
+
+    /// `pool_size + max_overflow`, the most connections open at once.
+    pub fn max_connections(&self) -> usize {
+        match self.max_overflow {
+            Overflow::Limited(n) => self.pool_size as usize + n as usize,
+            Overflow::Unlimited => usize::MAX,
+        }
+    }
+
+    /// Checks every bound; the error names the field and its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, value: String, allowed: &'static str| {
+            Err(ConfigError::Invalid {
+                field,
+                value,
+                allowed,
+            })
+        };
+        if self.pool_size > MAX_POOL_SIZE {
+            return invalid("pool_size", self.pool_size.to_string(), "0..=10000");
+        }
+        match self.max_overflow {
+            Overflow::Limited(n) if n > MAX_POOL_SIZE => {
+                return invalid("max_overflow", n.to_string(), "0..=10000 or unlimited");
+            }
+            Overflow::Limited(0) if self.pool_size == 0 => {
+                return invalid(
+                    "pool_size",
+                    "0 with max_overflow 0".to_owned(),
+                    "pool_size + max_overflow >= 1",
+                );
+            }
+            _ => {}
+        }
+        for (field, value) in [
+            ("pool_timeout", self.pool_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if value.is_zero() || value > MAX_DURATION {
+                return invalid(
+                    field,
+                    format!("{value:?}"),
+                    "greater than 0 and at most 24 h",
+                );
+            }
+        }
+        if let Some(recycle) = self.pool_recycle
+            && (recycle < Duration::from_secs(1) || recycle > 30 * MAX_DURATION)
+        {
+            return invalid(
+                "pool_recycle",
+                format!("{recycle:?}"),
+                "1 s to 30 days, or none",
+            );
+        }
+        if self.overflow_idle > MAX_DURATION {
+            return invalid(
+                "overflow_idle",
+                format!("{:?}", self.overflow_idle),
+                "0 to 24 h",
+            );
+        }
+        if self.max_connecting == 0 || self.max_connecting > 1000 {
+            return invalid(
+                "max_connecting",
+                self.max_connecting.to_string(),
+                "1..=1000",
+            );
+        }
+        if let Some(leak) = self.leak_threshold
+            && (leak < Duration::from_millis(10) || leak > MAX_DURATION)
+        {
+            return invalid(
+                "leak_threshold",
+                format!("{leak:?}"),
+                "10 ms to 24 h, or none",
+            );
+        }
+        if self.name.is_empty() || self.name.len() > 64 {
+            return invalid("name", self.name.clone(), "1 to 64 characters");
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`PoolConfig`]; [`ConfigBuilder::build`] validates every field.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    config: PoolConfig,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => |$c:ident, $v:ident| $body:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $v: $ty) -> Self {
+                let $c = &mut self.config;
+                $body;
+                self
+            }
+        )*
+    };
+}
+
+impl ConfigBuilder {
+    /// Starts from a preset's sizes. Call it first: later setters override it.
+    pub fn preset(mut self, preset: Preset) -> Self {
+        self.config.apply_preset(preset);
+        self
+    }
+
+    setters! {
+        /// Connections kept open and reused (default 5).
+        pool_size: u32 => |c, v| c.pool_size = v;
+        /// Extra connections allowed above `pool_size` (default 10).
+        max_overflow: u32 => |c, v| c.max_overflow = Overflow::Limited(v);
+        /// How long a checkout waits at the limit (default 30 s).
+        pool_timeout: Duration => |c, v| c.pool_timeout = v;
+        /// Maximum connection lifetime, ±2.5 % jitter (default 30 min; `None`: forever).
+        pool_recycle: Option<Duration> => |c, v| c.pool_recycle = v;
+        /// Validate idle connections before lending them (default on).
+        pre_ping: bool => |c, v| c.pre_ping = v;
+        /// Reset a connection when it is returned (default rollback).
+        reset_on_return: ResetOnReturn => |c, v| c.reset_on_return = v;
+        /// FIFO or LIFO lending of idle connections (default FIFO).
+        order: Order => |c, v| c.order = v;
+        /// Close overflow connections idle this long (default 10 s, zero: on return).
+        overflow_idle: Duration => |c, v| c.overflow_idle = v;
+        /// Open `pool_size` connections when the pool is built (default on).
+        prefill: bool => |c, v| c.prefill = v;
+        /// Bound on one connection attempt (default 10 s).
+        connect_timeout: Duration => |c, v| c.connect_timeout = v;
+        /// Connection attempts in flight at once (default 2).
+        max_connecting: u32 => |c, v| c.max_connecting = v;
+        /// Warn when a connection is held longer than this (default off).
+        leak_threshold: Option<Duration> => |c, v| c.leak_threshold = v;
+    }
+
+    /// No limit on overflow connections.
+    pub fn unlimited_overflow(mut self) -> Self {
+        self.config.max_overflow = Overflow::Unlimited;
+        self
+    }
+
+    /// Name of the pool in logs and metric labels (default `default`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<PoolConfig, ConfigError> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_tutorials_dev_preset() {
+        let c = PoolConfig::builder().build().unwrap();
+        assert_eq!(c.pool_size, 5);
+        assert_eq!(c.max_overflow, Overflow::Limited(10));
+        assert_eq!(c.pool_timeout, Duration::from_secs(30));
+        assert_eq!(c.pool_recycle, Some(Duration::from_secs(1800)));
+        assert!(c.pre_ping && c.prefill);
+        assert_eq!(c.max_connections(), 15);
+    }
+
+    #[test]
+    fn presets_match_the_tutorials_table() {
+        let p = PoolConfig::builder()
+            .preset("prod-low".parse().unwrap())
+            .build()
+            .unwrap();
+        assert_eq!((p.pool_size, p.max_overflow), (10, Overflow::Limited(20)));
+        let h = PoolConfig::preset(Preset::HighLoad);
+        assert_eq!((h.pool_size, h.max_overflow), (20, Overflow::Limited(20)));
+        assert_eq!(h.pool_timeout, Duration::from_secs(60));
+        let overridden = PoolConfig::builder()
+            .preset(Preset::HighLoad)
+            .pool_size(3)
+            .build()
+            .unwrap();
+        assert_eq!(overridden.pool_size, 3);
+        assert_eq!(overridden.max_overflow, Overflow::Limited(20));
+    }
+
+    #[test]
+    fn unknown_preset_names_the_choices() {
+        let err = "huge".parse::<Preset>().unwrap_err().to_string();
+        assert!(
+            err.contains("huge") && err.contains("dev, prod-low, high-load"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_field_and_range() {
+        let cases: Vec<(ConfigBuilder, &str)> = vec![
+            (
+                PoolConfig::builder().pool_size(0).max_overflow(0),
+                "pool_size",
+            ),
+            (PoolConfig::builder().pool_size(20_000), "pool_size"),
+            (PoolConfig::builder().max_overflow(20_000), "max_overflow"),
+            (
+                PoolConfig::builder().pool_timeout(Duration::ZERO),
+                "pool_timeout",
+            ),
+            (
+                PoolConfig::builder().connect_timeout(Duration::ZERO),
+                "connect_timeout",
+            ),
+            (
+                PoolConfig::builder().pool_recycle(Some(Duration::from_millis(5))),
+                "pool_recycle",
+            ),
+            (PoolConfig::builder().max_connecting(0), "max_connecting"),
+            (
+                PoolConfig::builder().leak_threshold(Some(Duration::ZERO)),
+                "leak_threshold",
+            ),
+            (PoolConfig::builder().name(""), "name"),
+        ];
+        for (builder, field) in cases {
+            let err = builder.build().unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(field) && msg.contains("allowed"),
+                "{field}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_pool_size_with_overflow_is_valid() {
+        let c = PoolConfig::builder()
+            .pool_size(0)
+            .max_overflow(3)
+            .build()
+            .unwrap();
+        assert_eq!(c.max_connections(), 3);
+        let u = PoolConfig::builder().unlimited_overflow().build().unwrap();
+        assert_eq!(u.max_connections(), usize::MAX);
+        assert_eq!(u.max_overflow.to_string(), "-1");
+    }
+}

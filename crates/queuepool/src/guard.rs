@@ -1,0 +1,241 @@
+//! [`PooledConn`], the guard a checkout returns.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::panic::Location;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use tokio::time::Instant;
+
+use crate::config::ResetOnReturn;
+use crate::inner::{Conn, Inner, LOG, Lease};
+use crate::manager::{Health, Manager};
+use crate::rt;
+use crate::stats::CloseReason;
+
+/// A connection lent by the pool. It derefs to the connection and goes back to the
+/// pool when dropped: reset (rolled back), then lent again, or closed if it is broken.
+///
+/// Its own operations are associated functions (`PooledConn::detach(conn)`) so they
+/// never shadow the connection's methods.
+#[must_use = "a connection goes back to the pool as soon as the guard is dropped"]
+pub struct PooledConn<M: Manager> {
+    lease: Option<Lease<M>>,
+    conn: Option<Conn<M::Connection>>,
+    checked_out_at: Instant,
+    broken: bool,
+    leak: Option<LeakWatch>,
+}
+
+struct LeakWatch {
+    task: tokio::task::AbortHandle,
+    reported: Arc<AtomicBool>,
+}
+
+/// The invariant behind every `expect` on a guard's fields.
+const HELD: &str = "a guard holds its lease and connection until it is dropped or detached";
+
+impl<M: Manager> PooledConn<M> {
+    pub(crate) fn new(
+        lease: Lease<M>,
+        conn: Conn<M::Connection>,
+        caller: &'static Location<'static>,
+    ) -> Self {
+        let inner = &lease.inner;
+        let leak = inner
+            .config
+            .leak_threshold
+            .and_then(|threshold| spawn_leak_watch(inner, conn.id, threshold, caller));
+        PooledConn {
+            lease: Some(lease),
+            conn: Some(conn),
+            checked_out_at: Instant::now(),
+            broken: false,
+            leak,
+        }
+    }
+
+    /// Takes the connection out of the pool: it no longer counts against the limit and
+    /// is not returned on drop. Its slot is freed for another checkout.
+    pub fn detach(mut this: Self) -> M::Connection {
+        let conn = this.take_conn();
+        // Dropping the empty lease frees the slot.
+        this.lease.take();
+        conn.raw
+    }
+
+    /// Tells the pool that an operation on this connection failed. If the error means
+    /// the connection is gone, the connection is discarded when the guard is dropped and
+    /// every idle connection opened before now is treated as suspect (pinged or
+    /// replaced): after a database restart the pool recovers as a whole, without one
+    /// failed request per stale connection. Returns whether it was a disconnect.
+    pub fn report_error(this: &mut Self, error: &M::Error) -> bool {
+        let inner = &this.lease.as_ref().expect(HELD).inner;
+        let disconnect = inner.manager.is_disconnect(error);
+        if disconnect && !this.broken {
+            this.broken = true;
+            inner.invalidate_all();
+        }
+        disconnect
+    }
+
+    /// Marks the connection as unusable: it is closed instead of returned.
+    pub fn invalidate(this: &mut Self) {
+        this.broken = true;
+    }
+
+    /// How long the connection has been checked out.
+    pub fn held_for(this: &Self) -> std::time::Duration {
+        this.checked_out_at.elapsed()
+    }
+
+    /// The pool's identifier of this connection (as in the log lines).
+    pub fn id(this: &Self) -> u64 {
+        this.conn.as_ref().map_or(0, |c| c.id)
+    }
+
+    fn take_conn(&mut self) -> Conn<M::Connection> {
+        self.finish();
+        self.conn.take().expect(HELD)
+    }
+
+    /// Records the end of the loan: usage time, leak watch.
+    fn finish(&mut self) {
+        let inner = &self.lease.as_ref().expect(HELD).inner;
+        let held = self.checked_out_at.elapsed();
+        inner.counters.usage.record(held);
+        inner.metrics.usage.record(held.as_secs_f64());
+        if let Some(leak) = self.leak.take() {
+            leak.task.abort();
+            if leak.reported.load(Relaxed) {
+                tracing::info!(target: LOG, pool = %inner.config.name, held_ms = held.as_millis() as u64,
+                    "Previously reported leaked connection returned to pool");
+            }
+        }
+    }
+}
+
+fn spawn_leak_watch<M: Manager>(
+    inner: &Arc<Inner<M>>,
+    conn: u64,
+    threshold: std::time::Duration,
+    caller: &'static Location<'static>,
+) -> Option<LeakWatch> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let reported = Arc::new(AtomicBool::new(false));
+    let flag = reported.clone();
+    let weak = Arc::downgrade(inner);
+    let task = handle.spawn(async move {
+        tokio::time::sleep(threshold).await;
+        if let Some(inner) = weak.upgrade() {
+            flag.store(true, Relaxed);
+            inner.counters.leaks.fetch_add(1, Relaxed);
+            tracing::warn!(
+                target: LOG,
+                pool = %inner.config.name,
+                conn,
+                location = %caller,
+                threshold_ms = threshold.as_millis() as u64,
+                "Connection leak detection triggered: connection checked out at {caller} held longer than leak_threshold"
+            );
+        }
+    });
+    Some(LeakWatch {
+        task: task.abort_handle(),
+        reported,
+    })
+}
+
+impl<M: Manager> Drop for PooledConn<M> {
+    fn drop(&mut self) {
+        if self.lease.is_none() || self.conn.is_none() {
+            return; // detached
+        }
+        let mut conn = self.take_conn();
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let inner = lease.inner.clone();
+        if self.broken || std::thread::panicking() {
+            return lease.discard(conn, CloseReason::Invalidated);
+        }
+        match inner.manager.health(&mut conn.raw) {
+            Health::Ok => {}
+            Health::Broken => return lease.discard(conn, CloseReason::Invalidated),
+            Health::Disconnected => {
+                inner.invalidate_all();
+                return lease.discard(conn, CloseReason::Invalidated);
+            }
+        }
+        tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection being returned to pool");
+        let needs_reset = inner.config.reset_on_return == ResetOnReturn::Rollback
+            && inner.manager.needs_reset(&conn.raw);
+        if !needs_reset || inner.is_closed() {
+            return lease.put_back(conn);
+        }
+        // `Drop` cannot await: the reset runs in a task that holds the slot, so the
+        // connection reaches the next borrower only once it is clean. If the task is
+        // cancelled (runtime shutting down), the lease frees the slot and the
+        // connection is dropped, never lent with an open transaction.
+        if !rt::can_spawn() {
+            // No runtime to run the reset on: it runs before the next lend instead.
+            conn.needs_reset = true;
+            return lease.put_back(conn);
+        }
+        rt::spawn(async move {
+            let mut conn = conn;
+            match reset(&lease.inner, &mut conn).await {
+                Ok(()) => lease.put_back(conn),
+                Err(()) => lease.discard(conn, CloseReason::Invalidated),
+            }
+        });
+    }
+}
+
+/// Resets a connection (rollback), bounded by `connect_timeout`. A disconnect error
+/// invalidates the pool.
+pub(crate) async fn reset<M: Manager>(
+    inner: &Arc<Inner<M>>,
+    conn: &mut Conn<M::Connection>,
+) -> Result<(), ()> {
+    tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection rollback-on-return");
+    let deadline = Instant::now() + inner.config.connect_timeout;
+    match rt::deadline(deadline, inner.manager.reset(&mut conn.raw)).await {
+        Ok(Ok(())) => {
+            conn.needs_reset = false;
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, error = %e, "Connection reset failed");
+            if inner.manager.is_disconnect(&e) {
+                inner.invalidate_all();
+            }
+            Err(())
+        }
+        Err(_) => Err(()),
+    }
+}
+
+impl<M: Manager> Deref for PooledConn<M> {
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        &self.conn.as_ref().expect(HELD).raw
+    }
+}
+
+impl<M: Manager> DerefMut for PooledConn<M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        &mut self.conn.as_mut().expect(HELD).raw
+    }
+}
+
+impl<M: Manager> fmt::Debug for PooledConn<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConn")
+            .field("id", &Self::id(self))
+            .field("held_for", &Self::held_for(self))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,472 @@
+//! The shared state of a pool and its accounting: every connection is either idle or
+//! belongs to one *slot*, and `idle + slots <= pool_size + max_overflow` always.
+//!
+//! A slot is held by a checkout from the moment it is granted until its connection is
+//! back in the idle queue (or closed); it is represented by a [`Lease`], whose `Drop`
+//! gives the slot (and the connection, if any) back, so a cancelled future or a dropped
+//! guard can never leak one. At the limit, checkouts queue in arrival order and a freed
+//! slot is handed to the first one directly, with its connection: nobody can overtake
+//! a waiter.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{Order, PoolConfig};
+use crate::manager::Manager;
+use crate::rt::{self, Mutex, lock};
+use crate::stats::{CloseReason, Counters, MetricHandles, Status};
+
+pub(crate) const LOG: &str = "queuepool::pool";
+
+/// A pooled connection and what the pool knows about it.
+pub(crate) struct Conn<C> {
+    pub(crate) raw: C,
+    pub(crate) id: u64,
+    pub(crate) created: Instant,
+    pub(crate) expires: Option<Instant>,
+    pub(crate) last_used: Instant,
+    /// Returned without a reset (no runtime to run it on): reset before the next lend.
+    pub(crate) needs_reset: bool,
+}
+
+/// What a checkout gets from the state machine without waiting.
+pub(crate) enum Acquire<M: Manager> {
+    /// An idle connection, with a slot.
+    Idle(Lease<M>, Conn<M::Connection>),
+    /// A slot and the right to open a connection.
+    Connect(Lease<M>),
+    /// The limit is reached: wait for a slot in arrival order.
+    Wait(oneshot::Receiver<Lease<M>>),
+    /// The pool is closed.
+    Closed,
+}
+
+pub(crate) struct State<M: Manager> {
+    idle: VecDeque<Conn<M::Connection>>,
+    /// Slots held: checkouts (lent, connecting, pinging, resetting, being handed over)
+    /// and background refills.
+    slots: usize,
+    /// Slots held by the background refill.
+    refilling: usize,
+    /// Slot holders waiting for a `max_connecting` permit.
+    connect_waiting: usize,
+    waiters: VecDeque<oneshot::Sender<Lease<M>>>,
+    closed: bool,
+    /// Last time more than `pool_size` connections were needed at once.
+    last_overflow_use: Instant,
+}
+
+pub(crate) struct Inner<M: Manager> {
+    pub(crate) manager: M,
+    pub(crate) config: PoolConfig,
+    pub(crate) limit: usize,
+    state: Mutex<State<M>>,
+    pub(crate) counters: Counters,
+    pub(crate) metrics: MetricHandles,
+    pub(crate) connect_sem: Semaphore,
+    /// Signalled when a connection becomes idle while a slot holder waits to connect.
+    pub(crate) idle_notify: Notify,
+    /// Wakes the maintenance task (refill needed, pool dropped).
+    pub(crate) maintenance: Arc<Notify>,
+    /// Signalled when the last slot is released after `close()`.
+    pub(crate) drained: Notify,
+    epoch: Instant,
+    /// Nanoseconds after `epoch` of the last pool-wide invalidation (0: never).
+    invalidated_at: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl<M: Manager> Inner<M> {
+    pub(crate) fn new(manager: M, config: PoolConfig) -> Self {
+        let now = Instant::now();
+        Inner {
+            limit: config.max_connections(),
+            connect_sem: Semaphore::new(config.max_connecting as usize),
+            metrics: MetricHandles::new(&config.name),
+            manager,
+            config,
+            state: Mutex::new(State {
+                idle: VecDeque::new(),
+                slots: 0,
+                refilling: 0,
+                connect_waiting: 0,
+                waiters: VecDeque::new(),
+                closed: false,
+                last_overflow_use: now,
+            }),
+            counters: Counters::new(),
+            idle_notify: Notify::new(),
+            maintenance: Arc::new(Notify::new()),
+            drained: Notify::new(),
+            epoch: now,
+            invalidated_at: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Takes an idle connection, or a slot to open one, or a place in the queue.
+    pub(crate) fn acquire(self: &Arc<Self>) -> Acquire<M> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Acquire::Closed;
+        }
+        if let Some(conn) = self.pop_idle(&mut st) {
+            st.slots += 1;
+            self.note_usage(&mut st);
+            drop(st);
+            return Acquire::Idle(Lease::new(self.clone()), conn);
+        }
+        if st.idle.len() + st.slots < self.limit {
+            st.slots += 1;
+            self.note_usage(&mut st);
+            drop(st);
+            return Acquire::Connect(Lease::new(self.clone()));
+        }
+        let (tx, rx) = oneshot::channel();
+        st.waiters.retain(|w| !w.is_closed());
+        st.waiters.push_back(tx);
+        self.publish(&st);
+        Acquire::Wait(rx)
+    }
+
+    /// For a slot holder without a connection: an idle connection if one appeared.
+    pub(crate) fn take_idle(&self) -> Option<Conn<M::Connection>> {
+        let mut st = lock(&self.state);
+        let conn = self.pop_idle(&mut st);
+        if conn.is_some() {
+            self.publish(&st);
+        }
+        conn
+    }
+
+    /// Registers (or unregisters) a slot holder waiting for a connect permit; while one
+    /// waits, returns signal `idle_notify`.
+    pub(crate) fn set_connect_waiting(&self, waiting: bool) {
+        let mut st = lock(&self.state);
+        if waiting {
+            st.connect_waiting += 1;
+        } else {
+            st.connect_waiting -= 1;
+        }
+    }
+
+    fn pop_idle(&self, st: &mut State<M>) -> Option<Conn<M::Connection>> {
+        match self.config.order {
+            Order::Fifo => st.idle.pop_front(),
+            Order::Lifo => st.idle.pop_back(),
+        }
+    }
+
+    fn note_usage(&self, st: &mut State<M>) {
+        if st.idle.len() + st.slots - st.refilling > self.config.pool_size as usize {
+            st.last_overflow_use = Instant::now();
+        }
+        self.publish(st);
+    }
+
+    /// Gives back a clean connection: to the first waiter, else to the idle queue (or
+    /// closes it if it is overflow no longer needed, or the pool is closed).
+    pub(crate) fn put_back(self: &Arc<Self>, mut conn: Conn<M::Connection>) {
+        let mut st = lock(&self.state);
+        if !st.closed {
+            while let Some(tx) = st.waiters.pop_front() {
+                let mut lease = Lease::new(self.clone());
+                lease.conn = Some(conn);
+                match tx.send(lease) {
+                    Ok(()) => {
+                        self.publish(&st);
+                        return;
+                    }
+                    Err(mut lease) => {
+                        conn = lease
+                            .disarm()
+                            .expect("the lease was just given a connection")
+                    }
+                }
+            }
+        }
+        st.slots -= 1;
+        let surplus = st.idle.len() + st.slots >= self.config.pool_size as usize
+            && self.config.overflow_idle.is_zero();
+        if st.closed || surplus {
+            self.after_release(&st);
+            drop(st);
+            let reason = if surplus {
+                CloseReason::Overflow
+            } else {
+                CloseReason::PoolClosed
+            };
+            self.close_conn(conn, reason);
+            return;
+        }
+        conn.last_used = Instant::now();
+        st.idle.push_back(conn);
+        if st.connect_waiting > 0 {
+            self.idle_notify.notify_waiters();
+        }
+        self.publish(&st);
+    }
+
+    /// Gives back an empty slot: to the first waiter (who will open a connection), else
+    /// frees it.
+    pub(crate) fn release_slot(self: &Arc<Self>) {
+        let mut st = lock(&self.state);
+        if !st.closed {
+            while let Some(tx) = st.waiters.pop_front() {
+                match tx.send(Lease::new(self.clone())) {
+                    Ok(()) => return,
+                    Err(mut lease) => {
+                        lease.disarm();
+                    }
+                }
+            }
+        }
+        st.slots -= 1;
+        self.after_release(&st);
+        if st.idle.len() + st.slots < self.config.pool_size as usize {
+            self.maintenance.notify_one();
+        }
+    }
+
+    fn after_release(&self, st: &State<M>) {
+        if st.closed && st.slots == 0 {
+            self.drained.notify_waiters();
+        }
+        self.publish(st);
+    }
+
+    /// Closes a connection that holds no slot.
+    pub(crate) fn close_conn(self: &Arc<Self>, conn: Conn<M::Connection>, reason: CloseReason) {
+        match reason {
+            CloseReason::Recycled => {
+                tracing::debug!(target: LOG, pool = %self.config.name, conn = conn.id, "Connection exceeded timeout; recycling");
+                self.counters.recycled.fetch_add(1, Relaxed);
+            }
+            CloseReason::Invalidated => {
+                tracing::debug!(target: LOG, pool = %self.config.name, conn = conn.id, "Invalidate connection");
+                self.counters.invalidated.fetch_add(1, Relaxed);
+            }
+            CloseReason::Overflow | CloseReason::PoolClosed => {}
+        }
+        self.counters.closed.fetch_add(1, Relaxed);
+        self.metrics.closed(reason).increment(1);
+        let hard = reason == CloseReason::Invalidated;
+        if hard {
+            tracing::debug!(target: LOG, pool = %self.config.name, conn = conn.id, "Hard-closing connection");
+        } else {
+            tracing::debug!(target: LOG, pool = %self.config.name, conn = conn.id, "Closing connection");
+        }
+        let inner = self.clone();
+        // A broken connection is dropped at once: a polite close could hang on it.
+        if !hard {
+            rt::spawn(async move { inner.manager.close(conn.raw).await });
+        }
+    }
+
+    /// Discards a connection that holds a slot: frees the slot, closes the connection.
+    pub(crate) fn discard(self: &Arc<Self>, conn: Conn<M::Connection>, reason: CloseReason) {
+        self.release_slot();
+        self.close_conn(conn, reason);
+    }
+
+    /// Marks every connection opened until now as suspect, after a disconnect error.
+    pub(crate) fn invalidate_all(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.invalidated_at.fetch_max(nanos, Relaxed);
+        self.counters.pool_invalidations.fetch_add(1, Relaxed);
+        tracing::warn!(
+            target: LOG,
+            pool = %self.config.name,
+            "Disconnection detected on checkout, invalidating all pooled connections prior to current timestamp"
+        );
+        self.maintenance.notify_one();
+    }
+
+    /// Whether `conn` was opened before the last pool-wide invalidation.
+    pub(crate) fn is_suspect(&self, conn: &Conn<M::Connection>) -> bool {
+        let at = self.invalidated_at.load(Relaxed);
+        at != 0 && conn.created.duration_since(self.epoch).as_nanos() <= u128::from(at)
+    }
+
+    pub(crate) fn new_conn(&self, raw: M::Connection) -> Conn<M::Connection> {
+        let now = Instant::now();
+        let expires = self.config.pool_recycle.map(|r| {
+            // ±2.5 % so connections opened together do not expire together.
+            let jitter: f64 = rand::random_range(-0.025..=0.025);
+            now + r.mul_f64(1.0 + jitter)
+        });
+        Conn {
+            raw,
+            id: self.next_id.fetch_add(1, Relaxed),
+            created: now,
+            expires,
+            last_used: now,
+            needs_reset: false,
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let st = lock(&self.state);
+        self.status_locked(&st)
+    }
+
+    fn status_locked(&self, st: &State<M>) -> Status {
+        let open = st.idle.len() + st.slots;
+        Status {
+            pool_size: self.config.pool_size,
+            idle: st.idle.len(),
+            checked_out: st.slots - st.refilling,
+            overflow: open as i64 - i64::from(self.config.pool_size),
+            connecting: self.config.max_connecting as usize - self.connect_sem.available_permits(),
+            waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
+        }
+    }
+
+    fn publish(&self, st: &State<M>) {
+        self.metrics.idle.set(st.idle.len() as f64);
+        self.metrics.in_use.set((st.slots - st.refilling) as f64);
+        self.metrics.pending.set(st.waiters.len() as f64);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    /// Refuses new checkouts, fails the waiters, takes every idle connection out.
+    pub(crate) fn shut(&self) -> (Vec<Conn<M::Connection>>, usize) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        st.waiters.clear();
+        let idle = st.idle.drain(..).collect();
+        self.publish(&st);
+        (idle, st.slots)
+    }
+
+    pub(crate) fn lent(&self) -> usize {
+        lock(&self.state).slots
+    }
+
+    /// A slot for the background refill, if the pool holds fewer than `pool_size`.
+    pub(crate) fn refill_slot(self: &Arc<Self>) -> Option<Lease<M>> {
+        let mut st = lock(&self.state);
+        let open = st.idle.len() + st.slots;
+        if st.closed || open >= self.config.pool_size as usize || open >= self.limit {
+            return None;
+        }
+        st.slots += 1;
+        st.refilling += 1;
+        let mut lease = Lease::new(self.clone());
+        lease.refill = true;
+        Some(lease)
+    }
+
+    fn end_refill(&self) {
+        lock(&self.state).refilling -= 1;
+    }
+
+    /// Idle connections the maintenance task must close: expired ones, suspects, and
+    /// overflow unused for `overflow_idle`.
+    pub(crate) fn take_for_maintenance(
+        &self,
+        now: Instant,
+    ) -> Vec<(Conn<M::Connection>, CloseReason)> {
+        let mut st = lock(&self.state);
+        let mut out = Vec::new();
+        let mut kept = VecDeque::with_capacity(st.idle.len());
+        while let Some(conn) = st.idle.pop_front() {
+            if conn.expires.is_some_and(|e| e <= now) {
+                out.push((conn, CloseReason::Recycled));
+            } else if self.is_suspect(&conn) {
+                out.push((conn, CloseReason::Invalidated));
+            } else {
+                kept.push_back(conn);
+            }
+        }
+        st.idle = kept;
+        let pool_size = self.config.pool_size as usize;
+        if now.saturating_duration_since(st.last_overflow_use) >= self.config.overflow_idle {
+            // Close the least recently used first.
+            while st.idle.len() + st.slots > pool_size {
+                // Returns push at the back in both orders: the front is the coldest.
+                match st.idle.pop_front() {
+                    Some(conn) => out.push((conn, CloseReason::Overflow)),
+                    None => break,
+                }
+            }
+        }
+        self.publish(&st);
+        out
+    }
+}
+
+impl<M: Manager> Drop for Inner<M> {
+    fn drop(&mut self) {
+        // Lets the maintenance task (which only holds a weak reference) end now.
+        self.maintenance.notify_one();
+    }
+}
+
+/// One slot of the pool, and the connection that goes with it once there is one.
+/// Dropping it gives both back.
+pub(crate) struct Lease<M: Manager> {
+    pub(crate) inner: Arc<Inner<M>>,
+    pub(crate) conn: Option<Conn<M::Connection>>,
+    armed: bool,
+    refill: bool,
+}
+
+impl<M: Manager> Lease<M> {
+    fn new(inner: Arc<Inner<M>>) -> Self {
+        Lease {
+            inner,
+            conn: None,
+            armed: true,
+            refill: false,
+        }
+    }
+
+    /// Forgets the slot without giving it back (the caller accounts for it).
+    pub(crate) fn disarm(&mut self) -> Option<Conn<M::Connection>> {
+        self.armed = false;
+        self.conn.take()
+    }
+
+    /// Puts a clean connection back into the pool through this slot.
+    pub(crate) fn put_back(mut self, conn: Conn<M::Connection>) {
+        self.disarm();
+        self.finish_refill();
+        self.inner.put_back(conn);
+    }
+
+    /// Discards a connection held through this slot.
+    pub(crate) fn discard(mut self, conn: Conn<M::Connection>, reason: CloseReason) {
+        self.disarm();
+        self.finish_refill();
+        self.inner.discard(conn, reason);
+    }
+
+    fn finish_refill(&mut self) {
+        if std::mem::take(&mut self.refill) {
+            self.inner.end_refill();
+        }
+    }
+}
+
+impl<M: Manager> Drop for Lease<M> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.finish_refill();
+        match self.conn.take() {
+            Some(conn) => self.inner.put_back(conn),
+            None => self.inner.release_slot(),
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! [`Pool`]: building, checking out, status and closing.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::Location;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::sync::SemaphorePermit;
+use tokio::time::Instant;
+
+use crate::config::PoolConfig;
+use crate::error::PoolError;
+use crate::guard::{PooledConn, reset};
+use crate::inner::{Acquire, Conn, Inner, LOG, Lease};
+use crate::maintenance;
+use crate::manager::Manager;
+use crate::rt;
+use crate::stats::{CloseReason, Stats, Status};
+
+/// Connections used within this long are lent without a pre-ping.
+const PING_SKIP: Duration = Duration::from_secs(1);
+
+/// An async connection pool. Cheap to clone: clones share the same connections.
+pub struct Pool<M: Manager> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M: Manager> Clone for Pool<M> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M: Manager> fmt::Debug for Pool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.inner.config.name)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Manager> Pool<M> {
+    /// Builds a pool and, with `prefill` (the default), opens `pool_size` connections,
+    /// failing fast if the database cannot be reached. Starts the maintenance task
+    /// (refill, recycling, overflow trimming) on the current tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Cancelling it drops the half-built pool and the connections opened so far.
+    pub async fn new(manager: M, config: PoolConfig) -> Result<Self, PoolError> {
+        let pool = Pool {
+            inner: Arc::new(Inner::new(manager, config)),
+        };
+        if pool.inner.config.prefill {
+            pool.prefill().await?;
+        }
+        #[cfg(not(feature = "model-check"))]
+        tokio::spawn(maintenance::run(
+            Arc::downgrade(&pool.inner),
+            pool.inner.maintenance.clone(),
+        ));
+        tracing::debug!(target: LOG, pool = %pool.inner.config.name, status = %pool.status(), "Pool created");
+        Ok(pool)
+    }
+
+    async fn prefill(&self) -> Result<(), PoolError> {
+        let parallel = self.inner.config.max_connecting.max(1) as usize;
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < parallel {
+                let Some(lease) = self.inner.refill_slot() else {
+                    break;
+                };
+                let inner = self.inner.clone();
+                tasks.spawn(async move {
+                    let deadline = Instant::now() + inner.config.connect_timeout;
+                    open(&inner, deadline)
+                        .await
+                        .map(|conn| lease.put_back(conn))
+                });
+            }
+            match tasks.join_next().await {
+                None => return Ok(()),
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+            }
+        }
+    }
+
+    /// Checks out a connection.
+    ///
+    /// Below the limit it never queues: it takes an idle connection (pre-pinged if
+    /// unused for a second, replaced if past `pool_recycle`) or opens one. At the limit
+    /// it waits, in arrival order, for at most `pool_timeout`, then fails with
+    /// [`PoolError::Timeout`]. It ends within `pool_timeout + connect_timeout`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future at any await point (waiting, connecting,
+    /// pinging, resetting) frees its slot; a connection it was pinging or resetting is
+    /// discarded, never lent half-checked.
+    #[track_caller]
+    pub fn get(&self) -> impl Future<Output = Result<PooledConn<M>, PoolError>> + Send + '_ {
+        // `#[track_caller]` does not reach into an `async fn`: capture the location here.
+        let caller = Location::caller();
+        self.checkout(caller)
+    }
+
+    async fn checkout(
+        &self,
+        caller: &'static Location<'static>,
+    ) -> Result<PooledConn<M>, PoolError> {
+        let inner = &self.inner;
+        let start = Instant::now();
+        let (lease, mut conn) = match inner.acquire() {
+            Acquire::Idle(lease, conn) => (lease, Some(conn)),
+            Acquire::Connect(lease) => (lease, None),
+            Acquire::Wait(rx) => {
+                let waited = rt::deadline(start + inner.config.pool_timeout, rx).await;
+                match waited {
+                    Ok(Ok(mut lease)) => {
+                        let conn = lease.conn.take();
+                        (lease, conn)
+                    }
+                    // The pool dropped our place in the queue: it was closed.
+                    Ok(Err(_)) => return Err(PoolError::Closed),
+                    Err(_) => return Err(self.timeout_error()),
+                }
+            }
+            Acquire::Closed => return Err(PoolError::Closed),
+        };
+        let deadline = start + inner.config.pool_timeout + inner.config.connect_timeout;
+        loop {
+            let candidate = match conn.take().or_else(|| inner.take_idle()) {
+                Some(c) => c,
+                None => match wait_connect_slot(inner, start + inner.config.pool_timeout).await? {
+                    ConnectSlot::Idle(c) => c,
+                    ConnectSlot::Permit(permit) => {
+                        let c = open_with(inner, deadline, permit).await?;
+                        let waited = start.elapsed();
+                        return Ok(self.lend(lease, c, waited, caller));
+                    }
+                },
+            };
+            if let Some(c) = self.prepare(candidate, deadline).await {
+                let waited = start.elapsed();
+                return Ok(self.lend(lease, c, waited, caller));
+            }
+        }
+    }
+
+    fn lend(
+        &self,
+        lease: Lease<M>,
+        conn: Conn<M::Connection>,
+        waited: Duration,
+        caller: &'static Location<'static>,
+    ) -> PooledConn<M> {
+        let inner = &self.inner;
+        inner.counters.checkouts.fetch_add(1, Relaxed);
+        inner.counters.wait.record(waited);
+        inner.metrics.acquire.record(waited.as_secs_f64());
+        tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection checked out from pool");
+        PooledConn::new(lease, conn, caller)
+    }
+
+    /// Checks an idle connection before lending it; `None` if it was closed instead.
+    async fn prepare(
+        &self,
+        mut conn: Conn<M::Connection>,
+        deadline: Instant,
+    ) -> Option<Conn<M::Connection>> {
+        let inner = &self.inner;
+        let now = Instant::now();
+        if conn.expires.is_some_and(|e| e <= now) {
+            inner.close_conn(conn, CloseReason::Recycled);
+            return None;
+        }
+        let suspect = inner.is_suspect(&conn);
+        if suspect && !inner.config.pre_ping {
+            inner.close_conn(conn, CloseReason::Invalidated);
+            return None;
+        }
+        if conn.needs_reset && reset(inner, &mut conn).await.is_err() {
+            inner.close_conn(conn, CloseReason::Invalidated);
+            return None;
+        }
+        let stale = now.saturating_duration_since(conn.last_used) >= PING_SKIP;
+        if suspect || (inner.config.pre_ping && stale) {
+            tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Pool pre-ping on connection");
+            let bound = deadline.min(Instant::now() + inner.config.connect_timeout);
+            match rt::deadline(bound, inner.manager.is_valid(&mut conn.raw)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(target: LOG, pool = %inner.config.name, conn = conn.id, error = %e, "Pool pre-ping failed");
+                    if inner.manager.is_disconnect(&e) {
+                        inner.invalidate_all();
+                    }
+                    inner.close_conn(conn, CloseReason::Invalidated);
+                    return None;
+                }
+                Err(_) => {
+                    inner.close_conn(conn, CloseReason::Invalidated);
+                    return None;
+                }
+            }
+        }
+        Some(conn)
+    }
+
+    fn timeout_error(&self) -> PoolError {
+        let inner = &self.inner;
+        inner.counters.timeouts.fetch_add(1, Relaxed);
+        inner.metrics.timeouts.increment(1);
+        let status = inner.status();
+        let err = PoolError::Timeout {
+            pool_size: inner.config.pool_size,
+            max_overflow: inner.config.max_overflow,
+            timeout: inner.config.pool_timeout,
+            waiting: status.waiting,
+            checked_out: status.checked_out,
+        };
+        tracing::warn!(target: LOG, pool = %inner.config.name, "{err}");
+        err
+    }
+
+    /// Occupancy now; its `Display` is SQLAlchemy's `status()` line.
+    pub fn status(&self) -> Status {
+        self.inner.status()
+    }
+
+    /// Counters and time histograms since the pool was built.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The configuration the pool runs with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// The manager.
+    pub fn manager(&self) -> &M {
+        &self.inner.manager
+    }
+
+    /// Treats every connection opened until now as suspect: idle ones are replaced by
+    /// the maintenance task or pinged before their next lend. Use it after a failover.
+    pub fn invalidate_all(&self) {
+        self.inner.invalidate_all();
+    }
+
+    /// Closes the pool: new checkouts and waiters fail with [`PoolError::Closed`], idle
+    /// connections are closed at once, lent ones when they come back, waiting at most
+    /// `grace` for them. Returns how many were still lent when `grace` ran out.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the pool is closed from the first poll; cancelling only stops the
+    /// wait for lent connections (they are closed when returned).
+    pub async fn close(&self, grace: Duration) -> usize {
+        let inner = &self.inner;
+        let (idle, _) = inner.shut();
+        for conn in idle {
+            inner.close_conn(conn, CloseReason::PoolClosed);
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            let drained = inner.drained.notified();
+            let lent = inner.lent();
+            if lent == 0 {
+                tracing::debug!(target: LOG, pool = %inner.config.name, "Pool closed");
+                return 0;
+            }
+            if rt::deadline(deadline, drained).await.is_err() {
+                let lent = inner.lent();
+                tracing::warn!(target: LOG, pool = %inner.config.name, lent, "Pool closed with connections still lent; they are closed when returned");
+                return lent;
+            }
+        }
+    }
+}
+
+/// What a slot holder without a connection gets: a permit to connect, or an idle
+/// connection returned while it waited for one.
+enum ConnectSlot<'a, C> {
+    Permit(SemaphorePermit<'a>),
+    Idle(Conn<C>),
+}
+
+/// For a slot holder without a connection: waits (until `deadline`) for a
+/// `max_connecting` permit, or takes an idle connection that is returned meanwhile.
+async fn wait_connect_slot<M: Manager>(
+    inner: &Arc<Inner<M>>,
+    deadline: Instant,
+) -> Result<ConnectSlot<'_, M::Connection>, PoolError> {
+    if let Ok(permit) = inner.connect_sem.try_acquire() {
+        return Ok(ConnectSlot::Permit(permit));
+    }
+    inner.set_connect_waiting(true);
+    struct Unregister<'a, M: Manager>(&'a Inner<M>);
+    impl<M: Manager> Drop for Unregister<'_, M> {
+        fn drop(&mut self) {
+            self.0.set_connect_waiting(false);
+        }
+    }
+    let _unregister = Unregister(inner);
+    let wait = async {
+        loop {
+            let notified = inner.idle_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(conn) = inner.take_idle() {
+                return Ok(ConnectSlot::Idle(conn));
+            }
+            tokio::select! {
+                permit = inner.connect_sem.acquire() => {
+                    return permit.map(ConnectSlot::Permit).map_err(|_| PoolError::Closed);
+                }
+                () = &mut notified => {}
+            }
+        }
+    };
+    match rt::deadline(deadline, wait).await {
+        Ok(slot) => slot,
+        Err(_) => {
+            inner.counters.timeouts.fetch_add(1, Relaxed);
+            inner.metrics.timeouts.increment(1);
+            Err(PoolError::ConnectQueueTimeout {
+                timeout: inner.config.pool_timeout,
+                connecting: inner.config.max_connecting as usize,
+            })
+        }
+    }
+}
+
+/// Opens one connection for the background refill or prefill: waits for a
+/// `max_connecting` permit, all within `connect_timeout` and `deadline`.
+pub(crate) async fn open<M: Manager>(
+    inner: &Arc<Inner<M>>,
+    deadline: Instant,
+) -> Result<Conn<M::Connection>, PoolError> {
+    let bound = deadline.min(Instant::now() + inner.config.connect_timeout);
+    match rt::deadline(bound, inner.connect_sem.acquire()).await {
+        Ok(Ok(permit)) => open_with(inner, bound, permit).await,
+        Ok(Err(_)) => Err(PoolError::Closed),
+        Err(_) => Err(PoolError::ConnectTimeout(inner.config.connect_timeout)),
+    }
+}
+
+/// Opens one connection with a `max_connecting` permit, within `connect_timeout` and
+/// `deadline`.
+async fn open_with<M: Manager>(
+    inner: &Arc<Inner<M>>,
+    deadline: Instant,
+    permit: SemaphorePermit<'_>,
+) -> Result<Conn<M::Connection>, PoolError> {
+    let started = Instant::now();
+    let bound = deadline.min(started + inner.config.connect_timeout);
+    let result = rt::deadline(bound, inner.manager.connect()).await;
+    drop(permit);
+    let took = started.elapsed();
+    match result {
+        Ok(Ok(raw)) => {
+            inner.counters.created.fetch_add(1, Relaxed);
+            inner.metrics.created.increment(1);
+            inner.metrics.connect.record(took.as_secs_f64());
+            let conn = inner.new_conn(raw);
+            tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, connect_ms = took.as_millis() as u64, "Created new connection");
+            Ok(conn)
+        }
+        Ok(Err(e)) => {
+            inner.counters.connect_errors.fetch_add(1, Relaxed);
+            tracing::warn!(target: LOG, pool = %inner.config.name, error = %e, "Connection attempt failed");
+            Err(PoolError::Connect(Box::new(e)))
+        }
+        Err(_) => {
+            inner.counters.connect_errors.fetch_add(1, Relaxed);
+            tracing::warn!(target: LOG, pool = %inner.config.name, "Connection attempt timed out");
+            Err(PoolError::ConnectTimeout(inner.config.connect_timeout))
+        }
+    }
+}

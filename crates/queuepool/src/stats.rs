@@ -1,0 +1,300 @@
+//! What the pool reports: [`Status`] (SQLAlchemy's status line), [`Stats`] (counters and
+//! time histograms) and the `metrics` handles behind the Prometheus names.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+
+/// A snapshot of the pool's occupancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// The configured `pool_size`.
+    pub pool_size: u32,
+    /// Idle connections ready to lend.
+    pub idle: usize,
+    /// Connections lent out (including checkouts opening their connection).
+    pub checked_out: usize,
+    /// Open connections above `pool_size`; negative while the pool holds fewer than
+    /// `pool_size` (as in SQLAlchemy).
+    pub overflow: i64,
+    /// Connection attempts in flight.
+    pub connecting: usize,
+    /// Checkouts waiting for a connection.
+    pub waiting: usize,
+}
+
+impl fmt::Display for Status {
+    /// SQLAlchemy's `QueuePool.status()`, word for word.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Pool size: {}  Connections in pool: {} Current Overflow: {} Current Checked out connections: {}",
+            self.pool_size, self.idle, self.overflow, self.checked_out
+        )
+    }
+}
+
+/// Counters since the pool was built, and time histograms.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Successful checkouts.
+    pub checkouts: u64,
+    /// Checkouts that failed with a timeout.
+    pub timeouts: u64,
+    /// Connections opened.
+    pub connections_created: u64,
+    /// Failed connection attempts.
+    pub connect_errors: u64,
+    /// Connections closed because they exceeded `pool_recycle`.
+    pub recycled: u64,
+    /// Connections closed because they were broken, failed a ping or reset, or were
+    /// invalidated after a disconnect.
+    pub invalidated: u64,
+    /// Connections closed for any reason.
+    pub closed: u64,
+    /// Times a disconnect invalidated every idle connection.
+    pub pool_invalidations: u64,
+    /// Connections held past `leak_threshold`.
+    pub leaks: u64,
+    /// Time checkouts waited.
+    pub wait: HistogramSummary,
+    /// Time connections were held by borrowers.
+    pub usage: HistogramSummary,
+}
+
+/// Summary of a time histogram. Percentiles are upper bounds of power-of-two
+/// microsecond buckets (within a factor of two), `max` is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub struct HistogramSummary {
+    /// Number of samples.
+    pub count: u64,
+    /// Mean.
+    pub mean: Duration,
+    /// Median (bucket upper bound).
+    pub p50: Duration,
+    /// 99th percentile (bucket upper bound).
+    pub p99: Duration,
+    /// Largest sample.
+    pub max: Duration,
+}
+
+const BUCKETS: usize = 40;
+
+/// A lock-free histogram of durations in power-of-two microsecond buckets: a checkout
+/// records with three relaxed atomic adds, no lock on the hot path.
+#[derive(Debug)]
+pub(crate) struct AtomicHistogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub(crate) fn new() -> Self {
+        AtomicHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let bucket = (u64::BITS - us.leading_zeros()) as usize;
+        self.buckets[bucket.min(BUCKETS - 1)].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+        self.max_us.fetch_max(us, Relaxed);
+    }
+
+    pub(crate) fn summary(&self) -> HistogramSummary {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let count: u64 = counts.iter().sum();
+        if count == 0 {
+            return HistogramSummary::default();
+        }
+        let max = Duration::from_micros(self.max_us.load(Relaxed));
+        let quantile = |q: f64| {
+            let rank = ((count as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    // Bucket i holds values below 2^i µs.
+                    let upper = if i == 0 { 0 } else { (1u64 << i) - 1 };
+                    return Duration::from_micros(upper).min(max);
+                }
+            }
+            max
+        };
+        HistogramSummary {
+            count,
+            mean: Duration::from_micros(self.sum_us.load(Relaxed) / count),
+            p50: quantile(0.50),
+            p99: quantile(0.99),
+            max,
+        }
+    }
+}
+
+/// The pool's counters: atomics, readable at any time without a lock.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) checkouts: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) created: AtomicU64,
+    pub(crate) connect_errors: AtomicU64,
+    pub(crate) recycled: AtomicU64,
+    pub(crate) invalidated: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) pool_invalidations: AtomicU64,
+    pub(crate) leaks: AtomicU64,
+    pub(crate) wait: AtomicHistogram,
+    pub(crate) usage: AtomicHistogram,
+}
+
+impl Counters {
+    pub(crate) fn new() -> Self {
+        let z = || AtomicU64::new(0);
+        Counters {
+            checkouts: z(),
+            timeouts: z(),
+            created: z(),
+            connect_errors: z(),
+            recycled: z(),
+            invalidated: z(),
+            closed: z(),
+            pool_invalidations: z(),
+            leaks: z(),
+            wait: AtomicHistogram::new(),
+            usage: AtomicHistogram::new(),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            checkouts: self.checkouts.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            connections_created: self.created.load(Relaxed),
+            connect_errors: self.connect_errors.load(Relaxed),
+            recycled: self.recycled.load(Relaxed),
+            invalidated: self.invalidated.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            pool_invalidations: self.pool_invalidations.load(Relaxed),
+            leaks: self.leaks.load(Relaxed),
+            wait: self.wait.summary(),
+            usage: self.usage.summary(),
+        }
+    }
+}
+
+/// Why a connection was closed: the `reason` label of
+/// `queuepool_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Past `pool_recycle`.
+    Recycled,
+    /// Broken, failed ping or reset, or invalidated after a disconnect.
+    Invalidated,
+    /// Overflow connection no longer needed.
+    Overflow,
+    /// The pool was closed, or the connection detached/discarded on shutdown.
+    PoolClosed,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 4] = [
+        CloseReason::Recycled,
+        CloseReason::Invalidated,
+        CloseReason::Overflow,
+        CloseReason::PoolClosed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CloseReason::Recycled => "recycled",
+            CloseReason::Invalidated => "invalidated",
+            CloseReason::Overflow => "overflow",
+            CloseReason::PoolClosed => "pool_closed",
+        }
+    }
+}
+
+/// Handles registered once when the pool is built, so the hot path does no key lookup.
+/// Install the `metrics` recorder before building the pool.
+pub(crate) struct MetricHandles {
+    pub(crate) idle: Gauge,
+    pub(crate) in_use: Gauge,
+    pub(crate) pending: Gauge,
+    pub(crate) acquire: Histogram,
+    pub(crate) usage: Histogram,
+    pub(crate) connect: Histogram,
+    pub(crate) timeouts: Counter,
+    pub(crate) created: Counter,
+    closed: [Counter; 4],
+}
+
+impl MetricHandles {
+    pub(crate) fn new(pool: &str) -> Self {
+        let pool = pool.to_owned();
+        let state = |s: &'static str| metrics::gauge!("queuepool_connections", "pool" => pool.clone(), "state" => s);
+        MetricHandles {
+            idle: state("idle"),
+            in_use: state("in_use"),
+            pending: state("pending"),
+            acquire: metrics::histogram!("queuepool_acquire_seconds", "pool" => pool.clone()),
+            usage: metrics::histogram!("queuepool_usage_seconds", "pool" => pool.clone()),
+            connect: metrics::histogram!("queuepool_connect_seconds", "pool" => pool.clone()),
+            timeouts: metrics::counter!("queuepool_timeouts_total", "pool" => pool.clone()),
+            created: metrics::counter!("queuepool_connections_created_total", "pool" => pool.clone()),
+            closed: CloseReason::ALL.map(|r| {
+                metrics::counter!("queuepool_connections_closed_total", "pool" => pool.clone(), "reason" => r.label())
+            }),
+        }
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) -> &Counter {
+        &self.closed[reason as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_prints_sqlalchemys_line() {
+        let s = Status {
+            pool_size: 5,
+            idle: 0,
+            checked_out: 15,
+            overflow: 10,
+            connecting: 0,
+            waiting: 3,
+        };
+        assert_eq!(
+            s.to_string(),
+            "Pool size: 5  Connections in pool: 0 Current Overflow: 10 Current Checked out connections: 15"
+        );
+    }
+
+    #[test]
+    fn histogram_percentiles_are_bucket_bounds() {
+        let h = AtomicHistogram::new();
+        for _ in 0..98 {
+            h.record(Duration::from_micros(100));
+        }
+        h.record(Duration::from_millis(5));
+        h.record(Duration::from_millis(9));
+        let s = h.summary();
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p50, Duration::from_micros(127));
+        assert_eq!(s.p99, Duration::from_micros(8191));
+        assert_eq!(s.max, Duration::from_millis(9));
+        assert_eq!(AtomicHistogram::new().summary().count, 0);
+    }
+}
