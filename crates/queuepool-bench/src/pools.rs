@@ -75,16 +75,16 @@ impl queuepool::Manager for QueuepoolNoop {
     type Connection = NoopConn;
     type Error = Infallible;
 
-    fn connect(&self) -> impl Future<Output = Result<NoopConn, Infallible>> + Send {
-        async { Ok(NoopConn) }
+    async fn connect(&self) -> Result<NoopConn, Infallible> {
+        Ok(NoopConn)
     }
 
-    fn is_valid(&self, _: &mut NoopConn) -> impl Future<Output = Result<(), Infallible>> + Send {
-        async { Ok(()) }
+    async fn is_valid(&self, _: &mut NoopConn) -> Result<(), Infallible> {
+        Ok(())
     }
 
-    fn reset(&self, _: &mut NoopConn) -> impl Future<Output = Result<(), Infallible>> + Send {
-        async { Ok(()) }
+    async fn reset(&self, _: &mut NoopConn) -> Result<(), Infallible> {
+        Ok(())
     }
 
     fn is_disconnect(&self, _: &Infallible) -> bool {
@@ -111,13 +111,10 @@ pub async fn queuepool(size: u32) -> Result<queuepool::Pool<QueuepoolNoop>, Benc
 impl BenchPool for queuepool::Pool<QueuepoolNoop> {
     type Guard<'a> = queuepool::PooledConn<QueuepoolNoop>;
 
-    #[inline]
-    fn checkout(&self) -> impl Future<Output = Result<Self::Guard<'_>, BenchError>> + Send {
-        async move {
-            self.get()
-                .await
-                .map_err(|e| pool_error(PoolKind::Queuepool, e))
-        }
+    async fn checkout(&self) -> Result<Self::Guard<'_>, BenchError> {
+        self.get()
+            .await
+            .map_err(|e| pool_error(PoolKind::Queuepool, e))
     }
 }
 
@@ -131,16 +128,16 @@ impl deadpool::managed::Manager for DeadpoolNoop {
     type Type = NoopConn;
     type Error = Infallible;
 
-    fn create(&self) -> impl Future<Output = Result<NoopConn, Infallible>> + Send {
-        async { Ok(NoopConn) }
+    async fn create(&self) -> Result<NoopConn, Infallible> {
+        Ok(NoopConn)
     }
 
-    fn recycle(
+    async fn recycle(
         &self,
         _: &mut NoopConn,
         _: &deadpool::managed::Metrics,
-    ) -> impl Future<Output = deadpool::managed::RecycleResult<Infallible>> + Send {
-        async { Ok(()) }
+    ) -> deadpool::managed::RecycleResult<Infallible> {
+        Ok(())
     }
 }
 
@@ -157,13 +154,10 @@ pub async fn deadpool(size: u32) -> Result<deadpool::managed::Pool<DeadpoolNoop>
 impl BenchPool for deadpool::managed::Pool<DeadpoolNoop> {
     type Guard<'a> = deadpool::managed::Object<DeadpoolNoop>;
 
-    #[inline]
-    fn checkout(&self) -> impl Future<Output = Result<Self::Guard<'_>, BenchError>> + Send {
-        async move {
-            self.get()
-                .await
-                .map_err(|e| pool_error(PoolKind::Deadpool, format!("{e:?}")))
-        }
+    async fn checkout(&self) -> Result<Self::Guard<'_>, BenchError> {
+        self.get()
+            .await
+            .map_err(|e| pool_error(PoolKind::Deadpool, format!("{e:?}")))
     }
 }
 
@@ -177,12 +171,12 @@ impl bb8::ManageConnection for Bb8Noop {
     type Connection = NoopConn;
     type Error = Infallible;
 
-    fn connect(&self) -> impl Future<Output = Result<NoopConn, Infallible>> + Send {
-        async { Ok(NoopConn) }
+    async fn connect(&self) -> Result<NoopConn, Infallible> {
+        Ok(NoopConn)
     }
 
-    fn is_valid(&self, _: &mut NoopConn) -> impl Future<Output = Result<(), Infallible>> + Send {
-        async { Ok(()) }
+    async fn is_valid(&self, _: &mut NoopConn) -> Result<(), Infallible> {
+        Ok(())
     }
 
     fn has_broken(&self, _: &mut NoopConn) -> bool {
@@ -206,9 +200,8 @@ pub async fn bb8(size: u32) -> Result<bb8::Pool<Bb8Noop>, BenchError> {
 impl BenchPool for bb8::Pool<Bb8Noop> {
     type Guard<'a> = bb8::PooledConnection<'a, Bb8Noop>;
 
-    #[inline]
-    fn checkout(&self) -> impl Future<Output = Result<Self::Guard<'_>, BenchError>> + Send {
-        async move { self.get().await.map_err(|e| pool_error(PoolKind::Bb8, e)) }
+    async fn checkout(&self) -> Result<Self::Guard<'_>, BenchError> {
+        self.get().await.map_err(|e| pool_error(PoolKind::Bb8, e))
     }
 }
 
