@@ -1,1 +1,69 @@
-//! Work in progress.
+//! PostgreSQL for [`queuepool`]: a [`Manager`](queuepool::Manager) over
+//! [tokio-postgres](tokio_postgres) with rustls for TLS.
+//!
+//! ```no_run
+//! use queuepool::{Pool, PoolConfig};
+//! use queuepool_postgres::PgManager;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = PgManager::from_url("postgres://app:secret@db.internal/shop?sslmode=verify-full")?;
+//! let pool = Pool::new(manager, PoolConfig::builder().pool_size(8).build()?).await?;
+//! let conn = pool.get().await?;
+//! let row = conn.query_typed_one("SELECT $1::int4 + 1", &[(&41i32, tokio_postgres::types::Type::INT4)]).await?;
+//! assert_eq!(row.get::<_, i32>(0), 42);
+//! # Ok(()) }
+//! ```
+//!
+//! # Connection strings
+//! libpq's URL (`postgres://user:pass@host:port/db?key=value`) and key-value
+//! (`host=a,b port=5432 user=app target_session_attrs=read-write`) forms, parsed by
+//! tokio-postgres (multi-host, `hostaddr`, `connect_timeout`, `keepalives*`,
+//! `tcp_user_timeout`, `target_session_attrs`, `load_balance_hosts`, `channel_binding`,
+//! Unix socket directories as hosts), plus what this crate adds:
+//! - `sslmode` = `disable` | `prefer` (default) | `require` | `verify-ca` | `verify-full`
+//!   with libpq's meaning ([`SslMode`]); roots from `sslrootcert=<pem file>` or the
+//!   system store (`sslrootcert=system`, or no `sslrootcert`).
+//! - `application_name` defaults to `queuepool`, so `pg_stat_activity` shows the pool.
+//!
+//! SCRAM-SHA-256 (with channel binding over TLS) and MD5 come from tokio-postgres.
+//!
+//! # What the pool gets
+//! - `is_valid`: the empty query (one round trip), bounded by
+//!   [`PgManager::ping_timeout`].
+//! - `reset`: `ROLLBACK` only when the server says a transaction is open. The status
+//!   comes from the protocol itself (each `ReadyForQuery` message), read by a
+//!   pass-through wrapper under the driver; see [`TxStatus`]. [`ResetMode::DiscardAll`]
+//!   also runs `DISCARD ALL`.
+//! - `health`: [`Health::Disconnected`](queuepool::Health) when the socket is closed,
+//!   `Broken` after a [`PgConnection::timeout`].
+//! - `is_disconnect`: closed connections, SQLSTATE class 08, 57P01 (admin shutdown),
+//!   57P02 (crash shutdown), 57P03 (cannot connect now).
+//!
+//! # PgBouncer (transaction mode)
+//! tokio-postgres' `query`/`execute` with a `&str` prepare a *named* statement in one
+//! round trip and bind it in a second; PgBouncer may run the two on different server
+//! connections (`prepared statement "s3" does not exist`). Behind PgBouncer use
+//! `query_typed` (unnamed statement, parameter types given, one round trip) or the
+//! simple protocol. Direct connections can keep named statements per connection with
+//! [`PgConnection::prepare_cached`] (opt-in, [`PgManager::statement_cache_capacity`]).
+//!
+//! # Timeouts
+//! The pool bounds connecting (`connect_timeout`). A query on a connection whose path
+//! went silent (blackholed) is bounded by [`PgConnection::timeout`]; server-side,
+//! [`PgManager::statement_timeout`]; kernel-side, `tcp_user_timeout` and keepalives.
+
+mod config;
+mod connection;
+mod error;
+mod manager;
+mod socket;
+mod tls;
+mod wire;
+
+pub use config::{DEFAULT_APPLICATION_NAME, SslMode};
+pub use connection::PgConnection;
+pub use error::PgError;
+pub use manager::{PgManager, ResetMode};
+pub use wire::TxStatus;
+
+pub use tokio_postgres;
