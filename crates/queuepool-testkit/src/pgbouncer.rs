@@ -1,0 +1,144 @@
+//! [`PgBouncer`]: a PgBouncer in transaction mode in front of a test server.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::TestkitError;
+use crate::util::{chown_to_postgres, command_as_postgres, free_port};
+
+/// A PgBouncer (Debian package `pgbouncer`) started for one test: `pool_mode =
+/// transaction`, listening on 127.0.0.1 at a free port, `auth_type = trust` for the
+/// user `postgres`, forwarding every database to `target_host:target_port`. Its ini,
+/// user list, pid and log files live in a temporary directory. As root it runs as the
+/// `postgres` user (PgBouncer refuses to run as root). Killed on drop.
+#[derive(Debug)]
+pub struct PgBouncer {
+    dir: TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl PgBouncer {
+    /// Starts PgBouncer with `default_pool_size` server connections per database/user.
+    pub async fn start(
+        target_host: &str,
+        target_port: u16,
+        default_pool_size: usize,
+    ) -> Result<PgBouncer, TestkitError> {
+        let bin = find_pgbouncer()?;
+        let dir = tempfile::Builder::new()
+            .prefix("queuepool-pgbouncer-")
+            .tempdir()
+            .map_err(TestkitError::io("creating the pgbouncer directory"))?;
+        let root = dir.path().to_owned();
+        let mut last = None;
+        for _ in 0..3 {
+            let port = free_port()?;
+            let ini = format!(
+                "[databases]\n\
+                 * = host={target_host} port={target_port}\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = trust\n\
+                 auth_file = {root}/userlist.txt\n\
+                 pool_mode = transaction\n\
+                 default_pool_size = {default_pool_size}\n\
+                 max_client_conn = 500\n\
+                 server_reset_query =\n\
+                 ignore_startup_parameters = extra_float_digits,options\n\
+                 logfile = {root}/pgbouncer.log\n\
+                 pidfile = {root}/pgbouncer.pid\n",
+                root = root.display(),
+            );
+            write(&root.join("pgbouncer.ini"), &ini)?;
+            write(&root.join("userlist.txt"), "\"postgres\" \"\"\n")?;
+            chown_to_postgres(&root)?;
+            let mut cmd = command_as_postgres(&bin);
+            cmd.arg(root.join("pgbouncer.ini"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = cmd
+                .spawn()
+                .map_err(TestkitError::io("starting pgbouncer"))?;
+            match wait_listening(port, &mut child).await {
+                Ok(()) => return Ok(PgBouncer { dir, port, child }),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log =
+                        std::fs::read_to_string(root.join("pgbouncer.log")).unwrap_or_default();
+                    last = Some(TestkitError::Command {
+                        program: "pgbouncer".into(),
+                        output: format!("{e}; log: {}", log.trim()),
+                    });
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| TestkitError::Timeout("pgbouncer start".into())))
+    }
+
+    /// The port PgBouncer listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL through PgBouncer to `dbname` as `postgres`, plaintext.
+    pub fn url(&self, dbname: &str, application_name: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable&application_name={application_name}",
+            self.port
+        )
+    }
+
+    /// PgBouncer's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // `runuser` forwards SIGTERM/SIGKILL to pgbouncer.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_pgbouncer() -> Result<PathBuf, TestkitError> {
+    for p in ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"] {
+        if std::path::Path::new(p).exists() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    Err(TestkitError::Missing(
+        "pgbouncer".into(),
+        "install it (Debian: apt-get install -y pgbouncer)".into(),
+    ))
+}
+
+async fn wait_listening(port: u16, child: &mut Child) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("pgbouncer exited: {status}"));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("pgbouncer did not listen within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn write(path: &std::path::Path, text: &str) -> Result<(), TestkitError> {
+    std::fs::write(path, text).map_err(TestkitError::io(format!("writing {}", path.display())))
+}
