@@ -91,9 +91,13 @@ pub(crate) fn parse(input: &str) -> Result<Parsed, PgError> {
     let mut ssl_mode = SslMode::Prefer;
     let mut root_certs = RootCerts::System;
     let mut explicit_root = false;
+    let mut explicit_mode = false;
     for (key, value) in ours {
         match key.as_str() {
-            "sslmode" => ssl_mode = value.parse()?,
+            "sslmode" => {
+                ssl_mode = value.parse()?;
+                explicit_mode = true;
+            }
             "sslrootcert" => {
                 explicit_root = true;
                 root_certs = if value == "system" {
@@ -112,7 +116,7 @@ pub(crate) fn parse(input: &str) -> Result<Parsed, PgError> {
     }
     // libpq: `sslrootcert=system` implies verify-full and rejects weaker modes.
     if explicit_root && root_certs == RootCerts::System && ssl_mode != SslMode::VerifyFull {
-        if matches!(ssl_mode, SslMode::Disable | SslMode::Prefer) {
+        if explicit_mode {
             return Err(PgError::Config(
                 "sslrootcert=system requires sslmode=verify-full (or no sslmode)".into(),
             ));
@@ -344,6 +348,7 @@ mod tests {
         let p = parse("postgres://u@h/d?sslrootcert=system").expect("valid");
         assert_eq!(p.ssl_mode, SslMode::VerifyFull);
         assert!(parse("postgres://u@h/d?sslrootcert=system&sslmode=disable").is_err());
+        assert!(parse("postgres://u@h/d?sslrootcert=system&sslmode=require").is_err());
     }
 
     #[test]
