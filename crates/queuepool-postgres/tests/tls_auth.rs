@@ -1,0 +1,79 @@
+//! TLS modes and SCRAM against an ephemeral cluster (self-signed certificate for
+//! `localhost`, SCRAM-SHA-256 passwords).
+
+mod common;
+
+use common::{TestResult, bounded};
+use queuepool_postgres::{PgError, PgManager};
+use queuepool_testkit::EphemeralCluster;
+
+async fn uses_tls(manager: &PgManager) -> Result<bool, PgError> {
+    let conn = manager.connect_one().await?;
+    let row = conn
+        .query_typed_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// One cluster for all TLS cases: starting one costs about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_and_scram_against_an_ephemeral_cluster() -> TestResult {
+    bounded(60, async {
+        let cluster = EphemeralCluster::new().await?;
+        let port = cluster.port();
+
+        // verify-full: chain and host name (the certificate is for "localhost").
+        let full = PgManager::from_url(&cluster.url("verify-full"))?;
+        assert!(uses_tls(&full).await?, "verify-full connects over TLS");
+
+        // verify-full with a host name the certificate does not name: a clear error.
+        let wrong_host = PgManager::from_url(&cluster.url_for("127.0.0.1", port, "verify-full"))?;
+        let err = wrong_host.connect_one().await.err().ok_or("expected a certificate error")?;
+        let text = err.to_string();
+        assert!(matches!(err, PgError::Connect { .. }), "{err:?}");
+        assert!(text.contains("certificate not valid for name") && text.contains("127.0.0.1"), "{text}");
+
+        // verify-ca: same chain, host name not checked.
+        let ca = PgManager::from_url(&cluster.url_for("127.0.0.1", port, "verify-ca"))?;
+        assert!(uses_tls(&ca).await?, "verify-ca accepts the chain under another name");
+
+        // verify-full against the system roots: the self-signed certificate is unknown.
+        let system = format!(
+            "postgres://postgres:{}@localhost:{port}/postgres?sslmode=verify-full",
+            cluster.password()
+        );
+        match PgManager::from_url(&system) {
+            Ok(m) => {
+                let err = m.connect_one().await.err().ok_or("expected an untrusted certificate")?;
+                assert!(err.to_string().contains("UnknownIssuer") || err.to_string().contains("issuer"), "{err}");
+            }
+            // A machine without any system root certificate fails at parse time, clearly.
+            Err(e) => assert!(e.to_string().contains("system root certificate"), "{e}"),
+        }
+
+        // require: encrypted, certificate not checked (no sslrootcert).
+        let require = format!(
+            "postgres://postgres:{}@127.0.0.1:{port}/postgres?sslmode=require",
+            cluster.password()
+        );
+        assert!(uses_tls(&PgManager::from_url(&require)?).await?);
+
+        // disable: plaintext (pg_hba allows SCRAM over plain TCP too).
+        let plain = PgManager::from_url(&cluster.url_for("127.0.0.1", port, "disable"))?;
+        assert!(!uses_tls(&plain).await?);
+
+        // SCRAM with a wrong password: a clear authentication error, no password shown.
+        let bad = format!(
+            "postgres://postgres:WrongPassw0rd@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            cluster.root_cert_path().display()
+        );
+        let err = PgManager::from_url(&bad)?.connect_one().await.err().ok_or("expected auth failure")?;
+        assert!(err.is_auth(), "{err:?}");
+        assert_eq!(err.code().map(|c| c.code()), Some("28P01"));
+        assert!(err.to_string().contains("password authentication failed for user \"postgres\""), "{err}");
+        assert!(!err.to_string().contains("WrongPassw0rd") && !format!("{err:?}").contains("WrongPassw0rd"));
+        assert!(!format!("{:?}", PgManager::from_url(&bad)?).contains("WrongPassw0rd"));
+        Ok(())
+    })
+    .await
+}
