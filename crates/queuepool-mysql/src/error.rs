@@ -19,6 +19,14 @@ pub enum MySqlError {
         /// What is wrong with it (never the URL itself, which may hold a password).
         reason: String,
     },
+    /// Opening a connection failed.
+    #[error("cannot connect to MySQL server {server}: {}", DriverDisplay(.error))]
+    Connect {
+        /// `host:port/database` (never the user's password).
+        server: String,
+        /// The driver's error.
+        error: mysql_async::Error,
+    },
     /// An error from the driver or the server.
     #[error("{}", DriverDisplay(.0))]
     Driver(mysql_async::Error),
@@ -39,15 +47,15 @@ impl MySqlError {
     /// The driver's error, if this is one.
     pub fn driver_error(&self) -> Option<&mysql_async::Error> {
         match self {
-            Self::Driver(e) => Some(e),
+            Self::Driver(e) | Self::Connect { error: e, .. } => Some(e),
             _ => None,
         }
     }
 
     /// The server's error code (for example 1213 for a deadlock), if the server sent one.
     pub fn server_code(&self) -> Option<u16> {
-        match self {
-            Self::Driver(mysql_async::Error::Server(e)) => Some(e.code),
+        match self.driver_error() {
+            Some(mysql_async::Error::Server(e)) => Some(e.code),
             _ => None,
         }
     }

@@ -61,6 +61,9 @@ pub enum SslMode {
 ///   server errors 1053 (server shutdown), 1927 (connection killed), 2006 (server has
 ///   gone away), 2013 (lost connection), 3169 (session killed), 4031 (disconnected for
 ///   inactivity).
+/// - [`health`](Manager::health) is `Broken` once a ping or reset failed on the
+///   connection. It cannot see a query of the borrower's that was cancelled in flight
+///   (mysql_async keeps that flag private); the checked reset above catches those.
 /// - [`close`](Manager::close) sends `COM_QUIT`.
 ///
 /// # Finding the connections on the server
@@ -146,9 +149,13 @@ impl MySqlManager {
         if let Some(mode) = ssl_mode {
             manager = manager.with_ssl_mode(mode, ssl_ca);
         } else if ssl_ca.is_some() {
-            return Err(invalid("`ssl-ca` needs `ssl-mode=VERIFY_CA` or `VERIFY_IDENTITY`".to_owned()));
+            return Err(invalid(
+                "`ssl-ca` needs `ssl-mode=VERIFY_CA` or `VERIFY_IDENTITY`".to_owned(),
+            ));
         }
-        Ok(manager.with_program_name(program_name).with_reset_mode(reset_mode))
+        Ok(manager
+            .with_program_name(program_name)
+            .with_reset_mode(reset_mode))
     }
 
     /// A manager for connections with the given driver options (their pool options are
@@ -240,6 +247,16 @@ impl MySqlManager {
         ids
     }
 
+    /// `host:port/database`, for messages.
+    fn server(&self) -> String {
+        format!(
+            "{}:{}/{}",
+            self.opts.ip_or_hostname(),
+            self.opts.tcp_port(),
+            self.opts.db_name().unwrap_or("")
+        )
+    }
+
     /// `ROLLBACK; SELECT '<fresh value>'` in one round trip, checking the replies are
     /// exactly what was asked for.
     async fn rollback_checked(&self, conn: &mut MySqlConnection) -> Result<(), MySqlError> {
@@ -304,7 +321,12 @@ impl Manager for MySqlManager {
     /// # Cancel safety
     /// Cancel safe: a connection half-opened when the future is dropped is dropped too.
     async fn connect(&self) -> Result<MySqlConnection, MySqlError> {
-        let conn = Conn::new(self.opts.clone()).await?;
+        let conn = Conn::new(self.opts.clone())
+            .await
+            .map_err(|error| MySqlError::Connect {
+                server: self.server(),
+                error,
+            })?;
         tracing::debug!(
             target: "queuepool::mysql",
             connection_id = conn.id(),
@@ -351,10 +373,10 @@ impl Manager for MySqlManager {
 
     fn is_disconnect(&self, error: &MySqlError) -> bool {
         use mysql_async::{DriverError, Error};
-        match error {
-            MySqlError::Driver(Error::Io(_)) => true,
-            MySqlError::Driver(Error::Driver(DriverError::ConnectionClosed)) => true,
-            MySqlError::Driver(Error::Server(e)) => DISCONNECT_CODES.contains(&e.code),
+        match error.driver_error() {
+            Some(Error::Io(_)) => true,
+            Some(Error::Driver(DriverError::ConnectionClosed)) => true,
+            Some(Error::Server(e)) => DISCONNECT_CODES.contains(&e.code),
             _ => false,
         }
     }
