@@ -17,7 +17,8 @@ usage: queuepool-bench core [--json FILE] [--reps N] [--secs S] [--warmup S]
   --reps N        repetitions per (scenario, pool), interleaved; median reported (default 3)
   --secs S        measured duration of one repetition, seconds (default 2)
   --warmup S      warm-up before each repetition, seconds (default 0.5)
-  --pool LIST     pools to run: queuepool, deadpool, bb8 (default all)
+  --pool LIST     pools to run: queuepool, deadpool, bb8 (default: these three), or the
+                  diagnostic queuepool-noreset (manager reports connections clean)
   --scenario LIST scenarios to run: 1-task, 64-tasks-pool-8, 8-tasks-pool-8 (default all)";
 
 /// What to run.
@@ -188,6 +189,11 @@ mod tests {
     fn pool_and_scenario_lists_are_parsed_and_deduplicated() {
         let c = core(&["--pool", "bb8,queuepool,bb8", "--scenario", "1-task"]).unwrap();
         assert_eq!(c.pools, vec![PoolKind::Bb8, PoolKind::Queuepool]);
+        let c = core(&["--pool", "queuepool-noreset,deadpool"]).unwrap();
+        assert_eq!(
+            c.pools,
+            vec![PoolKind::QueuepoolNoReset, PoolKind::Deadpool]
+        );
         assert_eq!(c.scenarios, vec![Scenario::Single]);
     }
 

@@ -56,7 +56,7 @@ fn core(a: &CoreArgs) -> Result<(), BenchError> {
                 let m = runner::measure(*kind, scenario, a.warmup, a.secs)?;
                 let fig = RepFigures::from(&m);
                 eprintln!(
-                    "{:<16} {:<10} rep {}/{}: {:>12.0} ops/s  p99 {:>8.2} µs",
+                    "{:<16} {:<17} rep {}/{}: {:>12.0} ops/s  p99 {:>8.2} µs",
                     scenario.name(),
                     kind.name(),
                     rep + 1,

@@ -31,11 +31,23 @@ pub enum PoolKind {
     Deadpool,
     /// bb8 0.9.
     Bb8,
+    /// Diagnostic, only with `--pool`: queuepool whose manager reports connections as
+    /// clean (`needs_reset` false), so no reset runs on return. Compare it with
+    /// `queuepool` to see what reset-on-return costs.
+    QueuepoolNoReset,
 }
 
 impl PoolKind {
-    /// All pools, in the order they are interleaved and printed.
+    /// The pools of a default run, in the order they are interleaved and printed.
     pub const ALL: [PoolKind; 3] = [PoolKind::Queuepool, PoolKind::Deadpool, PoolKind::Bb8];
+
+    /// Every pool `--pool` accepts.
+    pub const SELECTABLE: [PoolKind; 4] = [
+        PoolKind::Queuepool,
+        PoolKind::Deadpool,
+        PoolKind::Bb8,
+        PoolKind::QueuepoolNoReset,
+    ];
 
     /// The name used in the table, the JSON (`pool` key) and `--pool`.
     pub fn name(self) -> &'static str {
@@ -43,12 +55,13 @@ impl PoolKind {
             PoolKind::Queuepool => "queuepool",
             PoolKind::Deadpool => "deadpool",
             PoolKind::Bb8 => "bb8",
+            PoolKind::QueuepoolNoReset => "queuepool-noreset",
         }
     }
 
     /// Parses a `--pool` name.
     pub fn parse(name: &str) -> Option<PoolKind> {
-        PoolKind::ALL.into_iter().find(|k| k.name() == name)
+        PoolKind::SELECTABLE.into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -65,11 +78,15 @@ fn pool_error(pool: PoolKind, err: impl std::fmt::Display) -> BenchError {
 
 // ---------------------------------------------------------------------------- queuepool
 
-/// queuepool's no-op manager. `needs_reset` keeps its default (`true`): the reset hook
-/// runs on every return, the counterpart of deadpool's `recycle` on every checkout and
-/// bb8's `is_valid` (`test_on_check_out`, on by default).
+/// queuepool's no-op manager. With `clean: false` (the `queuepool` row) `needs_reset`
+/// keeps its default (`true`): the reset hook runs on every return, the counterpart of
+/// deadpool's `recycle` on every checkout and bb8's `is_valid` (`test_on_check_out`, on
+/// by default). With `clean: true` (`queuepool-noreset`) it reports every connection as
+/// clean and no reset runs.
 #[derive(Debug)]
-pub struct QueuepoolNoop;
+pub struct QueuepoolNoop {
+    clean: bool,
+}
 
 impl queuepool::Manager for QueuepoolNoop {
     type Connection = NoopConn;
@@ -87,6 +104,10 @@ impl queuepool::Manager for QueuepoolNoop {
         Ok(())
     }
 
+    fn needs_reset(&self, _: &NoopConn) -> bool {
+        !self.clean
+    }
+
     fn is_disconnect(&self, _: &Infallible) -> bool {
         false
     }
@@ -94,8 +115,11 @@ impl queuepool::Manager for QueuepoolNoop {
 
 /// Builds a queuepool of `size` connections, no overflow, with every other option at its
 /// default (pre_ping on: connections used within the last second are not pinged;
-/// reset-on-return rollback; FIFO; prefill).
-pub async fn queuepool(size: u32) -> Result<queuepool::Pool<QueuepoolNoop>, BenchError> {
+/// reset-on-return rollback; FIFO; prefill). `clean`: see [`QueuepoolNoop`].
+pub async fn queuepool(
+    size: u32,
+    clean: bool,
+) -> Result<queuepool::Pool<QueuepoolNoop>, BenchError> {
     let config = queuepool::PoolConfig::builder()
         .pool_size(size)
         .max_overflow(0)
@@ -103,7 +127,7 @@ pub async fn queuepool(size: u32) -> Result<queuepool::Pool<QueuepoolNoop>, Benc
         .name("bench")
         .build()
         .map_err(|e| pool_error(PoolKind::Queuepool, e))?;
-    queuepool::Pool::new(QueuepoolNoop, config)
+    queuepool::Pool::new(QueuepoolNoop { clean }, config)
         .await
         .map_err(|e| pool_error(PoolKind::Queuepool, e))
 }

@@ -143,14 +143,14 @@ pub fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<16} {:<10} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "{:<16} {:<17} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9}",
         "scenario", "pool", "ops/s", "p50 µs", "p99 µs", "max µs", "ops/dp", "p99/dp"
     );
     for row in &report.scenarios {
         let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
         let _ = writeln!(
             out,
-            "{:<16} {:<10} {:>12.0} {:>9.2} {:>9.2} {:>10.1} {:>9} {:>9}",
+            "{:<16} {:<17} {:>12.0} {:>9.2} {:>9.2} {:>10.1} {:>9} {:>9}",
             row.name,
             row.pool,
             row.ops_per_sec,

@@ -75,8 +75,9 @@ pub fn measure(
     .map_err(BenchError::Runtime)?;
     let size = scenario.pool_size();
     match kind {
-        PoolKind::Queuepool => {
-            let pool = rt.block_on(pools::queuepool(size))?;
+        PoolKind::Queuepool | PoolKind::QueuepoolNoReset => {
+            let clean = kind == PoolKind::QueuepoolNoReset;
+            let pool = rt.block_on(pools::queuepool(size, clean))?;
             run(&rt, pool, scenario, warmup, secs)
         }
         PoolKind::Deadpool => {
