@@ -189,12 +189,14 @@ mod tests {
     fn pool_and_scenario_lists_are_parsed_and_deduplicated() {
         let c = core(&["--pool", "bb8,queuepool,bb8", "--scenario", "1-task"]).unwrap();
         assert_eq!(c.pools, vec![PoolKind::Bb8, PoolKind::Queuepool]);
+        assert_eq!(c.scenarios, vec![Scenario::Single]);
+        // The diagnostic pool is selectable but not part of a default run.
         let c = core(&["--pool", "queuepool-noreset,deadpool"]).unwrap();
         assert_eq!(
             c.pools,
             vec![PoolKind::QueuepoolNoReset, PoolKind::Deadpool]
         );
-        assert_eq!(c.scenarios, vec![Scenario::Single]);
+        assert!(!PoolKind::ALL.contains(&PoolKind::QueuepoolNoReset));
     }
 
     #[test]
