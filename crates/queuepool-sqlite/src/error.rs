@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong in the SQLite backend.
 ///
-/// The cause of an error is either in its message or in [`std::error::Error::source`],
-/// never in both. SQLite URLs carry no credentials, so nothing here can print a password.
+/// Each variant carries its whole cause in its message, with SQLite's extended result
+/// code, and has no [`source`](std::error::Error::source) (rusqlite's own errors repeat
+/// their cause in both); [`SqliteError::sqlite_error`] gives rusqlite's error back.
+/// SQLite URLs carry no credentials, so nothing here can print a password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SqliteError {
@@ -32,17 +34,16 @@ pub enum SqliteError {
         dir: PathBuf,
     },
     /// Opening or configuring a new connection failed.
-    #[error("cannot open SQLite database `{target}`")]
+    #[error("cannot open SQLite database `{target}`: {}", SqliteDisplay(.cause))]
     Open {
         /// The file path, or the in-memory database's URI.
         target: String,
         /// What SQLite said.
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// An error returned by SQLite while running an operation.
-    #[error(transparent)]
-    Sqlite(#[from] rusqlite::Error),
+    #[error("{}", SqliteDisplay(.0))]
+    Sqlite(rusqlite::Error),
     /// The connection is gone: an earlier [`interact`](crate::SqliteConnection::interact)
     /// on it was cancelled (its future dropped) or panicked while SQLite held it. The pool
     /// discards such a connection when it comes back.
@@ -61,4 +62,40 @@ pub enum SqliteError {
     /// Tokio cancelled the blocking task (the runtime is shutting down).
     #[error("the blocking task running the SQLite operation was cancelled (runtime shutdown)")]
     Cancelled,
+}
+
+impl SqliteError {
+    /// rusqlite's error, if this is one (for its [`rusqlite::ErrorCode`]).
+    pub fn sqlite_error(&self) -> Option<&rusqlite::Error> {
+        match self {
+            Self::Sqlite(e) | Self::Open { cause: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+
+    /// SQLite's primary result code, if SQLite returned one (`DatabaseBusy`, ...).
+    pub fn code(&self) -> Option<rusqlite::ErrorCode> {
+        self.sqlite_error()
+            .and_then(rusqlite::Error::sqlite_error_code)
+    }
+}
+
+impl From<rusqlite::Error> for SqliteError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Sqlite(error)
+    }
+}
+
+/// rusqlite's message, followed by the extended result code when SQLite gave one.
+struct SqliteDisplay<'a>(&'a rusqlite::Error);
+
+impl std::fmt::Display for SqliteDisplay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            rusqlite::Error::SqliteFailure(e, Some(message)) => {
+                write!(f, "{message} (SQLite code {})", e.extended_code)
+            }
+            other => write!(f, "{other}"),
+        }
+    }
 }

@@ -122,10 +122,10 @@ impl SqliteManager {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let keeper =
-            rusqlite::Connection::open_with_flags(&uri, memory_flags()).map_err(|source| {
+            rusqlite::Connection::open_with_flags(&uri, memory_flags()).map_err(|cause| {
                 SqliteError::Open {
                     target: uri.clone(),
-                    source,
+                    cause,
                 }
             })?;
         Ok(Self {
@@ -231,11 +231,10 @@ fn open(target: OpenTarget, busy_timeout: Duration) -> Result<rusqlite::Connecti
         conn.pragma_update(None, "foreign_keys", true)?;
         Ok(conn)
     };
-    conn.and_then(configure)
-        .map_err(|source| SqliteError::Open {
-            target: name,
-            source,
-        })
+    conn.and_then(configure).map_err(|cause| SqliteError::Open {
+        target: name,
+        cause,
+    })
 }
 
 /// Switches the file to WAL (a no-op when it already is) and returns the journal mode.
@@ -335,11 +334,7 @@ impl Manager for SqliteManager {
     /// or its WAL cannot be reopened) and `SQLITE_READONLY_DBMOVED` (the file was
     /// deleted or renamed while open).
     fn is_disconnect(&self, error: &SqliteError) -> bool {
-        let sqlite_error = match error {
-            SqliteError::Sqlite(e) | SqliteError::Open { source: e, .. } => e,
-            _ => return false,
-        };
-        match sqlite_error.sqlite_error() {
+        match error.sqlite_error().and_then(rusqlite::Error::sqlite_error) {
             Some(e) => {
                 matches!(
                     e.code,

@@ -338,11 +338,12 @@ async fn busy_timeout_bounds_the_wait_for_a_held_lock() {
             .await
             .unwrap_err();
         let waited = started.elapsed();
-        let code = match &err {
-            SqliteError::Sqlite(e) => e.sqlite_error_code(),
-            _ => None,
-        };
-        assert_eq!(code, Some(ErrorCode::DatabaseBusy), "{err:?}");
+        assert_eq!(err.code(), Some(ErrorCode::DatabaseBusy), "{err:?}");
+        assert_eq!(err.to_string(), "database is locked (SQLite code 5)");
+        assert!(
+            std::error::Error::source(&err).is_none(),
+            "the cause is in the message only"
+        );
         assert!(
             waited >= Duration::from_millis(120),
             "waited for the lock: {waited:?}"
