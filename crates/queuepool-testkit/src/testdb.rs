@@ -100,6 +100,30 @@ impl TestDb {
         &self.url
     }
 
+    /// The test database's URL with another address (a proxy or PgBouncer in front).
+    /// Keeps user, password, `sslmode` and `application_name`; `sslrootcert` is not
+    /// carried over (the shared test server is expected to be plaintext or `require`).
+    pub fn url_via(&self, host: &str, port: u16) -> Result<String, TestkitError> {
+        let m = self.manager()?;
+        let pg = m.pg_config();
+        let enc = |s: &str| percent_encode(s);
+        let user = enc(pg.get_user().unwrap_or("postgres"));
+        let auth = match pg.get_password() {
+            Some(p) => format!("{user}:{}", enc(&String::from_utf8_lossy(p))),
+            None => user,
+        };
+        let mode = match m.ssl_mode() {
+            queuepool_postgres::SslMode::Disable => "disable",
+            queuepool_postgres::SslMode::Prefer => "prefer",
+            _ => "require",
+        };
+        Ok(format!(
+            "postgres://{auth}@{host}:{port}/{}?sslmode={mode}&application_name={}",
+            enc(&self.name),
+            enc(&self.app)
+        ))
+    }
+
     /// The unique `application_name` of [`TestDb::url`].
     pub fn application_name(&self) -> &str {
         &self.app
