@@ -1,1 +1,42 @@
-fn main() {}
+//! `queuepool`: see `queuepool --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use queuepool_cli::cli::{Cli, Command};
+use queuepool_cli::config::ServeConfig;
+use queuepool_cli::error::chain;
+use queuepool_cli::{CliError, serve, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match ServeConfig::load(&args, &|key| std::env::var(key).ok()) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("error: {}", chain(&error));
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init_tracing(config.echo_pool);
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)
+                .and_then(|runtime| {
+                    runtime.block_on(async {
+                        let prometheus = telemetry::install_prometheus()?;
+                        serve::run(config, Some(prometheus)).await
+                    })
+                });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{}", chain(&error));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

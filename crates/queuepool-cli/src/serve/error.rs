@@ -1,0 +1,164 @@
+//! [`AppError`]: every error of the service mapped to a status code in one place.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use queuepool_axum::{DbError, json_error};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::FieldError;
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code: `not_found`, `validation_error`, `invalid_json`,
+    /// `unsupported_media_type`, `payload_too_large`, `pool_timeout`,
+    /// `database_unavailable`, `shutting_down`, `internal_error`.
+    pub error: String,
+    /// Human-readable, safe to show.
+    pub message: String,
+    /// For `validation_error`: each invalid field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<FieldError>>,
+}
+
+/// An error of a request handler.
+#[derive(Debug)]
+pub enum AppError {
+    /// Pool or database error: 503 or 500 (see [`DbError`]).
+    Db(DbError),
+    /// 404: no such item or route.
+    NotFound(String),
+    /// 422: these fields are invalid; nothing was written.
+    Validation(Vec<FieldError>),
+    /// Another client error (bad JSON, wrong content type, body too large).
+    Client {
+        /// 4xx status.
+        status: StatusCode,
+        /// Machine-readable code.
+        code: &'static str,
+        /// Safe message.
+        message: String,
+    },
+}
+
+impl From<DbError> for AppError {
+    fn from(error: DbError) -> Self {
+        AppError::Db(error)
+    }
+}
+
+/// The field a serde message names, from `serde_path_to_error`'s `path: message` or
+/// serde's ``missing field `x` ``.
+fn field_of(message: &str) -> Option<String> {
+    if let Some(rest) = message.split("missing field `").nth(1) {
+        return rest.split('`').next().map(str::to_owned);
+    }
+    let (path, _) = message.split_once(": ")?;
+    let valid = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+    valid.then(|| path.to_owned())
+}
+
+/// The part of an axum rejection message after its fixed prefix.
+fn detail(text: &str) -> &str {
+    text.split_once(": ").map_or(text, |(_, rest)| rest)
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let text = rejection.body_text();
+        match rejection {
+            JsonRejection::JsonDataError(_) => {
+                let message = detail(&text).to_owned();
+                let field = field_of(&message).unwrap_or_else(|| "body".to_owned());
+                AppError::Validation(vec![FieldError::new(field, message)])
+            }
+            JsonRejection::JsonSyntaxError(_) => AppError::Client {
+                status,
+                code: "invalid_json",
+                message: text,
+            },
+            JsonRejection::MissingJsonContentType(_) => AppError::Client {
+                status,
+                code: "unsupported_media_type",
+                message: "expected a body with `Content-Type: application/json`".to_owned(),
+            },
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => AppError::Client {
+                status,
+                code: "payload_too_large",
+                message: format!(
+                    "the request body is larger than {} bytes",
+                    super::BODY_LIMIT_BYTES
+                ),
+            },
+            _ => AppError::Client {
+                status,
+                code: "bad_request",
+                message: text,
+            },
+        }
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(rejection: QueryRejection) -> Self {
+        let text = rejection.body_text();
+        let message = detail(&text).to_owned();
+        let field = field_of(&message).unwrap_or_else(|| "query".to_owned());
+        AppError::Validation(vec![FieldError::new(field, message)])
+    }
+}
+
+impl From<PathRejection> for AppError {
+    fn from(rejection: PathRejection) -> Self {
+        let text = rejection.body_text();
+        AppError::Validation(vec![FieldError::new("id", detail(&text).to_owned())])
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            AppError::Db(error) => error.into_response(),
+            AppError::NotFound(message) => json_error(StatusCode::NOT_FOUND, "not_found", message),
+            AppError::Validation(fields) => {
+                let names: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+                let body = ErrorBody {
+                    error: "validation_error".to_owned(),
+                    message: format!("invalid {}", names.join(", ")),
+                    fields: Some(fields),
+                };
+                (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+            }
+            AppError::Client {
+                status,
+                code,
+                message,
+            } => json_error(status, code, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_is_found_in_serde_messages() {
+        assert_eq!(
+            field_of("missing field `name` at line 1 column 14").as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            field_of("price: invalid type: string \"x\", expected f64 at line 1 column 20")
+                .as_deref(),
+            Some("price")
+        );
+        assert_eq!(field_of("invalid type: map, expected a string"), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! The request handlers, generic over the backend's [`Store`].
+//!
+//! Handlers with a body check the connection out only after the body is read and
+//! validated: a slow client uploading a body does not hold a pooled connection, and an
+//! invalid request never touches the database.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use queuepool::Pool;
+use queuepool_axum::Db;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{AppError, ErrorBody};
+use super::extract::{ItemId, JsonBody, QueryParams};
+use crate::store::{Item, ItemIn, ListParams, Store};
+
+/// The body of `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthBody {
+    /// Always `ok` (an unavailable database is a 503 with an error body).
+    pub status: &'static str,
+    /// `postgres`, `mysql` or `sqlite`.
+    pub database: &'static str,
+}
+
+fn not_found(id: i64) -> AppError {
+    AppError::NotFound(format!("item {id} not found"))
+}
+
+/// Runs `SELECT 1` on a pooled connection.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses(
+        (status = 200, description = "The database answered", body = HealthBody),
+        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+    ))]
+pub async fn health<M: Store>(mut db: Db<M>) -> Result<Json<HealthBody>, AppError> {
+    M::ping(&mut db).await.map_err(|e| Db::error(&mut db, e))?;
+    Ok(Json(HealthBody {
+        status: "ok",
+        database: M::BACKEND.name(),
+    }))
+}
+
+/// Lists items by id.
+#[utoipa::path(get, path = "/items", tag = "items", params(ListParams),
+    responses(
+        (status = 200, description = "One page of items", body = [Item]),
+        (status = 422, description = "Invalid limit or offset", body = ErrorBody),
+        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+    ))]
+pub async fn list_items<M: Store>(
+    QueryParams(params): QueryParams<ListParams>,
+    State(pool): State<Pool<M>>,
+) -> Result<Json<Vec<Item>>, AppError> {
+    let page = params.validate().map_err(AppError::Validation)?;
+    let mut db = Db::checkout(&pool).await?;
+    let items = M::list(&mut db, page)
+        .await
+        .map_err(|e| Db::error(&mut db, e))?;
+    Ok(Json(items))
+}
+
+/// Creates an item.
+#[utoipa::path(post, path = "/items", tag = "items", request_body = ItemIn,
+    responses(
+        (status = 201, description = "Created; `Location` is its URL", body = Item,
+            headers(("Location" = String, description = "/items/{id}"))),
+        (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
+        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+    ))]
+pub async fn create_item<M: Store>(
+    State(pool): State<Pool<M>>,
+    JsonBody(input): JsonBody<ItemIn>,
+) -> Result<Response, AppError> {
+    let new = input.validate().map_err(AppError::Validation)?;
+    let mut db = Db::checkout(&pool).await?;
+    let item = M::insert(&mut db, new)
+        .await
+        .map_err(|e| Db::error(&mut db, e))?;
+    drop(db);
+    let location = format!("/items/{}", item.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(item),
+    )
+        .into_response())
+}
+
+/// Reads one item.
+#[utoipa::path(get, path = "/items/{id}", tag = "items",
+    params(("id" = i64, Path, description = "Item id")),
+    responses(
+        (status = 200, description = "The item", body = Item),
+        (status = 404, description = "No such item", body = ErrorBody),
+        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+    ))]
+pub async fn get_item<M: Store>(ItemId(id): ItemId, mut db: Db<M>) -> Result<Json<Item>, AppError> {
+    let item = M::find(&mut db, id)
+        .await
+        .map_err(|e| Db::error(&mut db, e))?;
+    item.map(Json).ok_or_else(|| not_found(id))
+}
+
+/// Replaces an item's name, description and price.
+#[utoipa::path(put, path = "/items/{id}", tag = "items", request_body = ItemIn,
+    params(("id" = i64, Path, description = "Item id")),
+    responses(
+        (status = 200, description = "The updated item", body = Item),
+        (status = 404, description = "No such item", body = ErrorBody),
+        (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
+        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+    ))]
+pub async fn update_item<M: Store>(
+    ItemId(id): ItemId,
+    State(pool): State<Pool<M>>,
+    JsonBody(input): JsonBody<ItemIn>,
+) -> Result<Json<Item>, AppError> {
+    let new = input.validate().map_err(AppError::Validation)?;
+    let mut db = Db::checkout(&pool).await?;
+    let item = M::update(&mut db, id, new)
+        .await
+        .map_err(|e| Db::error(&mut db, e))?;
+    item.map(Json).ok_or_else(|| not_found(id))
+}
+
+/// Deletes an item.
+#[utoipa::path(delete, path = "/items/{id}", tag = "items",
+    params(("id" = i64, Path, description = "Item id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such item", body = ErrorBody),
+        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+    ))]
+pub async fn delete_item<M: Store>(
+    ItemId(id): ItemId,
+    mut db: Db<M>,
+) -> Result<StatusCode, AppError> {
+    let deleted = M::delete(&mut db, id)
+        .await
+        .map_err(|e| Db::error(&mut db, e))?;
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(id))
+    }
+}
+
+/// Any other path: a JSON 404.
+pub async fn fallback() -> AppError {
+    AppError::NotFound("no such route; see /docs".to_owned())
+}
