@@ -45,10 +45,42 @@ fn config(pool_size: u32) -> PoolConfig {
         .unwrap()
 }
 
-/// A database of the test's own, dropped by [`TestDb::drop_db`].
+/// A database of the test's own (and users), dropped by [`TestDb::drop_db`], or by
+/// `Drop` when a failing test panics before reaching it.
 struct TestDb {
     name: String,
     admin: Conn,
+    users: Vec<String>,
+    dropped: bool,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let mut statements = vec![format!("DROP DATABASE IF EXISTS {}", self.name)];
+        statements.extend(
+            self.users
+                .iter()
+                .map(|u| format!("DROP USER IF EXISTS '{u}'@'%'")),
+        );
+        // Drop cannot await, and runs inside the test's runtime: use a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut admin = Conn::new(Opts::from_url(&base_url()).ok()?).await.ok()?;
+                for sql in statements {
+                    admin.query_drop(sql).await.ok()?;
+                }
+                admin.disconnect().await.ok()
+            })
+        });
+        let _ = cleanup.join();
+    }
 }
 
 impl TestDb {
@@ -70,7 +102,12 @@ impl TestDb {
             .query_drop(format!("CREATE DATABASE {name}"))
             .await
             .unwrap();
-        Self { name, admin }
+        Self {
+            name,
+            admin,
+            users: Vec::new(),
+            dropped: false,
+        }
     }
 
     fn url(&self) -> String {
@@ -113,7 +150,13 @@ impl TestDb {
             .query_drop(format!("DROP DATABASE IF EXISTS {}", self.name))
             .await
             .unwrap();
-        let _ = self.admin.disconnect().await;
+        for user in std::mem::take(&mut self.users) {
+            self.admin
+                .query_drop(format!("DROP USER IF EXISTS '{user}'@'%'"))
+                .await
+                .unwrap();
+        }
+        self.dropped = true;
     }
 }
 
@@ -330,6 +373,7 @@ async fn passwords_never_appear_in_errors_or_debug_output() {
             ))
             .await
             .unwrap();
+        db.users.push(user.clone());
         db.admin
             .query_drop(format!("GRANT ALL ON {}.* TO '{user}'@'%'", db.name))
             .await
@@ -382,10 +426,6 @@ async fn passwords_never_appear_in_errors_or_debug_output() {
         for text in &seen {
             assert!(!text.contains(&password), "password leaked: {text}");
         }
-        db.admin
-            .query_drop(format!("DROP USER '{user}'@'%'"))
-            .await
-            .unwrap();
         db.drop_db().await;
     })
     .await
