@@ -286,6 +286,44 @@ async fn query_cancelled_in_flight_does_not_leak_its_reply_to_the_next_borrower(
     .await
 }
 
+/// The checked reset must not discard connections that are merely untidy: an unread
+/// result set or a dropped `mysql_async::Transaction` is cleaned and the connection kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untidy_but_consistent_connections_are_cleaned_and_kept() {
+    bounded(async {
+        let db = TestDb::new().await;
+        let pool = Pool::new(MySqlManager::from_url(&db.url()).unwrap(), config(1))
+            .await
+            .unwrap();
+        let mut conn = pool.get().await.unwrap();
+        let id = conn.id();
+        conn.query_drop("CREATE TABLE t (x INT) ENGINE=InnoDB")
+            .await
+            .unwrap();
+        let mut tx = conn
+            .start_transaction(mysql_async::TxOpts::default())
+            .await
+            .unwrap();
+        tx.query_drop("INSERT INTO t VALUES (1), (2), (3)")
+            .await
+            .unwrap();
+        drop(tx); // neither committed nor rolled back
+        let unread = conn.query_iter("SELECT x FROM t; SELECT 1").await.unwrap();
+        drop(unread); // both result sets left unread
+        drop(conn);
+
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(conn.id(), id, "the connection was kept");
+        let rows: Option<i64> = conn.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+        assert_eq!(rows, Some(0), "the dropped transaction was rolled back");
+        assert_eq!(pool.stats().invalidated, 0);
+        drop(conn);
+        pool.close(Duration::from_secs(5)).await;
+        db.drop_db().await;
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_idle_connections_are_replaced_at_checkout_by_pre_ping() {
     bounded(async {
