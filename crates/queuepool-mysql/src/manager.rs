@@ -87,6 +87,11 @@ impl MySqlManager {
     /// Parses a `mysql://` or `mariadb://` URL:
     /// `mysql://user:password@host:port/database?param=value`.
     ///
+    /// Connections go where the URL says: mysql_async's `prefer_socket` (after a TCP
+    /// connection to a loopback address, ask the server for its Unix socket and reconnect
+    /// through it) is off unless the URL sets `prefer_socket=true`. It would double the
+    /// cost of each connect and silently bypass a proxy listening on localhost.
+    ///
     /// Besides mysql_async's own parameters (`prefer_socket`, `stmt_cache_size`,
     /// `tcp_nodelay`, `require_ssl`, ...), it accepts:
     /// - `ssl-mode` (or `ssl_mode`): `DISABLED`, `REQUIRED`, `VERIFY_CA`,
@@ -144,7 +149,11 @@ impl MySqlManager {
         } else {
             parsed.query_pairs_mut().clear().extend_pairs(driver_params);
         }
-        let opts = Opts::from_url(parsed.as_str()).map_err(|e| invalid(e.to_string()))?;
+        let prefer_socket_given = parsed.query_pairs().any(|(k, _)| k == "prefer_socket");
+        let mut opts = Opts::from_url(parsed.as_str()).map_err(|e| invalid(e.to_string()))?;
+        if !prefer_socket_given {
+            opts = OptsBuilder::from_opts(opts).prefer_socket(false).into();
+        }
         let mut manager = Self::new(opts);
         if let Some(mode) = ssl_mode {
             manager = manager.with_ssl_mode(mode, ssl_ca);

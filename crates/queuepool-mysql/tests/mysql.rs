@@ -174,6 +174,17 @@ async fn prefill_opens_pool_size_connections_seen_in_processlist_and_close_ends_
             "the manager knows its connections"
         );
         assert_eq!(pool.status().idle, 3);
+        // Connected over TCP where the URL says, not switched to the server's Unix socket.
+        let hosts: Vec<String> = db
+            .admin
+            .exec(
+                "SELECT HOST FROM information_schema.processlist WHERE DB = ?",
+                (db.name.as_str(),),
+            )
+            .await
+            .unwrap();
+        assert_eq!(hosts.len(), 3);
+        assert!(hosts.iter().all(|h| h != "localhost"), "{hosts:?}");
         pool.close(Duration::from_secs(5)).await;
         db.wait_for_count(0).await;
         assert!(pool.manager().connection_ids().is_empty());
@@ -484,6 +495,9 @@ async fn mariadb_scheme_and_url_parameters_are_understood() {
             "driver parameters pass through"
         );
         assert_eq!(manager.ssl_mode(), SslMode::Disabled);
+        assert!(!manager.opts().prefer_socket(), "off unless asked for");
+        let asked = MySqlManager::from_url(&format!("{}?prefer_socket=true", db.url())).unwrap();
+        assert!(asked.opts().prefer_socket());
         let mut conn = manager.connect().await.unwrap();
         let current: Option<String> = conn.query_first("SELECT DATABASE()").await.unwrap();
         assert_eq!(current.as_deref(), Some(db.name.as_str()));
