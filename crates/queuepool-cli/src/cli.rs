@@ -22,3 +22,35 @@ pub enum Command {
     /// CRUD on /items, /health, /pool, /metrics, Swagger UI at /docs
     Serve(ServeArgs),
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn serve_help_documents_precedence_env_and_defaults() {
+        let mut command = Cli::command();
+        let serve = command.find_subcommand_mut("serve").unwrap();
+        let help = serve.render_long_help().to_string();
+        assert!(
+            help.contains("flags > environment variables > --config TOML file > pool preset > built-in defaults"),
+            "{help}"
+        );
+        for needle in [
+            "DATABASE_URL",
+            "POOL_PRESET",
+            "POOL_SIZE",
+            "MAX_OVERFLOW",
+            "POOL_TIMEOUT",
+            "POOL_RECYCLE",
+            "BIND",
+            "sqlite://queuepool.db",
+            "127.0.0.1:8000",
+            "--echo-pool",
+        ] {
+            assert!(help.contains(needle), "{needle} missing from:\n{help}");
+        }
+    }
+}

@@ -415,9 +415,7 @@ fn parse_duration(label: &str, raw: &str) -> Result<Duration, CliError> {
     };
     let seconds = number.trim().parse::<f64>().map(|n| n * scale);
     match seconds {
-        Ok(s) if (0.0..=366.0 * 86400.0).contains(&s) => {
-            Ok(Duration::from_secs_f64(s))
-        }
+        Ok(s) if (0.0..=366.0 * 86400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
         _ => Err(invalid(
             label,
             raw,
@@ -673,5 +671,218 @@ impl ServeConfig {
                 self.origin("echo_pool"),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |key| map.get(key).cloned()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn load(args: &ServeArgs, pairs: &[(&str, &str)]) -> Result<ServeConfig, CliError> {
+        ServeConfig::load(args, &env(pairs))
+    }
+
+    fn error(args: &ServeArgs, pairs: &[(&str, &str)]) -> String {
+        crate::error::chain(&load(args, pairs).unwrap_err())
+    }
+
+    #[test]
+    fn defaults_are_sqlite_dev_preset_and_localhost_8000() {
+        let c = load(&ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.database_url.expose(), "sqlite://queuepool.db");
+        assert_eq!(c.backend, Backend::Sqlite);
+        assert_eq!(c.preset, Preset::Dev);
+        assert_eq!(c.pool.pool_size, 5);
+        assert_eq!(c.pool.max_overflow, Overflow::Limited(10));
+        assert_eq!(c.pool.pool_timeout, Duration::from_secs(30));
+        assert_eq!(c.pool.pool_recycle, Some(Duration::from_secs(1800)));
+        assert_eq!(c.bind, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(c.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert!(!c.echo_pool);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_preset() {
+        let f = file("pool_size = 7\npool_preset = \"prod-low\"\n");
+        let mut args = ServeArgs {
+            config: Some(f.path().to_owned()),
+            pool_size: Some("9".into()),
+            ..ServeArgs::default()
+        };
+        let both = [("POOL_SIZE", "8")];
+        assert_eq!(load(&args, &both).unwrap().pool.pool_size, 9);
+        assert_eq!(
+            load(&args, &both).unwrap().origins["pool_size"],
+            Origin::Flag
+        );
+        args.pool_size = None;
+        assert_eq!(load(&args, &both).unwrap().pool.pool_size, 8);
+        assert_eq!(
+            load(&args, &both).unwrap().origins["pool_size"],
+            Origin::Env
+        );
+        let c = load(&args, &[]).unwrap();
+        assert_eq!(c.pool.pool_size, 7);
+        // The file's preset gives the values the file does not set.
+        assert_eq!(c.preset, Preset::ProdLow);
+        assert_eq!(c.pool.max_overflow, Overflow::Limited(20));
+        args.config = None;
+        assert_eq!(load(&args, &[]).unwrap().pool.pool_size, 5);
+        // An empty variable counts as unset.
+        assert_eq!(load(&args, &[("POOL_SIZE", "")]).unwrap().pool.pool_size, 5);
+    }
+
+    #[test]
+    fn explicit_values_override_the_preset_whatever_their_layer() {
+        let f = file("max_overflow = 3\n");
+        let args = ServeArgs {
+            config: Some(f.path().to_owned()),
+            ..ServeArgs::default()
+        };
+        let c = load(&args, &[("POOL_PRESET", "high-load")]).unwrap();
+        assert_eq!(c.pool.pool_size, 20);
+        assert_eq!(c.pool.max_overflow, Overflow::Limited(3));
+        assert_eq!(c.pool.pool_timeout, Duration::from_secs(60));
+        assert_eq!(c.origins["pool_size"], Origin::Preset(Preset::HighLoad));
+    }
+
+    #[test]
+    fn every_env_variable_is_read() {
+        let c = load(
+            &ServeArgs::default(),
+            &[
+                ("DATABASE_URL", "postgres://app:pw@db:5432/shop"),
+                ("POOL_PRESET", "prod-low"),
+                ("POOL_SIZE", "12"),
+                ("MAX_OVERFLOW", "-1"),
+                ("POOL_TIMEOUT", "500ms"),
+                ("POOL_RECYCLE", "off"),
+                ("POOL_PRE_PING", "false"),
+                ("BIND", "0.0.0.0:9000"),
+                ("SHUTDOWN_TIMEOUT", "2m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.backend, Backend::Postgres);
+        assert_eq!(c.preset, Preset::ProdLow);
+        assert_eq!(c.pool.pool_size, 12);
+        assert_eq!(c.pool.max_overflow, Overflow::Unlimited);
+        assert_eq!(c.pool.pool_timeout, Duration::from_millis(500));
+        assert_eq!(c.pool.pool_recycle, None);
+        assert!(!c.pool.pre_ping);
+        assert_eq!(c.bind, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn file_accepts_numbers_and_strings_and_rejects_unknown_keys() {
+        let f = file(
+            "pool_timeout = 2.5\npool_recycle = \"1h\"\necho_pool = true\nbind = \"127.0.0.1:0\"\n",
+        );
+        let args = ServeArgs {
+            config: Some(f.path().to_owned()),
+            ..ServeArgs::default()
+        };
+        let c = load(&args, &[]).unwrap();
+        assert_eq!(c.pool.pool_timeout, Duration::from_millis(2500));
+        assert_eq!(c.pool.pool_recycle, Some(Duration::from_secs(3600)));
+        assert!(c.echo_pool);
+
+        let f = file("pool_sise = 5\n");
+        let args = ServeArgs {
+            config: Some(f.path().to_owned()),
+            ..ServeArgs::default()
+        };
+        let message = error(&args, &[]);
+        assert!(message.contains("pool_sise"), "{message}");
+        assert!(message.contains("invalid config file"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_as_written() {
+        let message = error(&ServeArgs::default(), &[("POOL_SIZE", "many")]);
+        assert!(message.starts_with("POOL_SIZE: "), "{message}");
+        let args = ServeArgs {
+            pool_timeout: Some("soon".into()),
+            ..ServeArgs::default()
+        };
+        assert!(error(&args, &[]).starts_with("--pool-timeout: "));
+        let f = file("pool_recycle = \"weekly\"\n");
+        let args = ServeArgs {
+            config: Some(f.path().to_owned()),
+            ..ServeArgs::default()
+        };
+        let message = error(&args, &[]);
+        assert!(message.starts_with("pool_recycle in "), "{message}");
+        assert!(error(&ServeArgs::default(), &[("BIND", "localhost")]).starts_with("BIND: "));
+        assert!(
+            error(&ServeArgs::default(), &[("POOL_PRESET", "huge")]).starts_with("POOL_PRESET: ")
+        );
+        // Range checks of the pool builder are traced back to the key that set them.
+        let message = error(&ServeArgs::default(), &[("POOL_TIMEOUT", "0")]);
+        assert!(message.starts_with("POOL_TIMEOUT: "), "{message}");
+    }
+
+    #[test]
+    fn unsupported_url_names_the_key_and_not_the_password() {
+        let message = error(
+            &ServeArgs::default(),
+            &[("DATABASE_URL", "redis://u:s3cret@h/0")],
+        );
+        assert!(message.starts_with("DATABASE_URL: "), "{message}");
+        assert!(message.contains("\"redis\""), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/shop?sslmode=require"),
+            "postgres://app:***@db:5432/shop?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/shop?user=app&password=s3cret"),
+            "postgres://db/shop?user=app&password=***"
+        );
+        assert_eq!(
+            redact_url("mysql://root@127.0.0.1:3306/test"),
+            "mysql://root@127.0.0.1:3306/test"
+        );
+        assert_eq!(
+            redact_url("host=db user=app password=s3cret dbname=shop"),
+            "host=db user=app password=*** dbname=shop"
+        );
+        assert_eq!(
+            redact_url("host=db password = 'se cret\\'x' dbname=shop"),
+            "host=db password ='***' dbname=shop"
+        );
+        assert_eq!(redact_url("sqlite://queuepool.db"), "sqlite://queuepool.db");
+        let c = load(
+            &ServeArgs::default(),
+            &[("DATABASE_URL", "postgres://app:s3cret@db/shop")],
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let lines = c.describe().join("\n");
+        assert!(!lines.contains("s3cret"), "{lines}");
+        assert!(lines.contains("postgres://app:***@db/shop"), "{lines}");
+        assert!(lines.contains("(DATABASE_URL)"), "{lines}");
     }
 }

@@ -152,6 +152,17 @@ pub async fn serve<M: Store>(
     grace: Duration,
 ) -> Result<(), CliError> {
     let app = router(pool.clone(), prometheus);
+    serve_app(listener, app, pool, shutdown, grace).await
+}
+
+/// [`serve`] with a ready-made app (tests add routes to [`routes`]).
+pub async fn serve_app<M: Store>(
+    listener: TcpListener,
+    app: Router,
+    pool: Pool<M>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Result<(), CliError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
