@@ -85,8 +85,8 @@ pub(crate) fn parse(input: &str) -> Result<Parsed, PgError> {
         split_key_value(trimmed)?
     };
 
-    let mut pg = tokio_postgres::Config::from_str(&rest)
-        .map_err(|e| PgError::Config(chain_text(&e)))?;
+    let mut pg =
+        tokio_postgres::Config::from_str(&rest).map_err(|e| PgError::Config(chain_text(&e)))?;
 
     let mut ssl_mode = SslMode::Prefer;
     let mut root_certs = RootCerts::System;
@@ -338,9 +338,15 @@ mod tests {
 
     #[test]
     fn default_ssl_mode_is_prefer_and_bad_modes_are_named() {
-        assert_eq!(parse("postgres://u@h/d").expect("valid").ssl_mode, SslMode::Prefer);
+        assert_eq!(
+            parse("postgres://u@h/d").expect("valid").ssl_mode,
+            SslMode::Prefer
+        );
         let err = parse("postgres://u@h/d?sslmode=verify").expect_err("invalid");
-        assert!(err.to_string().contains("unknown sslmode `verify`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown sslmode `verify`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -204,8 +204,13 @@ mod tests {
 
     #[test]
     fn disconnect_codes_are_class_08_and_57p01_to_57p03() {
-        for code in ["08000", "08003", "08006", "08001", "08004", "57P01", "57P02", "57P03"] {
-            assert!(server(code).is_disconnect(), "{code} should be a disconnect");
+        for code in [
+            "08000", "08003", "08006", "08001", "08004", "57P01", "57P02", "57P03",
+        ] {
+            assert!(
+                server(code).is_disconnect(),
+                "{code} should be a disconnect"
+            );
         }
         for code in ["57014", "28P01", "42P01", "25P02", "40001", "57P04"] {
             assert!(!server(code).is_disconnect(), "{code} is not a disconnect");

@@ -338,11 +338,11 @@ impl PgManager {
             SimpleQueryMessage::Row(row) => row.get(0).map(|v| v == "on"),
             _ => None,
         });
-        let ok = match (wanted, read_only) {
-            (TargetSessionAttrs::ReadWrite, Some(false)) => true,
-            (TargetSessionAttrs::ReadOnly, Some(true)) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (wanted, read_only),
+            (TargetSessionAttrs::ReadWrite, Some(false))
+                | (TargetSessionAttrs::ReadOnly, Some(true))
+        );
         if ok {
             Ok(())
         } else {
@@ -484,7 +484,8 @@ impl Manager for PgManager {
             self.bounded(conn, client.simple_query("ROLLBACK")).await?;
         }
         if self.reset_mode == ResetMode::DiscardAll {
-            self.bounded(conn, client.simple_query("DISCARD ALL")).await?;
+            self.bounded(conn, client.simple_query("DISCARD ALL"))
+                .await?;
             conn.clear_cache();
         }
         if conn.transaction_status() != TxStatus::Idle {
@@ -519,13 +520,12 @@ impl Manager for PgManager {
         let (client, driver) = conn.into_parts();
         // Dropping the client makes the driver send Terminate and close the socket.
         drop::<Client>(client);
-        if let Some(mut driver) = driver {
-            if tokio::time::timeout(Duration::from_secs(1), &mut driver)
+        if let Some(mut driver) = driver
+            && tokio::time::timeout(Duration::from_secs(1), &mut driver)
                 .await
                 .is_err()
-            {
-                driver.abort();
-            }
+        {
+            driver.abort();
         }
     }
 }

@@ -10,7 +10,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -69,7 +71,10 @@ fn root_store(source: &RootCerts) -> Result<RootCertStore, PgError> {
                 })?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| {
-                    PgError::TlsConfig(format!("invalid PEM in sslrootcert {}: {e}", path.display()))
+                    PgError::TlsConfig(format!(
+                        "invalid PEM in sslrootcert {}: {e}",
+                        path.display()
+                    ))
                 })?;
             let (added, _ignored) = store.add_parsable_certificates(certs);
             if added == 0 {
@@ -228,6 +233,8 @@ pub(crate) fn connector(
 ) -> Result<PgTlsConnect, PgError> {
     let mut make = make.clone();
     let inner = <MakeRustlsConnect as MakeTlsConnect<Raw>>::make_tls_connect(&mut make, hostname)
-        .map_err(|e| PgError::TlsConfig(format!("invalid TLS server name `{hostname}`: {e}")))?;
+        .map_err(|e| {
+        PgError::TlsConfig(format!("invalid TLS server name `{hostname}`: {e}"))
+    })?;
     Ok(PgTlsConnect { inner, state })
 }

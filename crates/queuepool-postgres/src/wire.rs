@@ -150,10 +150,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniff<S> {
         let before = buf.filled().len();
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            if this.mode != Mode::Off {
-                this.observe(&buf.filled()[before..]);
-            }
+        if let Poll::Ready(Ok(())) = res
+            && this.mode != Mode::Off
+        {
+            this.observe(&buf.filled()[before..]);
         }
         res
     }
@@ -235,7 +235,11 @@ mod tests {
         bytes.extend(msg(b'D', b"Z\0\0\0\x05I"));
         for split in 0..bytes.len() {
             let (a, b) = bytes.split_at(split);
-            assert_eq!(feed(Mode::Framed, &[a, b]), TxStatus::InTransaction, "split {split}");
+            assert_eq!(
+                feed(Mode::Framed, &[a, b]),
+                TxStatus::InTransaction,
+                "split {split}"
+            );
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(feed(Mode::Framed, &singles), TxStatus::InTransaction);

@@ -107,7 +107,7 @@ where
     })
     .await?;
     assert!(settled, "no leaked slot: {}", pool.status());
-    let mut conn = pool.get().await?;
+    let conn = pool.get().await?;
     conn.simple_query("SELECT 1").await?;
     drop(conn);
     Ok(())
@@ -197,14 +197,25 @@ async fn blackholed_server_bounds_checkout_by_connect_timeout_and_query_by_timeo
             Ok(s.checked_out == 0 && s.idle == 0)
         })
         .await?;
-        assert!(pooled, "the broken connection was discarded: {}", pool.status());
+        assert!(
+            pooled,
+            "the broken connection was discarded: {}",
+            pool.status()
+        );
 
         // New connections into the blackhole: checkout bounded by connect_timeout.
         let started = Instant::now();
-        let err = pool.get().await.err().ok_or("checkout into a blackhole must fail")?;
+        let err = pool
+            .get()
+            .await
+            .err()
+            .ok_or("checkout into a blackhole must fail")?;
         let took = started.elapsed();
         assert!(matches!(err, PoolError::ConnectTimeout(_)), "{err:?}");
-        assert!(took < Duration::from_millis(1500), "checkout bounded: {took:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "checkout bounded: {took:?}"
+        );
 
         // The pool's own ping is bounded too (manager ping_timeout).
         proxy.set_mode(FaultMode::PassThrough);
@@ -212,10 +223,16 @@ async fn blackholed_server_bounds_checkout_by_connect_timeout_and_query_by_timeo
         let mut direct = manager.connect_one().await?;
         proxy.set_mode(FaultMode::Blackhole);
         let started = Instant::now();
-        let err = queuepool::Manager::is_valid(&manager, &mut direct).await.err().ok_or("ping must fail")?;
+        let err = queuepool::Manager::is_valid(&manager, &mut direct)
+            .await
+            .err()
+            .ok_or("ping must fail")?;
         assert!(matches!(err, PgError::Timeout(_)), "{err:?}");
         assert!(started.elapsed() < Duration::from_millis(800));
-        assert_eq!(queuepool::Manager::health(&manager, &mut direct), queuepool::Health::Broken);
+        assert_eq!(
+            queuepool::Manager::health(&manager, &mut direct),
+            queuepool::Health::Broken
+        );
         Ok(())
     })
     .await
@@ -226,12 +243,17 @@ async fn added_latency_slows_queries_but_they_succeed() -> TestResult {
     bounded(60, async {
         let db = TestDb::create().await?;
         let proxy = FaultProxy::start(server_addr(&db)?).await?;
-        let conn = PgManager::from_url(&via_proxy(&db, &proxy)?)?.connect_one().await?;
+        let conn = PgManager::from_url(&via_proxy(&db, &proxy)?)?
+            .connect_one()
+            .await?;
         proxy.set_mode(FaultMode::Latency(Duration::from_millis(100)));
         let started = Instant::now();
         conn.simple_query("SELECT 1").await?;
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(200), "one delay each way: {took:?}");
+        assert!(
+            took >= Duration::from_millis(200),
+            "one delay each way: {took:?}"
+        );
         assert!(took < Duration::from_secs(2));
         Ok(())
     })

@@ -26,7 +26,11 @@ async fn prefill_overflow_and_fall_back_are_visible_in_pg_stat_activity() -> Tes
             .pool_timeout(Duration::from_secs(10))
             .build()?;
         let pool = Pool::new(db.manager()?, config).await?;
-        assert_eq!(db.count_connections(&app).await?, 5, "prefill opens pool_size connections");
+        assert_eq!(
+            db.count_connections(&app).await?,
+            5,
+            "prefill opens pool_size connections"
+        );
 
         let mut holders = Vec::new();
         for _ in 0..15 {
@@ -47,7 +51,10 @@ async fn prefill_overflow_and_fall_back_are_visible_in_pg_stat_activity() -> Tes
             Ok(db.count_connections(&app).await? == 5)
         })
         .await?;
-        assert!(fell_back, "overflow connections closed after overflow_idle, pool_size kept");
+        assert!(
+            fell_back,
+            "overflow connections closed after overflow_idle, pool_size kept"
+        );
         assert_eq!(pool.status().idle, 5);
         pool.close(Duration::from_secs(1)).await;
         Ok(())
@@ -74,7 +81,9 @@ async fn run_requests(pool: &Pool<PgManager>, n: usize) -> usize {
     failed
 }
 
-async fn terminated_pool(pre_ping: bool) -> Result<(TestDb, Pool<PgManager>, Vec<i32>), Box<dyn std::error::Error + Send + Sync>> {
+async fn terminated_pool(
+    pre_ping: bool,
+) -> Result<(TestDb, Pool<PgManager>, Vec<i32>), Box<dyn std::error::Error + Send + Sync>> {
     let db = TestDb::create().await?;
     let config = PoolConfig::builder()
         .pool_size(5)
@@ -99,21 +108,31 @@ async fn terminated_backends_with_pre_ping_fail_no_request() -> TestResult {
         let failed = run_requests(&pool, 100).await;
         assert_eq!(failed, 0, "pre-ping hides every terminated connection");
         let after = db.backend_pids(db.application_name()).await?;
-        assert!(after.iter().all(|p| !before.contains(p)), "all replaced: {before:?} -> {after:?}");
+        assert!(
+            after.iter().all(|p| !before.contains(p)),
+            "all replaced: {before:?} -> {after:?}"
+        );
         Ok(())
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terminated_backends_without_pre_ping_fail_at_most_one_request_and_pool_is_replaced() -> TestResult {
+async fn terminated_backends_without_pre_ping_fail_at_most_one_request_and_pool_is_replaced()
+-> TestResult {
     bounded(60, async {
         let (db, pool, before) = terminated_pool(false).await?;
         let failed = run_requests(&pool, 100).await;
-        assert!(failed <= 1, "{failed} requests failed; pool-wide invalidation allows one");
+        assert!(
+            failed <= 1,
+            "{failed} requests failed; pool-wide invalidation allows one"
+        );
         let after = db.backend_pids(db.application_name()).await?;
         assert!(!after.is_empty());
-        assert!(after.iter().all(|p| !before.contains(p)), "all replaced: {before:?} -> {after:?}");
+        assert!(
+            after.iter().all(|p| !before.contains(p)),
+            "all replaced: {before:?} -> {after:?}"
+        );
         assert!(pool.stats().invalidated >= 4, "stats: {:?}", pool.stats());
         Ok(())
     })
@@ -153,14 +172,23 @@ async fn returned_open_transaction_is_rolled_back_before_the_next_borrower() -> 
 
         let pid = {
             let conn = pool.get().await?;
-            conn.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await?;
+            conn.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+                .await?;
             assert_eq!(conn.transaction_status(), TxStatus::InTransaction);
             backend_pid(&conn).await?
         }; // returned with the transaction open
 
         let conn = pool.get().await?;
-        assert_eq!(backend_pid(&conn).await?, pid, "same connection, reset not discarded");
-        assert_eq!(conn.transaction_status(), TxStatus::Idle, "next borrower is not in a transaction");
+        assert_eq!(
+            backend_pid(&conn).await?,
+            pid,
+            "same connection, reset not discarded"
+        );
+        assert_eq!(
+            conn.transaction_status(),
+            TxStatus::Idle,
+            "next borrower is not in a transaction"
+        );
         conn.batch_execute("INSERT INTO t VALUES (2)").await?; // autocommits
         drop(conn);
         let rows = observer.query("SELECT v FROM t ORDER BY v", &[]).await?;
@@ -172,7 +200,11 @@ async fn returned_open_transaction_is_rolled_back_before_the_next_borrower() -> 
 }
 
 /// The last statement the server ran for `pid`, once it differs from `not`.
-async fn last_query(db: &TestDb, pid: i32, not: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+async fn last_query(
+    db: &TestDb,
+    pid: i32,
+    not: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let obs = db.observer().await?;
     let mut last = String::new();
     for _ in 0..40 {
@@ -230,12 +262,16 @@ async fn discard_all_mode_resets_session_state() -> TestResult {
         let pool = Pool::new(manager, config).await?;
         {
             let conn = pool.get().await?;
-            conn.batch_execute("SET search_path TO pg_catalog; CREATE TEMP TABLE tmp (v int)").await?;
+            conn.batch_execute("SET search_path TO pg_catalog; CREATE TEMP TABLE tmp (v int)")
+                .await?;
         }
         let conn = pool.get().await?;
         let row = conn.query_typed_one("SHOW search_path", &[]).await?;
         assert_eq!(row.get::<_, String>(0), "\"$user\", public");
-        assert!(conn.simple_query("SELECT * FROM tmp").await.is_err(), "temp table discarded");
+        assert!(
+            conn.simple_query("SELECT * FROM tmp").await.is_err(),
+            "temp table discarded"
+        );
         Ok(())
     })
     .await
@@ -247,7 +283,11 @@ async fn statement_cache_keeps_one_named_statement_per_sql() -> TestResult {
         let db = TestDb::create().await?;
         let count_sql = "SELECT count(*)::int4 FROM pg_prepared_statements";
 
-        let mut cached = db.manager()?.statement_cache_capacity(8).connect_one().await?;
+        let mut cached = db
+            .manager()?
+            .statement_cache_capacity(8)
+            .connect_one()
+            .await?;
         for i in 0..3 {
             let stmt = cached.prepare_cached("SELECT $1::int4 + 1").await?;
             let row = cached.query_one(&stmt, &[&i]).await?;
@@ -289,9 +329,18 @@ async fn server_errors_keep_message_and_sqlstate_and_are_not_disconnects() -> Te
     bounded(60, async {
         let db = TestDb::create().await?;
         let conn = db.manager()?.connect_one().await?;
-        let err = PgError::from(conn.simple_query("SELECT * FROM no_such_table").await.err().ok_or("expected an error")?);
+        let err = PgError::from(
+            conn.simple_query("SELECT * FROM no_such_table")
+                .await
+                .err()
+                .ok_or("expected an error")?,
+        );
         assert_eq!(err.code().map(|c| c.code()), Some("42P01"));
-        assert!(err.to_string().contains("relation \"no_such_table\" does not exist"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("relation \"no_such_table\" does not exist"),
+            "{err}"
+        );
         assert!(!err.is_disconnect());
         Ok(())
     })
@@ -304,7 +353,12 @@ async fn admin_shutdown_of_a_connection_is_a_disconnect() -> TestResult {
         let db = TestDb::create().await?;
         let conn = db.manager()?.connect_one().await?;
         assert_eq!(db.terminate_all(db.application_name()).await?, 1);
-        let err = PgError::from(conn.simple_query("SELECT 1").await.err().ok_or("expected an error")?);
+        let err = PgError::from(
+            conn.simple_query("SELECT 1")
+                .await
+                .err()
+                .ok_or("expected an error")?,
+        );
         assert!(err.is_disconnect(), "{err:?}");
         let closed = eventually(Duration::from_secs(2), || async { Ok(conn.is_closed()) }).await?;
         assert!(closed, "the client sees its connection closed");

@@ -10,7 +10,10 @@ use queuepool_testkit::EphemeralCluster;
 async fn uses_tls(manager: &PgManager) -> Result<bool, PgError> {
     let conn = manager.connect_one().await?;
     let row = conn
-        .query_typed_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_typed_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await?;
     Ok(row.get(0))
 }

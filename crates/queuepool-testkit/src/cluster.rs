@@ -205,10 +205,10 @@ fn pg_ctl_stop(bin: &Path, data: &Path, mode: &str) -> Result<(), TestkitError> 
 
 impl Drop for EphemeralCluster {
     fn drop(&mut self) {
-        if self.running {
-            if let Err(e) = pg_ctl_stop(&self.bin, &self.dir.path().join("data"), "immediate") {
-                warn!(error = %e, "could not stop the ephemeral cluster");
-            }
+        if self.running
+            && let Err(e) = pg_ctl_stop(&self.bin, &self.dir.path().join("data"), "immediate")
+        {
+            warn!(error = %e, "could not stop the ephemeral cluster");
         }
         // Give a moment for the postmaster to release the directory before removal.
         std::thread::sleep(Duration::from_millis(10));

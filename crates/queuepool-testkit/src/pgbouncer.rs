@@ -111,7 +111,11 @@ impl Drop for PgBouncer {
 }
 
 fn find_pgbouncer() -> Result<PathBuf, TestkitError> {
-    for p in ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"] {
+    for p in [
+        "/usr/sbin/pgbouncer",
+        "/usr/bin/pgbouncer",
+        "/usr/local/bin/pgbouncer",
+    ] {
         if std::path::Path::new(p).exists() {
             return Ok(PathBuf::from(p));
         }
@@ -125,7 +129,10 @@ fn find_pgbouncer() -> Result<PathBuf, TestkitError> {
 async fn wait_listening(port: u16, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {

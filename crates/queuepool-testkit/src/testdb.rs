@@ -7,7 +7,8 @@ use crate::TestkitError;
 use crate::util::unique_name;
 
 /// The server tests use: `DATABASE_URL` when set, else this machine's local server.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
+pub const DEFAULT_DATABASE_URL: &str =
+    "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
 
 /// `DATABASE_URL`, or [`DEFAULT_DATABASE_URL`].
 pub fn database_url() -> String {
@@ -229,7 +230,10 @@ mod tests {
     #[test]
     fn params_are_appended_to_urls_and_key_value_strings() {
         assert_eq!(
-            with_params("postgres://u@h/db", &[("dbname", "x"), ("application_name", "a b")]),
+            with_params(
+                "postgres://u@h/db",
+                &[("dbname", "x"), ("application_name", "a b")]
+            ),
             "postgres://u@h/db?dbname=x&application_name=a%20b"
         );
         assert_eq!(

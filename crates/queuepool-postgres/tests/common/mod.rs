@@ -15,7 +15,10 @@ pub async fn bounded<F: Future<Output = TestResult>>(limit_s: u64, fut: F) -> Te
 }
 
 /// Polls `check` every 50 ms until it returns true or `limit` passes.
-pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> Result<bool, Box<dyn std::error::Error + Send + Sync>>
+pub async fn eventually<F, Fut>(
+    limit: Duration,
+    mut check: F,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool, Box<dyn std::error::Error + Send + Sync>>>,
