@@ -75,7 +75,7 @@ impl<M: Manager> PooledConn<M> {
         let disconnect = inner.manager.is_disconnect(error);
         if disconnect && !this.broken {
             this.broken = true;
-            inner.invalidate_all();
+            inner.invalidate_all(this.conn.as_ref());
         }
         disconnect
     }
@@ -164,7 +164,7 @@ impl<M: Manager> Drop for PooledConn<M> {
             Health::Ok => {}
             Health::Broken => return lease.discard(conn, CloseReason::Invalidated),
             Health::Disconnected => {
-                inner.invalidate_all();
+                inner.invalidate_all(Some(&conn));
                 return lease.discard(conn, CloseReason::Invalidated);
             }
         }
@@ -209,7 +209,7 @@ pub(crate) async fn reset<M: Manager>(
         Ok(Err(e)) => {
             tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, error = %e, "Connection reset failed");
             if inner.manager.is_disconnect(&e) {
-                inner.invalidate_all();
+                inner.invalidate_all(Some(conn));
             }
             Err(())
         }

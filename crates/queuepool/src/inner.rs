@@ -26,7 +26,8 @@ pub(crate) const LOG: &str = "queuepool::pool";
 pub(crate) struct Conn<C> {
     pub(crate) raw: C,
     pub(crate) id: u64,
-    pub(crate) created: Instant,
+    /// The pool's invalidation generation when the connection was opened.
+    pub(crate) generation: u64,
     pub(crate) expires: Option<Instant>,
     pub(crate) last_used: Instant,
     /// Returned without a reset (no runtime to run it on): reset before the next lend.
@@ -74,9 +75,10 @@ pub(crate) struct Inner<M: Manager> {
     pub(crate) maintenance: Arc<Notify>,
     /// Signalled when the last slot is released after `close()`.
     pub(crate) drained: Notify,
-    epoch: Instant,
-    /// Nanoseconds after `epoch` of the last pool-wide invalidation (0: never).
-    invalidated_at: AtomicU64,
+    /// Bumped by every pool-wide invalidation: connections of an older generation
+    /// were opened before it and are suspect. (A counter, not a timestamp: it orders
+    /// events exactly even when the clock does not move between them.)
+    generation: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -102,8 +104,7 @@ impl<M: Manager> Inner<M> {
             idle_notify: Notify::new(),
             maintenance: Arc::new(Notify::new()),
             drained: Notify::new(),
-            epoch: now,
-            invalidated_at: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         }
     }
@@ -273,12 +274,14 @@ impl<M: Manager> Inner<M> {
         self.close_conn(conn, reason);
     }
 
-    /// Marks every connection opened until now as suspect, after a disconnect error.
-    pub(crate) fn invalidate_all(&self) {
-        let nanos = u64::try_from(self.epoch.elapsed().as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.invalidated_at.fetch_max(nanos, Relaxed);
+    /// Marks every connection opened until now as suspect, after a disconnect error on
+    /// `culprit`. A disconnect on a connection that is already suspect says nothing new
+    /// and is ignored, so one restart invalidates the pool once.
+    pub(crate) fn invalidate_all(&self, culprit: Option<&Conn<M::Connection>>) {
+        if culprit.is_some_and(|c| self.is_suspect(c)) {
+            return;
+        }
+        self.generation.fetch_add(1, Relaxed);
         self.counters.pool_invalidations.fetch_add(1, Relaxed);
         tracing::warn!(
             target: LOG,
@@ -290,8 +293,7 @@ impl<M: Manager> Inner<M> {
 
     /// Whether `conn` was opened before the last pool-wide invalidation.
     pub(crate) fn is_suspect(&self, conn: &Conn<M::Connection>) -> bool {
-        let at = self.invalidated_at.load(Relaxed);
-        at != 0 && conn.created.duration_since(self.epoch).as_nanos() <= u128::from(at)
+        conn.generation < self.generation.load(Relaxed)
     }
 
     pub(crate) fn new_conn(&self, raw: M::Connection) -> Conn<M::Connection> {
@@ -304,7 +306,7 @@ impl<M: Manager> Inner<M> {
         Conn {
             raw,
             id: self.next_id.fetch_add(1, Relaxed),
-            created: now,
+            generation: self.generation.load(Relaxed),
             expires,
             last_used: now,
             needs_reset: false,

@@ -27,6 +27,8 @@
 //!     async fn is_valid(&self, _: &mut u32) -> Result<(), Infallible> { Ok(()) }
 //!     async fn reset(&self, _: &mut u32) -> Result<(), Infallible> { Ok(()) }
 //!     fn is_disconnect(&self, _: &Infallible) -> bool { false }
+//!     // Nothing to roll back: returned connections go straight back to the pool.
+//!     fn needs_reset(&self, _: &u32) -> bool { false }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]

@@ -28,7 +28,12 @@ pub(crate) async fn run<M: Manager>(pool: Weak<Inner<M>>, wake: Arc<Notify>) {
             }
             round(&inner, &mut backoff).await
         };
-        let _ = tokio::time::timeout(pause, wake.notified()).await;
+        if backoff.is_some() {
+            // Backing off: a wake-up (a freed slot, a checkout) must not cut it short.
+            tokio::time::sleep(pause).await;
+        } else {
+            let _ = tokio::time::timeout(pause, wake.notified()).await;
+        }
     }
 }
 

@@ -198,7 +198,7 @@ impl<M: Manager> Pool<M> {
                 Ok(Err(e)) => {
                     tracing::info!(target: LOG, pool = %inner.config.name, conn = conn.id, error = %e, "Pool pre-ping failed");
                     if inner.manager.is_disconnect(&e) {
-                        inner.invalidate_all();
+                        inner.invalidate_all(Some(&conn));
                     }
                     inner.close_conn(conn, CloseReason::Invalidated);
                     return None;
@@ -251,7 +251,7 @@ impl<M: Manager> Pool<M> {
     /// Treats every connection opened until now as suspect: idle ones are replaced by
     /// the maintenance task or pinged before their next lend. Use it after a failover.
     pub fn invalidate_all(&self) {
-        self.inner.invalidate_all();
+        self.inner.invalidate_all(None);
     }
 
     /// Closes the pool: new checkouts and waiters fail with [`PoolError::Closed`], idle
