@@ -165,3 +165,33 @@ async fn named_statements_through_pgbouncer_transaction_mode_do_get_lost() -> Te
     })
     .await
 }
+
+/// PgBouncer here has no TLS: with `sslmode=prefer` it answers the SSLRequest with
+/// `N` and the session continues in plaintext; the status must still be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_without_server_tls_falls_back_to_plaintext_and_tracks_status() -> TestResult {
+    bounded(60, async {
+        let db = TestDb::create().await?;
+        let (bouncer, _pool) = bouncer_pool(&db).await?;
+        let url = bouncer
+            .url(db.name(), db.application_name())
+            .replace("sslmode=disable", "sslmode=prefer");
+        let conn = PgManager::from_url(&url)?.connect_one().await?;
+        assert_eq!(
+            conn.transaction_status(),
+            queuepool_postgres::TxStatus::Idle
+        );
+        conn.simple_query("BEGIN").await?;
+        assert_eq!(
+            conn.transaction_status(),
+            queuepool_postgres::TxStatus::InTransaction
+        );
+        conn.simple_query("COMMIT").await?;
+        assert_eq!(
+            conn.transaction_status(),
+            queuepool_postgres::TxStatus::Idle
+        );
+        Ok(())
+    })
+    .await
+}

@@ -366,3 +366,61 @@ async fn admin_shutdown_of_a_connection_is_a_disconnect() -> TestResult {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_helper_cancels_the_query_on_the_server() -> TestResult {
+    bounded(60, async {
+        let db = TestDb::create().await?;
+        let conn = db.manager()?.connect_one().await?;
+        let pid = backend_pid(&conn).await?;
+        let started = std::time::Instant::now();
+        let err = conn
+            .timeout(
+                Duration::from_millis(300),
+                conn.simple_query("SELECT pg_sleep(20)"),
+            )
+            .await
+            .err()
+            .ok_or("pg_sleep(20) cannot finish in 300 ms")?;
+        assert!(matches!(err, PgError::Timeout(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(conn.is_broken(), "a timed-out connection is not reused");
+        let obs = db.observer().await?;
+        let cancelled = eventually(Duration::from_secs(3), || async {
+            let row = obs
+                .query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await?;
+            Ok(row.get::<_, Option<String>>(0).as_deref() == Some("idle"))
+        })
+        .await?;
+        assert!(
+            cancelled,
+            "the cancel request stopped pg_sleep on the server"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_option_is_enforced_by_the_server() -> TestResult {
+    bounded(60, async {
+        let db = TestDb::create().await?;
+        let conn = db
+            .manager()?
+            .statement_timeout(Duration::from_millis(200))
+            .connect_one()
+            .await?;
+        let err = PgError::from(
+            conn.simple_query("SELECT pg_sleep(5)")
+                .await
+                .err()
+                .ok_or("statement_timeout must cancel pg_sleep(5)")?,
+        );
+        assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+        assert!(!err.is_disconnect());
+        conn.simple_query("SELECT 1").await?; // the connection is still usable
+        Ok(())
+    })
+    .await
+}

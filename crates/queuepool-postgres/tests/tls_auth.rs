@@ -80,3 +80,101 @@ async fn tls_modes_and_scram_against_an_ephemeral_cluster() -> TestResult {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_status_is_read_through_tls_and_unix_sockets() -> TestResult {
+    bounded(60, async {
+        let cluster = EphemeralCluster::new().await?;
+        let tls = PgManager::from_url(&cluster.url("verify-full"))?
+            .connect_one()
+            .await?;
+        tls.simple_query("BEGIN").await?;
+        assert_eq!(
+            tls.transaction_status(),
+            queuepool_postgres::TxStatus::InTransaction
+        );
+        tls.simple_query("ROLLBACK").await?;
+        assert_eq!(tls.transaction_status(), queuepool_postgres::TxStatus::Idle);
+
+        // A Unix socket directory as host: no TLS, messages framed from the first byte.
+        let unix = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            cluster.socket_dir().display(),
+            cluster.port()
+        );
+        let conn = PgManager::from_url(&unix)?.connect_one().await?;
+        assert_eq!(
+            conn.transaction_status(),
+            queuepool_postgres::TxStatus::Idle
+        );
+        conn.simple_query("BEGIN").await?;
+        assert_eq!(
+            conn.transaction_status(),
+            queuepool_postgres::TxStatus::InTransaction
+        );
+        let row = conn
+            .query_typed_one("SELECT inet_server_port()", &[])
+            .await?;
+        assert_eq!(
+            row.get::<_, Option<i32>>(0),
+            None,
+            "connected over the Unix socket"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Multi-host failover: the first host is read-only (`default_transaction_read_only`),
+/// the second is the local server; `target_session_attrs=read-write` skips the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_host_with_read_write_target_skips_a_read_only_server() -> TestResult {
+    bounded(60, async {
+        let cluster = EphemeralCluster::new().await?;
+        let admin = PgManager::from_url(&cluster.url("verify-full"))?.connect_one().await?;
+        admin
+            .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            .await?;
+        admin.batch_execute("SELECT pg_reload_conf()").await?;
+        // The reload is asynchronous: wait until new sessions see it.
+        let cluster_url = cluster.url("verify-full");
+        let reloaded = common::eventually(std::time::Duration::from_secs(5), || async {
+            let c = PgManager::from_url(&cluster_url)?.connect_one().await?;
+            let row = c.query_typed_one("SHOW transaction_read_only", &[]).await?;
+            Ok(row.get::<_, String>(0) == "on")
+        })
+        .await?;
+        assert!(reloaded, "the cluster became read-only");
+        let local = PgManager::from_url(&queuepool_testkit::database_url())?;
+        let local_port = local.pg_config().get_ports().first().copied().unwrap_or(5432);
+        let local_user = local.user().unwrap_or("postgres").to_owned();
+        if local_user != "postgres" {
+            return Ok(()); // the cluster only knows `postgres`; both hosts need one user
+        }
+        let hosts = |attrs: &str| {
+            format!(
+                "host=127.0.0.1,127.0.0.1 port={},{local_port} user=postgres password={} dbname=postgres sslmode=prefer {attrs}",
+                cluster.port(),
+                cluster.password()
+            )
+        };
+        let port_of = |m: PgManager| async move {
+            let c = m.connect_one().await?;
+            let row = c.query_typed_one("SELECT inet_server_port()", &[]).await?;
+            Ok::<i32, PgError>(row.get::<_, i32>(0))
+        };
+        assert_eq!(port_of(PgManager::from_url(&hosts(""))?).await?, i32::from(cluster.port()));
+        assert_eq!(
+            port_of(PgManager::from_url(&hosts("target_session_attrs=read-write"))?).await?,
+            i32::from(local_port)
+        );
+        // And the first host unreachable: the second one is used.
+        let dead = format!(
+            "host=127.0.0.1,127.0.0.1 port={},{local_port} user=postgres dbname=postgres sslmode=disable connect_timeout=2",
+            queuepool_testkit::free_port()?
+        );
+        assert_eq!(port_of(PgManager::from_url(&dead)?).await?, i32::from(local_port));
+        Ok(())
+    })
+    .await
+}
