@@ -18,7 +18,8 @@ usage: queuepool-bench core [--json FILE] [--reps N] [--secs S] [--warmup S]
   --secs S        measured duration of one repetition, seconds (default 2)
   --warmup S      warm-up before each repetition, seconds (default 0.5)
   --pool LIST     pools to run: queuepool, deadpool, bb8 (default: these three), or the
-                  diagnostic queuepool-noreset (manager reports connections clean)
+                  diagnostics queuepool-noreset (manager reports connections clean) and
+                  tokio-semaphore (bare semaphore, no connections: the fair-handoff ceiling)
   --scenario LIST scenarios to run: 1-task, 64-tasks-pool-8, 8-tasks-pool-8 (default all)";
 
 /// What to run.

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::BenchError;
@@ -35,6 +36,10 @@ pub enum PoolKind {
     /// clean (`needs_reset` false), so no reset runs on return. Compare it with
     /// `queuepool` to see what reset-on-return costs.
     QueuepoolNoReset,
+    /// Diagnostic, only with `--pool`: a bare `tokio::sync::Semaphore` with `size`
+    /// permits and no connections at all. The fair-handoff ceiling: no pool that lends
+    /// in arrival order through tokio wakers can do much better.
+    TokioSemaphore,
 }
 
 impl PoolKind {
@@ -42,11 +47,12 @@ impl PoolKind {
     pub const ALL: [PoolKind; 3] = [PoolKind::Queuepool, PoolKind::Deadpool, PoolKind::Bb8];
 
     /// Every pool `--pool` accepts.
-    pub const SELECTABLE: [PoolKind; 4] = [
+    pub const SELECTABLE: [PoolKind; 5] = [
         PoolKind::Queuepool,
         PoolKind::Deadpool,
         PoolKind::Bb8,
         PoolKind::QueuepoolNoReset,
+        PoolKind::TokioSemaphore,
     ];
 
     /// The name used in the table, the JSON (`pool` key) and `--pool`.
@@ -56,6 +62,7 @@ impl PoolKind {
             PoolKind::Deadpool => "deadpool",
             PoolKind::Bb8 => "bb8",
             PoolKind::QueuepoolNoReset => "queuepool-noreset",
+            PoolKind::TokioSemaphore => "tokio-semaphore",
         }
     }
 
@@ -226,6 +233,28 @@ impl BenchPool for bb8::Pool<Bb8Noop> {
 
     async fn checkout(&self) -> Result<Self::Guard<'_>, BenchError> {
         self.get().await.map_err(|e| pool_error(PoolKind::Bb8, e))
+    }
+}
+
+// ---------------------------------------------------------------------- tokio-semaphore
+
+/// The ceiling: a semaphore's permits stand for connections; nothing is stored.
+#[derive(Debug, Clone)]
+pub struct SemaphoreCeiling(Arc<tokio::sync::Semaphore>);
+
+/// Builds the ceiling "pool" of `size` permits.
+pub fn tokio_semaphore(size: u32) -> SemaphoreCeiling {
+    SemaphoreCeiling(Arc::new(tokio::sync::Semaphore::new(size as usize)))
+}
+
+impl BenchPool for SemaphoreCeiling {
+    type Guard<'a> = tokio::sync::SemaphorePermit<'a>;
+
+    async fn checkout(&self) -> Result<Self::Guard<'_>, BenchError> {
+        self.0
+            .acquire()
+            .await
+            .map_err(|e| pool_error(PoolKind::TokioSemaphore, e))
     }
 }
 

@@ -80,6 +80,7 @@ pub fn measure(
             let pool = rt.block_on(pools::queuepool(size, clean))?;
             run(&rt, pool, scenario, warmup, secs)
         }
+        PoolKind::TokioSemaphore => run(&rt, pools::tokio_semaphore(size), scenario, warmup, secs),
         PoolKind::Deadpool => {
             let pool = rt.block_on(pools::deadpool(size))?;
             run(&rt, pool, scenario, warmup, secs)
