@@ -374,6 +374,7 @@ impl<M: Manager> Inner<M> {
 
     /// Idle connections the maintenance task must close: expired ones, suspects, and
     /// overflow unused for `overflow_idle`.
+    #[cfg_attr(feature = "model-check", allow(dead_code))]
     pub(crate) fn take_for_maintenance(
         &self,
         now: Instant,

@@ -14,6 +14,7 @@ use crate::config::PoolConfig;
 use crate::error::PoolError;
 use crate::guard::{PooledConn, reset};
 use crate::inner::{Acquire, Conn, Inner, LOG, Lease};
+#[cfg(not(feature = "model-check"))]
 use crate::maintenance;
 use crate::manager::Manager;
 use crate::rt;
