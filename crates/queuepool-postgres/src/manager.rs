@@ -9,7 +9,7 @@ use queuepool::{Health, Manager};
 use rand::seq::SliceRandom;
 use tokio_postgres::config::{Host, LoadBalanceHosts, SslNegotiation, TargetSessionAttrs};
 use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use crate::config::{self, DEFAULT_APPLICATION_NAME, SslMode};
@@ -42,7 +42,7 @@ pub enum ResetMode {
 pub struct PgManager {
     pg: tokio_postgres::Config,
     ssl_mode: SslMode,
-    tls: Option<MakeRustlsConnect>,
+    tls: Option<TlsConnector>,
     socket: SocketOptions,
     reset_mode: ResetMode,
     ping_timeout: Duration,

@@ -13,8 +13,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
+use tokio_rustls::TlsConnector;
 
 use crate::config::{Parsed, RootCerts, SslMode};
 use crate::error::PgError;
@@ -22,12 +23,10 @@ use crate::socket::RawStream;
 use crate::wire::{Mode, Sniff, WireState};
 
 type Raw = Sniff<RawStream>;
-type RustlsConnector = <MakeRustlsConnect as MakeTlsConnect<Raw>>::TlsConnect;
-type RustlsStream = <MakeRustlsConnect as MakeTlsConnect<Raw>>::Stream;
 
 /// Builds the rustls configuration for the parsed `sslmode`, or `None` for `disable`.
 /// Root certificates are read here, once, so a bad `sslrootcert` fails at startup.
-pub(crate) fn client_config(parsed: &Parsed) -> Result<Option<MakeRustlsConnect>, PgError> {
+pub(crate) fn client_config(parsed: &Parsed) -> Result<Option<TlsConnector>, PgError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -58,7 +57,7 @@ pub(crate) fn client_config(parsed: &Parsed) -> Result<Option<MakeRustlsConnect>
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    Ok(Some(MakeRustlsConnect::new(config)))
+    Ok(Some(TlsConnector::from(Arc::new(config))))
 }
 
 fn root_store(source: &RootCerts) -> Result<RootCertStore, PgError> {
@@ -196,8 +195,9 @@ impl ServerCertVerifier for EncryptOnly {
 /// The [`TlsConnect`] handed to tokio-postgres: rustls, with the plaintext side of the
 /// TLS stream wrapped in [`Sniff`] so the transaction status stays visible.
 pub(crate) struct PgTlsConnect {
-    pub(crate) inner: RustlsConnector,
-    pub(crate) state: Arc<WireState>,
+    connector: TlsConnector,
+    name: ServerName<'static>,
+    state: Arc<WireState>,
 }
 
 /// How [`Sniff`] must read the raw socket: framed from the first byte without TLS,
@@ -212,29 +212,172 @@ pub(crate) fn sniff_mode_for_raw(ssl: SslMode, direct: bool) -> Mode {
 }
 
 impl TlsConnect<Raw> for PgTlsConnect {
-    type Stream = Sniff<RustlsStream>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Stream = Sniff<PgTlsStream>;
+    type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Stream, Self::Error>> + Send>>;
 
     fn connect(self, stream: Raw) -> Self::Future {
         Box::pin(async move {
-            let state = self.state;
-            let tls = self.inner.connect(stream).await?;
-            Ok(Sniff::new(tls, state, Mode::Framed))
+            let tls = self.connector.connect(self.name, stream).await?;
+            Ok(Sniff::new(PgTlsStream(tls), self.state, Mode::Framed))
         })
     }
 }
 
 /// Makes the per-host connector.
 pub(crate) fn connector(
-    make: &MakeRustlsConnect,
+    connector: &TlsConnector,
     hostname: &str,
     state: Arc<WireState>,
 ) -> Result<PgTlsConnect, PgError> {
-    let mut make = make.clone();
-    let inner = <MakeRustlsConnect as MakeTlsConnect<Raw>>::make_tls_connect(&mut make, hostname)
-        .map_err(|e| {
-        PgError::TlsConfig(format!("invalid TLS server name `{hostname}`: {e}"))
-    })?;
-    Ok(PgTlsConnect { inner, state })
+    let name = ServerName::try_from(hostname.to_owned())
+        .map_err(|e| PgError::TlsConfig(format!("invalid TLS server name `{hostname}`: {e}")))?;
+    Ok(PgTlsConnect {
+        connector: connector.clone(),
+        name,
+        state,
+    })
+}
+
+/// A rustls client stream that gives tokio-postgres the `tls-server-end-point`
+/// channel binding (RFC 5929) for SCRAM-SHA-256-PLUS.
+///
+/// Computed here rather than taken from tokio-postgres-rustls 0.13, which parses the
+/// whole certificate as a `TBSCertificate`, fails, and so silently never binds.
+pub(crate) struct PgTlsStream(tokio_rustls::client::TlsStream<Raw>);
+
+impl TlsStream for PgTlsStream {
+    fn channel_binding(&self) -> ChannelBinding {
+        let (_, session) = self.0.get_ref();
+        session
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| end_point_hash(cert.as_ref()))
+            .map_or_else(ChannelBinding::none, ChannelBinding::tls_server_end_point)
+    }
+}
+
+/// The hash of the server certificate with the digest of its signature algorithm
+/// (MD5 and SHA-1 upgraded to SHA-256, RFC 5929 4.1); `None` when the algorithm names
+/// no single digest (Ed25519, RSASSA-PSS), as libpq.
+fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
+    let algorithm = match signature_oid(der)? {
+        // md5/sha1/sha256 WithRSAEncryption, ecdsa-with-SHA1, ecdsa-with-SHA256
+        [
+            0x2a,
+            0x86,
+            0x48,
+            0x86,
+            0xf7,
+            0x0d,
+            0x01,
+            0x01,
+            0x04 | 0x05 | 0x0b,
+        ]
+        | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01]
+        | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02] => &ring::digest::SHA256,
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c]
+        | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03] => &ring::digest::SHA384,
+        // sha512WithRSAEncryption, ecdsa-with-SHA512
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d]
+        | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04] => &ring::digest::SHA512,
+        _ => return None,
+    };
+    Some(ring::digest::digest(algorithm, der).as_ref().to_vec())
+}
+
+/// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm SEQUENCE { OID, .. }, .. }`:
+/// the content bytes of the signature algorithm's OID.
+fn signature_oid(der: &[u8]) -> Option<&[u8]> {
+    let (tag, cert, _) = tlv(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (_, _tbs, rest) = tlv(cert)?;
+    let (tag, algorithm, _) = tlv(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, oid, _) = tlv(algorithm)?;
+    (tag == 0x06).then_some(oid)
+}
+
+/// One DER tag-length-value: (tag, content, rest).
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+impl AsyncRead for PgTlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PgTlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_point_hash_uses_the_certificate_signature_digest() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let der = cert.cert.der().to_vec();
+        // rcgen signs with ECDSA P-256 / SHA-256 by default.
+        assert_eq!(
+            signature_oid(&der),
+            Some(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02][..])
+        );
+        let hash = end_point_hash(&der).expect("hash");
+        assert_eq!(
+            hash,
+            ring::digest::digest(&ring::digest::SHA256, &der).as_ref()
+        );
+        assert_eq!(end_point_hash(b"\x30\x03\x02\x01\x00"), None);
+        assert_eq!(end_point_hash(&[]), None);
+    }
 }

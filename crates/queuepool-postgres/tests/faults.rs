@@ -85,8 +85,14 @@ where
     let failed: Vec<_> = out.requests.iter().filter(|r| !r.2).collect();
     assert!(!failed.is_empty(), "the outage was visible to requests");
     let slowest_failure = failed.iter().map(|r| r.1).max().unwrap_or_default();
+    eprintln!(
+        "{} requests, {} failed, slowest failure {slowest_failure:?}",
+        out.requests.len(),
+        failed.len()
+    );
+    // Connection refused/reset fails at once: no checkout waits out pool_timeout.
     assert!(
-        slowest_failure < pool_timeout + connect_timeout,
+        slowest_failure < pool_timeout.min(connect_timeout),
         "a failing request took {slowest_failure:?}"
     );
     let first_ok_after = out

@@ -28,6 +28,9 @@ async fn tls_modes_and_scram_against_an_ephemeral_cluster() -> TestResult {
         // verify-full: chain and host name (the certificate is for "localhost").
         let full = PgManager::from_url(&cluster.url("verify-full"))?;
         assert!(uses_tls(&full).await?, "verify-full connects over TLS");
+        // SCRAM-SHA-256-PLUS: channel binding works through the status-reading wrapper.
+        let bound = PgManager::from_url(&format!("{}&channel_binding=require", cluster.url("verify-full")))?;
+        assert!(uses_tls(&bound).await?);
 
         // verify-full with a host name the certificate does not name: a clear error.
         let wrong_host = PgManager::from_url(&cluster.url_for("127.0.0.1", port, "verify-full"))?;
