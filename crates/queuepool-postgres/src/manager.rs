@@ -1,6 +1,7 @@
 //! [`PgManager`]: opens, checks, resets and closes PostgreSQL connections for the pool.
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,12 +160,10 @@ impl PgManager {
     /// # Cancel safety
     /// Cancel safe: a dropped attempt closes its socket.
     pub async fn connect_one(&self) -> Result<PgConnection, PgError> {
-        match self.pg.get_connect_timeout().copied() {
-            // libpq's connect_timeout bounds each host's whole attempt, TLS and
-            // authentication included; the pool's connect_timeout bounds the total.
-            Some(limit) => self.connect_hosts(Some(limit)).await,
-            None => self.connect_hosts(None).await,
-        }
+        // libpq's connect_timeout bounds each host's whole attempt, TLS and
+        // authentication included; the pool's connect_timeout bounds the total.
+        self.connect_hosts(self.pg.get_connect_timeout().copied())
+            .await
     }
 
     async fn connect_hosts(&self, per_host: Option<Duration>) -> Result<PgConnection, PgError> {
@@ -423,8 +422,6 @@ impl PgManager {
         }
     }
 }
-
-use std::future::Future;
 
 #[derive(Debug, Clone)]
 enum Target {
