@@ -32,8 +32,12 @@
 //!   [`PgManager::ping_timeout`].
 //! - `reset`: `ROLLBACK` only when the server says a transaction is open. The status
 //!   comes from the protocol itself (each `ReadyForQuery` message), read by a
-//!   pass-through wrapper under the driver; see [`TxStatus`]. [`ResetMode::DiscardAll`]
-//!   also runs `DISCARD ALL`.
+//!   pass-through wrapper under the driver; see [`TxStatus`]. A connection that was used
+//!   first gets one empty-query round trip, because a query whose future was dropped may
+//!   still sit in the driver's queue (a `BEGIN`, say) and requests run in order; an
+//!   unused one skips the reset. So no needless `ROLLBACK` (and no server log line
+//!   `WARNING: there is no transaction in progress` per return).
+//!   [`ResetMode::DiscardAll`] also runs `DISCARD ALL`.
 //! - `health`: [`Health::Disconnected`](queuepool::Health) when the socket is closed,
 //!   `Broken` after a [`PgConnection::timeout`].
 //! - `is_disconnect`: closed connections, SQLSTATE class 08, 57P01 (admin shutdown),

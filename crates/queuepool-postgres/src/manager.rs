@@ -128,9 +128,11 @@ impl PgManager {
         self
     }
 
-    /// Server-side `statement_timeout` for every connection (sent at startup as
-    /// `options=-c statement_timeout=<ms>`; PgBouncer needs
-    /// `ignore_startup_parameters = options` to accept it).
+    /// Server-side `statement_timeout` for every connection, sent at startup as
+    /// `options=-c statement_timeout=<ms>`. PgBouncer does not pass `options` on (it
+    /// refuses it, or drops it with `ignore_startup_parameters = options`): behind
+    /// PgBouncer set it on the role or database (`ALTER ROLE app SET statement_timeout
+    /// = '5s'`) instead.
     pub fn statement_timeout(mut self, limit: Duration) -> Self {
         let ms = limit.as_millis().max(1);
         let options = match self.pg.get_options() {
