@@ -131,6 +131,12 @@ impl PgConnection {
         self.cache.map.len()
     }
 
+    /// The client, without marking the connection as used: for looking at it from
+    /// code that does not run queries for the borrower (tests, tools).
+    pub fn client_ref(&self) -> &Client {
+        &self.client
+    }
+
     pub(crate) fn client_untracked(&self) -> &Client {
         &self.client
     }

@@ -424,3 +424,48 @@ async fn statement_timeout_option_is_enforced_by_the_server() -> TestResult {
     })
     .await
 }
+
+/// When `pid` last changed state, and its last query.
+async fn state_change(
+    obs: &queuepool_postgres::PgConnection,
+    pid: i32,
+) -> Result<(String, String), tokio_postgres::Error> {
+    let row = obs
+        .client_ref()
+        .query_one(
+            "SELECT state_change::text, query FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_checkout_skips_the_reset_round_trip() -> TestResult {
+    bounded(60, async {
+        let db = TestDb::create().await?;
+        let config = PoolConfig::builder().pool_size(1).max_overflow(0).build()?;
+        let pool = Pool::new(db.manager()?, config).await?;
+        let pid = backend_pid(&*pool.get().await?).await?;
+        let obs = db.observer().await?;
+        // The used connection was settled with one empty query.
+        let settled = eventually(Duration::from_secs(2), || async {
+            Ok(state_change(&obs, pid).await?.1.is_empty())
+        })
+        .await?;
+        assert!(settled);
+        let before = state_change(&obs, pid).await?;
+        for _ in 0..5 {
+            let conn = pool.get().await?;
+            assert_eq!(conn.transaction_status(), TxStatus::Idle);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            state_change(&obs, pid).await?,
+            before,
+            "no round trip for unused checkouts"
+        );
+        Ok(())
+    })
+    .await
+}
