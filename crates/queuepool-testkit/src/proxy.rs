@@ -135,8 +135,13 @@ impl Drop for FaultProxy {
 
 async fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) {
     loop {
-        let Ok((client, _)) = listener.accept().await else {
-            continue;
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(_) => {
+                // Out of file descriptors or similar: do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
         shared.accepted.fetch_add(1, Ordering::AcqRel);
         let shared = shared.clone();
