@@ -153,3 +153,12 @@ pub async fn delete_item<M: Store>(
 pub async fn fallback() -> AppError {
     AppError::NotFound("no such route; see /docs".to_owned())
 }
+
+/// A known path with another method: a JSON 405.
+pub async fn method_not_allowed() -> AppError {
+    AppError::Client {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "method not allowed on this route; see /docs".to_owned(),
+    }
+}

@@ -66,6 +66,7 @@ pub fn routes<M: Store>(prometheus: Option<PrometheusHandle>) -> Router<AppState
         .merge(pool_routes::<M, AppState<M>>(prometheus))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api::ApiDoc::openapi()))
         .fallback(handlers::fallback)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(TraceLayer::new_for_http())
 }

@@ -406,6 +406,9 @@ pub async fn crud_spec<M: Store>(pool: Pool<M>, backend: &str) {
     let unknown = get(&app, "/nope").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert!(unknown.is_json());
+    let wrong_method = send(&app, Method::PATCH, "/items/1", None).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.body["error"], "method_not_allowed");
 
     // No request kept a connection.
     all_returned(&pool).await;
