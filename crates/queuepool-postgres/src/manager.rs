@@ -487,7 +487,12 @@ impl Manager for PgManager {
                 .await?;
             conn.clear_cache();
         }
-        if conn.transaction_status() != TxStatus::Idle {
+        // `Unknown` (status not readable on this stream) got its ROLLBACK above; only a
+        // status the server reported as still open is an error.
+        if matches!(
+            conn.transaction_status(),
+            TxStatus::InTransaction | TxStatus::Failed
+        ) {
             warn!(target: LOG_TARGET, status = ?conn.transaction_status(), "connection still in a transaction after reset");
             return Err(PgError::Client(
                 "connection still in a transaction after ROLLBACK".into(),
