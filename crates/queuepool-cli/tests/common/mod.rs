@@ -177,12 +177,32 @@ impl MySqlDb {
     }
 
     pub async fn drop_database(self) {
-        if let Ok(mut admin) = mysql_async::Conn::from_url(mysql_base_url().as_str()).await {
-            let _ = admin
-                .query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name))
-                .await;
-            let _ = admin.disconnect().await;
-        }
+        // Drop does it, on its own thread and runtime.
+        drop(self);
+    }
+}
+
+impl Drop for MySqlDb {
+    /// Drops the database even when the test panicked.
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(mut admin) = mysql_async::Conn::from_url(mysql_base_url().as_str()).await
+                {
+                    let _ = admin
+                        .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                        .await;
+                    let _ = admin.disconnect().await;
+                }
+            });
+        })
+        .join();
+        let _ = dropped;
     }
 }
 
