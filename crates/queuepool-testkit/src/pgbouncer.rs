@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::TestkitError;
-use crate::util::{chown_to_postgres, command_as_postgres, free_port};
+use crate::util::{chown_to_postgres, free_port, spawnable_as_postgres};
 
 /// A PgBouncer (Debian package `pgbouncer`) started for one test: `pool_mode =
 /// transaction`, listening on 127.0.0.1 at a free port, `auth_type = trust` for the
 /// user `postgres`, forwarding every database to `target_host:target_port`. Its ini,
 /// user list, pid and log files live in a temporary directory. As root it runs as the
-/// `postgres` user (PgBouncer refuses to run as root). Killed on drop.
+/// `postgres` user (PgBouncer refuses to run as root), as a direct child so that it
+/// is killed on drop.
 #[derive(Debug)]
 pub struct PgBouncer {
     dir: TempDir,
@@ -58,7 +59,7 @@ impl PgBouncer {
             write(&root.join("pgbouncer.ini"), &ini)?;
             write(&root.join("userlist.txt"), "\"postgres\" \"\"\n")?;
             chown_to_postgres(&root)?;
-            let mut cmd = command_as_postgres(&bin);
+            let mut cmd = spawnable_as_postgres(&bin)?;
             cmd.arg(root.join("pgbouncer.ini"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -104,7 +105,7 @@ impl PgBouncer {
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
-        // `runuser` forwards SIGTERM/SIGKILL to pgbouncer.
+        // The child is pgbouncer itself (no `runuser` in between): this ends it.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -46,6 +46,27 @@ pub(crate) fn command_as_postgres(program: &Path) -> Command {
     }
 }
 
+/// A command that runs `program` itself as the `postgres` user when running as root
+/// (the uid/gid are set on the child, no `runuser` in between), so that killing the
+/// child kills the program: for long-running servers owned by a test.
+pub(crate) fn spawnable_as_postgres(program: &Path) -> Result<Command, TestkitError> {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(program);
+    if is_root() {
+        let id = |flag: &str| -> Result<u32, TestkitError> {
+            let mut cmd = Command::new("id");
+            cmd.args([flag, "postgres"]);
+            let out = run(cmd, "id")?;
+            out.trim().parse().map_err(|_| TestkitError::Command {
+                program: "id".into(),
+                output: format!("unexpected output {out:?}"),
+            })
+        };
+        c.gid(id("-g")?).uid(id("-u")?);
+    }
+    Ok(c)
+}
+
 /// Runs a command to completion; an error carries its output.
 pub(crate) fn run(mut cmd: Command, program: &str) -> Result<String, TestkitError> {
     let out = cmd
