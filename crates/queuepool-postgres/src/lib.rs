@@ -57,6 +57,7 @@
 //! [`PgManager::statement_timeout`]; kernel-side, `tcp_user_timeout` and keepalives.
 
 mod config;
+mod connect;
 mod connection;
 mod error;
 mod manager;
