@@ -82,6 +82,7 @@ backends() { psql "$PG_URL" -qAtc "SELECT count(*) FROM pg_stat_activity WHERE a
 field() { awk -v k="$1" '$1 == k { print $2; exit }'; }
 
 printf '\nqueuepool serve, PostgreSQL, wrk -t%s -c%s -d%s --latency (%s cores)\n' "$THREADS" "$CONNECTIONS" "$DURATION" "$(nproc)"
+printf 'load average before the run: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'pool: %s\n\n' "$(grep -o 'pool: preset=.*' "$LOG" | head -1)"
 printf '%-14s %10s %9s %9s %9s %10s %12s %10s\n' endpoint req/s p50 p99 errors "RSS peak" "conns opened" "pg sessions"
 for path in /health "/items/$ID"; do
