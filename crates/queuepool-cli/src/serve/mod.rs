@@ -14,7 +14,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use queuepool::{Pool, PoolConfig};
 use queuepool_axum::pool_routes;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -68,7 +69,9 @@ pub fn routes<M: Store>(prometheus: Option<PrometheusHandle>) -> Router<AppState
         .fallback(handlers::fallback)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(TraceLayer::new_for_http())
+        // Request logs at debug (`RUST_LOG=tower_http=debug`); failures are already
+        // logged once, with their cause, where they are mapped to a status code.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
 }
 
 /// The complete app for `pool`.
