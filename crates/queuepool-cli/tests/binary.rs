@@ -215,3 +215,17 @@ fn unreachable_database_exits_1_without_printing_the_password() {
     assert!(stderr.contains("app:***@127.0.0.1:1"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
 }
+
+#[test]
+fn unknown_key_in_the_config_file_exits_2_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("queuepool.toml");
+    std::fs::write(&path, "pool_size = 5\npool_sise = 6\n").expect("write");
+    let output = command(&[], &["serve", "--config", path.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pool_sise"), "{stderr}");
+    assert!(stderr.contains("queuepool.toml"), "{stderr}");
+}
