@@ -41,6 +41,7 @@ impl<M: Manager> PooledConn<M> {
         lease: Lease<M>,
         conn: Conn<M::Connection>,
         caller: &'static Location<'static>,
+        now: Instant,
     ) -> Self {
         let inner = &lease.inner;
         let leak = inner
@@ -50,7 +51,7 @@ impl<M: Manager> PooledConn<M> {
         PooledConn {
             lease: Some(lease),
             conn: Some(conn),
-            checked_out_at: Instant::now(),
+            checked_out_at: now,
             broken: false,
             leak,
         }
@@ -59,7 +60,7 @@ impl<M: Manager> PooledConn<M> {
     /// Takes the connection out of the pool: it no longer counts against the limit and
     /// is not returned on drop. Its slot is freed for another checkout.
     pub fn detach(mut this: Self) -> M::Connection {
-        let conn = this.take_conn();
+        let (conn, _) = this.take_conn();
         // Dropping the empty lease frees the slot.
         this.lease.take();
         conn.raw
@@ -95,15 +96,16 @@ impl<M: Manager> PooledConn<M> {
         this.conn.as_ref().map_or(0, |c| c.id)
     }
 
-    fn take_conn(&mut self) -> Conn<M::Connection> {
-        self.finish();
-        self.conn.take().expect(HELD)
+    fn take_conn(&mut self) -> (Conn<M::Connection>, Instant) {
+        let now = self.finish();
+        (self.conn.take().expect(HELD), now)
     }
 
     /// Records the end of the loan: usage time, leak watch.
-    fn finish(&mut self) {
+    fn finish(&mut self) -> Instant {
         let inner = &self.lease.as_ref().expect(HELD).inner;
-        let held = self.checked_out_at.elapsed();
+        let now = Instant::now();
+        let held = now - self.checked_out_at;
         inner.counters.usage.record(held);
         inner.metrics.usage.record(held.as_secs_f64());
         if let Some(leak) = self.leak.take() {
@@ -113,6 +115,7 @@ impl<M: Manager> PooledConn<M> {
                     "Previously reported leaked connection returned to pool");
             }
         }
+        now
     }
 }
 
@@ -152,11 +155,12 @@ impl<M: Manager> Drop for PooledConn<M> {
         if self.lease.is_none() || self.conn.is_none() {
             return; // detached
         }
-        let mut conn = self.take_conn();
+        let (mut conn, now) = self.take_conn();
+        conn.last_used = now;
         let Some(lease) = self.lease.take() else {
             return;
         };
-        let inner = lease.inner.clone();
+        let inner = &*lease.inner;
         if self.broken || std::thread::panicking() {
             return lease.discard(conn, CloseReason::Invalidated);
         }
@@ -183,13 +187,20 @@ impl<M: Manager> Drop for PooledConn<M> {
             conn.needs_reset = true;
             return lease.put_back(conn);
         }
-        rt::spawn(async move {
+        // Poll the reset once here: a manager that can reset without I/O is done at
+        // once; a real ROLLBACK is pending and continues in a task. Either way the
+        // connection goes back only after its reset.
+        let mut fut = Box::pin(async move {
             let mut conn = conn;
-            match reset(&lease.inner, &mut conn).await {
+            match reset(&lease.inner, &mut conn, now).await {
                 Ok(()) => lease.put_back(conn),
                 Err(()) => lease.discard(conn, CloseReason::Invalidated),
             }
         });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if std::future::Future::poll(fut.as_mut(), &mut cx).is_pending() {
+            rt::spawn(fut);
+        }
     }
 }
 
@@ -198,9 +209,10 @@ impl<M: Manager> Drop for PooledConn<M> {
 pub(crate) async fn reset<M: Manager>(
     inner: &Arc<Inner<M>>,
     conn: &mut Conn<M::Connection>,
+    now: Instant,
 ) -> Result<(), ()> {
     tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection rollback-on-return");
-    let deadline = Instant::now() + inner.config.connect_timeout;
+    let deadline = now + inner.config.connect_timeout;
     match rt::deadline(deadline, inner.manager.reset(&mut conn.raw)).await {
         Ok(Ok(())) => {
             conn.needs_reset = false;

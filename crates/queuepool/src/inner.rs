@@ -80,6 +80,8 @@ pub(crate) struct Inner<M: Manager> {
     /// events exactly even when the clock does not move between them.)
     generation: AtomicU64,
     next_id: AtomicU64,
+    /// `state.closed`, readable without the lock on the return path.
+    closed_flag: std::sync::atomic::AtomicBool,
 }
 
 impl<M: Manager> Inner<M> {
@@ -106,6 +108,7 @@ impl<M: Manager> Inner<M> {
             drained: Notify::new(),
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            closed_flag: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -128,7 +131,12 @@ impl<M: Manager> Inner<M> {
             return Acquire::Connect(Lease::new(self.clone()));
         }
         let (tx, rx) = oneshot::channel();
-        st.waiters.retain(|w| !w.is_closed());
+        // Prune abandoned places (cancelled waiters) only when the queue doubles:
+        // amortized O(1); `put_back` skips closed senders anyway.
+        let n = st.waiters.len();
+        if n >= 16 && n.is_power_of_two() {
+            st.waiters.retain(|w| !w.is_closed());
+        }
         st.waiters.push_back(tx);
         self.publish(&st);
         Acquire::Wait(rx)
@@ -204,7 +212,6 @@ impl<M: Manager> Inner<M> {
             self.close_conn(conn, reason);
             return;
         }
-        conn.last_used = Instant::now();
         st.idle.push_back(conn);
         if st.connect_waiting > 0 {
             self.idle_notify.notify_waiters();
@@ -337,13 +344,15 @@ impl<M: Manager> Inner<M> {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.state).closed
+        self.closed_flag.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Refuses new checkouts, fails the waiters, takes every idle connection out.
     pub(crate) fn shut(&self) -> (Vec<Conn<M::Connection>>, usize) {
         let mut st = lock(&self.state);
         st.closed = true;
+        self.closed_flag
+            .store(true, std::sync::atomic::Ordering::Release);
         st.waiters.clear();
         let idle = st.idle.drain(..).collect();
         self.publish(&st);

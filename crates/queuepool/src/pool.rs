@@ -117,10 +117,15 @@ impl<M: Manager> Pool<M> {
     ) -> Result<PooledConn<M>, PoolError> {
         let inner = &self.inner;
         let start = Instant::now();
+        let mut fast = true;
         let (lease, mut conn) = match inner.acquire() {
             Acquire::Idle(lease, conn) => (lease, Some(conn)),
-            Acquire::Connect(lease) => (lease, None),
+            Acquire::Connect(lease) => {
+                fast = false;
+                (lease, None)
+            }
             Acquire::Wait(rx) => {
+                fast = false;
                 let waited = rt::deadline(start + inner.config.pool_timeout, rx).await;
                 match waited {
                     Ok(Ok(mut lease)) => {
@@ -142,15 +147,17 @@ impl<M: Manager> Pool<M> {
                     ConnectSlot::Idle(c) => c,
                     ConnectSlot::Permit(permit) => {
                         let c = open_with(inner, deadline, permit).await?;
-                        let waited = start.elapsed();
-                        return Ok(self.lend(lease, c, waited, caller));
+                        let now = Instant::now();
+                        return Ok(self.lend(lease, c, now - start, caller, now));
                     }
                 },
             };
-            if let Some(c) = self.prepare(candidate, deadline).await {
-                let waited = start.elapsed();
-                return Ok(self.lend(lease, c, waited, caller));
+            let now = if fast { start } else { Instant::now() };
+            if let Some((c, io)) = self.prepare(candidate, deadline, now).await {
+                let now = if fast && !io { start } else { Instant::now() };
+                return Ok(self.lend(lease, c, now - start, caller, now));
             }
+            fast = false;
         }
     }
 
@@ -160,13 +167,14 @@ impl<M: Manager> Pool<M> {
         conn: Conn<M::Connection>,
         waited: Duration,
         caller: &'static Location<'static>,
+        now: Instant,
     ) -> PooledConn<M> {
         let inner = &self.inner;
         inner.counters.checkouts.fetch_add(1, Relaxed);
         inner.counters.wait.record(waited);
         inner.metrics.acquire.record(waited.as_secs_f64());
         tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection checked out from pool");
-        PooledConn::new(lease, conn, caller)
+        PooledConn::new(lease, conn, caller, now)
     }
 
     /// Checks an idle connection before lending it; `None` if it was closed instead.
@@ -174,9 +182,10 @@ impl<M: Manager> Pool<M> {
         &self,
         mut conn: Conn<M::Connection>,
         deadline: Instant,
-    ) -> Option<Conn<M::Connection>> {
+        now: Instant,
+    ) -> Option<(Conn<M::Connection>, bool)> {
         let inner = &self.inner;
-        let now = Instant::now();
+        let mut io = false;
         if conn.expires.is_some_and(|e| e <= now) {
             inner.close_conn(conn, CloseReason::Recycled);
             return None;
@@ -186,12 +195,16 @@ impl<M: Manager> Pool<M> {
             inner.close_conn(conn, CloseReason::Invalidated);
             return None;
         }
-        if conn.needs_reset && reset(inner, &mut conn).await.is_err() {
+        if conn.needs_reset {
+            io = true;
+        }
+        if conn.needs_reset && reset(inner, &mut conn, now).await.is_err() {
             inner.close_conn(conn, CloseReason::Invalidated);
             return None;
         }
         let stale = now.saturating_duration_since(conn.last_used) >= PING_SKIP;
         if suspect || (inner.config.pre_ping && stale) {
+            io = true;
             tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Pool pre-ping on connection");
             let bound = deadline.min(Instant::now() + inner.config.connect_timeout);
             match rt::deadline(bound, inner.manager.is_valid(&mut conn.raw)).await {
@@ -210,7 +223,7 @@ impl<M: Manager> Pool<M> {
                 }
             }
         }
-        Some(conn)
+        Some((conn, io))
     }
 
     fn timeout_error(&self) -> PoolError {
