@@ -108,24 +108,41 @@ impl<M: Manager> Pool<M> {
     pub fn get(&self) -> impl Future<Output = Result<PooledConn<M>, PoolError>> + Send + '_ {
         // `#[track_caller]` does not reach into an `async fn`: capture the location here.
         let caller = Location::caller();
-        self.checkout(caller)
+        async move {
+            let start = Instant::now();
+            match self.inner.acquire() {
+                // The common case, without an await: an idle connection that needs no
+                // ping, reset or replacement.
+                Acquire::Idle(lease, conn) if self.ready(&conn, start) => {
+                    Ok(self.lend(lease, conn, Duration::ZERO, caller, start))
+                }
+                // Everything else is boxed so the common case's future stays small.
+                first => Box::pin(self.checkout(first, start, caller)).await,
+            }
+        }
+    }
+
+    /// Whether an idle connection can be lent as it is.
+    fn ready(&self, conn: &Conn<M::Connection>, now: Instant) -> bool {
+        let inner = &self.inner;
+        let stale = now.saturating_duration_since(conn.last_used) >= PING_SKIP;
+        !conn.needs_reset
+            && conn.expires.is_none_or(|e| e > now)
+            && !inner.is_suspect(conn)
+            && (!inner.config.pre_ping || !stale)
     }
 
     async fn checkout(
         &self,
+        first: Acquire<M>,
+        start: Instant,
         caller: &'static Location<'static>,
     ) -> Result<PooledConn<M>, PoolError> {
         let inner = &self.inner;
-        let start = Instant::now();
-        let mut fast = true;
-        let (lease, mut conn) = match inner.acquire() {
+        let (lease, mut conn) = match first {
             Acquire::Idle(lease, conn) => (lease, Some(conn)),
-            Acquire::Connect(lease) => {
-                fast = false;
-                (lease, None)
-            }
+            Acquire::Connect(lease) => (lease, None),
             Acquire::Wait(rx) => {
-                fast = false;
                 let waited = rt::deadline(start + inner.config.pool_timeout, rx).await;
                 match waited {
                     Ok(Ok(mut lease)) => {
@@ -152,12 +169,10 @@ impl<M: Manager> Pool<M> {
                     }
                 },
             };
-            let now = if fast { start } else { Instant::now() };
-            if let Some((c, io)) = self.prepare(candidate, deadline, now).await {
-                let now = if fast && !io { start } else { Instant::now() };
+            if let Some(c) = self.prepare(candidate, deadline).await {
+                let now = Instant::now();
                 return Ok(self.lend(lease, c, now - start, caller, now));
             }
-            fast = false;
         }
     }
 
@@ -182,10 +197,9 @@ impl<M: Manager> Pool<M> {
         &self,
         mut conn: Conn<M::Connection>,
         deadline: Instant,
-        now: Instant,
-    ) -> Option<(Conn<M::Connection>, bool)> {
+    ) -> Option<Conn<M::Connection>> {
         let inner = &self.inner;
-        let mut io = false;
+        let now = Instant::now();
         if conn.expires.is_some_and(|e| e <= now) {
             inner.close_conn(conn, CloseReason::Recycled);
             return None;
@@ -195,16 +209,12 @@ impl<M: Manager> Pool<M> {
             inner.close_conn(conn, CloseReason::Invalidated);
             return None;
         }
-        if conn.needs_reset {
-            io = true;
-        }
         if conn.needs_reset && reset(inner, &mut conn, now).await.is_err() {
             inner.close_conn(conn, CloseReason::Invalidated);
             return None;
         }
         let stale = now.saturating_duration_since(conn.last_used) >= PING_SKIP;
         if suspect || (inner.config.pre_ping && stale) {
-            io = true;
             tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Pool pre-ping on connection");
             let bound = deadline.min(Instant::now() + inner.config.connect_timeout);
             match rt::deadline(bound, inner.manager.is_valid(&mut conn.raw)).await {
@@ -223,7 +233,7 @@ impl<M: Manager> Pool<M> {
                 }
             }
         }
-        Some((conn, io))
+        Some(conn)
     }
 
     fn timeout_error(&self) -> PoolError {

@@ -107,9 +107,12 @@ impl AtomicHistogram {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let bucket = (u64::BITS - us.leading_zeros()) as usize;
         self.buckets[bucket.min(BUCKETS - 1)].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
-        if us > self.max_us.load(Relaxed) {
-            self.max_us.fetch_max(us, Relaxed);
+        // Most checkouts wait 0 µs: one atomic add, not three.
+        if us > 0 {
+            self.sum_us.fetch_add(us, Relaxed);
+            if us > self.max_us.load(Relaxed) {
+                self.max_us.fetch_max(us, Relaxed);
+            }
         }
     }
 
