@@ -99,7 +99,7 @@ for path in /health "/items/$ID"; do
         "$((after_created - before_created))" "$((after_sessions - before_sessions))"
 done
 echo
-echo "pool after the runs: $(curl -sf "$BASE/pool" | python3 -c 'import sys, json; d = json.load(sys.stdin); print(d["status"], "| timeouts", d["stats"]["timeouts"], "| wait p99", round(d["stats"]["wait"]["p99_ms"], 3), "ms")')"
+echo "pool after the runs: $(curl -sf "$BASE/pool" | python3 -c 'import sys, json; d = json.load(sys.stdin); print(d["status"], "| timeouts", d["stats"]["timeouts"], "| wait p99", round(d["stats"]["wait"]["p99_ms"], 3), "ms, max", round(d["stats"]["wait"]["max_ms"], 1), "ms | held max", round(d["stats"]["usage"]["max_ms"], 1), "ms")')"
 echo "server backends with application_name=$NAME while running: $(backends)"
 
 kill -TERM "$SERVER_PID"
