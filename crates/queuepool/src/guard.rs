@@ -21,11 +21,13 @@ use crate::stats::CloseReason;
 /// never shadow the connection's methods.
 #[must_use = "a connection goes back to the pool as soon as the guard is dropped"]
 pub struct PooledConn<M: Manager> {
-    lease: Option<Lease<M>>,
+    /// The pool; the guard holds one slot of it until dropped or detached. (Kept small:
+    /// guards are moved through every layer of futures above a checkout.)
+    inner: Option<Arc<Inner<M>>>,
     conn: Option<Conn<M::Connection>>,
     checked_out_at: Instant,
     broken: bool,
-    leak: Option<LeakWatch>,
+    leak: Option<Box<LeakWatch>>,
 }
 
 struct LeakWatch {
@@ -34,22 +36,21 @@ struct LeakWatch {
 }
 
 /// The invariant behind every `expect` on a guard's fields.
-const HELD: &str = "a guard holds its lease and connection until it is dropped or detached";
+const HELD: &str = "a guard holds its slot and connection until it is dropped or detached";
 
 impl<M: Manager> PooledConn<M> {
     pub(crate) fn new(
-        lease: Lease<M>,
+        inner: Arc<Inner<M>>,
         conn: Conn<M::Connection>,
         caller: &'static Location<'static>,
         now: Instant,
     ) -> Self {
-        let inner = &lease.inner;
         let leak = inner
             .config
             .leak_threshold
-            .and_then(|threshold| spawn_leak_watch(inner, conn.id, threshold, caller));
+            .and_then(|threshold| spawn_leak_watch(&inner, conn.id, threshold, caller));
         PooledConn {
-            lease: Some(lease),
+            inner: Some(inner),
             conn: Some(conn),
             checked_out_at: now,
             broken: false,
@@ -61,8 +62,9 @@ impl<M: Manager> PooledConn<M> {
     /// is not returned on drop. Its slot is freed for another checkout.
     pub fn detach(mut this: Self) -> M::Connection {
         let (conn, _) = this.take_conn();
-        // Dropping the empty lease frees the slot.
-        this.lease.take();
+        if let Some(inner) = this.inner.take() {
+            inner.release_slot();
+        }
         conn.raw
     }
 
@@ -72,7 +74,7 @@ impl<M: Manager> PooledConn<M> {
     /// replaced): after a database restart the pool recovers as a whole, without one
     /// failed request per stale connection. Returns whether it was a disconnect.
     pub fn report_error(this: &mut Self, error: &M::Error) -> bool {
-        let inner = &this.lease.as_ref().expect(HELD).inner;
+        let inner = this.inner.as_ref().expect(HELD);
         let disconnect = inner.manager.is_disconnect(error);
         if disconnect && !this.broken {
             this.broken = true;
@@ -103,7 +105,7 @@ impl<M: Manager> PooledConn<M> {
 
     /// Records the end of the loan: usage time, leak watch.
     fn finish(&mut self) -> Instant {
-        let inner = &self.lease.as_ref().expect(HELD).inner;
+        let inner = self.inner.as_ref().expect(HELD);
         let now = Instant::now();
         let held = now - self.checked_out_at;
         inner.counters.usage.record(held);
@@ -124,7 +126,7 @@ fn spawn_leak_watch<M: Manager>(
     conn: u64,
     threshold: std::time::Duration,
     caller: &'static Location<'static>,
-) -> Option<LeakWatch> {
+) -> Option<Box<LeakWatch>> {
     let handle = tokio::runtime::Handle::try_current().ok()?;
     let reported = Arc::new(AtomicBool::new(false));
     let flag = reported.clone();
@@ -144,22 +146,23 @@ fn spawn_leak_watch<M: Manager>(
             );
         }
     });
-    Some(LeakWatch {
+    Some(Box::new(LeakWatch {
         task: task.abort_handle(),
         reported,
-    })
+    }))
 }
 
 impl<M: Manager> Drop for PooledConn<M> {
     fn drop(&mut self) {
-        if self.lease.is_none() || self.conn.is_none() {
+        if self.conn.is_none() {
             return; // detached
         }
         let (mut conn, now) = self.take_conn();
         conn.last_used = now;
-        let Some(lease) = self.lease.take() else {
+        let Some(inner) = self.inner.take() else {
             return;
         };
+        let lease = Lease::new(inner);
         let inner = &*lease.inner;
         if self.broken || std::thread::panicking() {
             return lease.discard(conn, CloseReason::Invalidated);

@@ -36,10 +36,11 @@ pub(crate) struct Conn<C> {
 
 /// What a checkout gets from the state machine without waiting.
 pub(crate) enum Acquire<M: Manager> {
-    /// An idle connection, with a slot.
-    Idle(Lease<M>, Conn<M::Connection>),
-    /// A slot and the right to open a connection.
-    Connect(Lease<M>),
+    /// An idle connection, with a slot: the caller owns the slot from here on and
+    /// must wrap it (in a [`Lease`] or a guard) before its next await.
+    Idle(Conn<M::Connection>),
+    /// A slot and the right to open a connection (same ownership rule).
+    Connect,
     /// The limit is reached: wait for a slot in arrival order.
     Wait(oneshot::Receiver<Lease<M>>),
     /// The pool is closed.
@@ -122,13 +123,13 @@ impl<M: Manager> Inner<M> {
             st.slots += 1;
             self.note_usage(&mut st);
             drop(st);
-            return Acquire::Idle(Lease::new(self.clone()), conn);
+            return Acquire::Idle(conn);
         }
         if st.idle.len() + st.slots < self.limit {
             st.slots += 1;
             self.note_usage(&mut st);
             drop(st);
-            return Acquire::Connect(Lease::new(self.clone()));
+            return Acquire::Connect;
         }
         let (tx, rx) = oneshot::channel();
         // Prune abandoned places (cancelled waiters) only when the queue doubles:
@@ -434,7 +435,8 @@ pub(crate) struct Lease<M: Manager> {
 }
 
 impl<M: Manager> Lease<M> {
-    fn new(inner: Arc<Inner<M>>) -> Self {
+    /// Wraps a slot the caller holds.
+    pub(crate) fn new(inner: Arc<Inner<M>>) -> Self {
         Lease {
             inner,
             conn: None,
@@ -447,6 +449,13 @@ impl<M: Manager> Lease<M> {
     pub(crate) fn disarm(&mut self) -> Option<Conn<M::Connection>> {
         self.armed = false;
         self.conn.take()
+    }
+
+    /// Hands the slot over to a guard, which gives it back itself.
+    pub(crate) fn into_inner(mut self) -> Arc<Inner<M>> {
+        self.disarm();
+        self.finish_refill();
+        self.inner.clone()
     }
 
     /// Puts a clean connection back into the pool through this slot.

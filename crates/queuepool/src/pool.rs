@@ -20,6 +20,14 @@ use crate::manager::Manager;
 use crate::rt;
 use crate::stats::{CloseReason, Stats, Status};
 
+/// Where a checkout that could not be served at once goes on from.
+enum First<M: Manager> {
+    /// A slot (and maybe an idle connection to check).
+    Slot(Lease<M>, Option<Conn<M::Connection>>),
+    /// A place in the queue.
+    Wait(tokio::sync::oneshot::Receiver<Lease<M>>),
+}
+
 /// Connections used within this long are lent without a pre-ping.
 const PING_SKIP: Duration = Duration::from_secs(1);
 
@@ -110,15 +118,21 @@ impl<M: Manager> Pool<M> {
         let caller = Location::caller();
         async move {
             let start = Instant::now();
-            match self.inner.acquire() {
+            let inner = &self.inner;
+            // Every slot `acquire` grants is wrapped before the next await.
+            let first = match inner.acquire() {
                 // The common case, without an await: an idle connection that needs no
                 // ping, reset or replacement.
-                Acquire::Idle(lease, conn) if self.ready(&conn, start) => {
-                    Ok(self.lend(lease, conn, Duration::ZERO, caller, start))
+                Acquire::Idle(conn) if self.ready(&conn, start) => {
+                    return Ok(self.lend(inner.clone(), conn, Duration::ZERO, caller, start));
                 }
-                // Everything else is boxed so the common case's future stays small.
-                first => Box::pin(self.checkout(first, start, caller)).await,
-            }
+                Acquire::Idle(conn) => First::Slot(Lease::new(inner.clone()), Some(conn)),
+                Acquire::Connect => First::Slot(Lease::new(inner.clone()), None),
+                Acquire::Wait(rx) => First::Wait(rx),
+                Acquire::Closed => return Err(PoolError::Closed),
+            };
+            // Everything else is boxed so the common case's future stays small.
+            Box::pin(self.checkout(first, start, caller)).await
         }
     }
 
@@ -134,15 +148,14 @@ impl<M: Manager> Pool<M> {
 
     async fn checkout(
         &self,
-        first: Acquire<M>,
+        first: First<M>,
         start: Instant,
         caller: &'static Location<'static>,
     ) -> Result<PooledConn<M>, PoolError> {
         let inner = &self.inner;
         let (lease, mut conn) = match first {
-            Acquire::Idle(lease, conn) => (lease, Some(conn)),
-            Acquire::Connect(lease) => (lease, None),
-            Acquire::Wait(rx) => {
+            First::Slot(lease, conn) => (lease, conn),
+            First::Wait(rx) => {
                 let waited = rt::deadline(start + inner.config.pool_timeout, rx).await;
                 match waited {
                     Ok(Ok(mut lease)) => {
@@ -154,7 +167,6 @@ impl<M: Manager> Pool<M> {
                     Err(_) => return Err(self.timeout_error()),
                 }
             }
-            Acquire::Closed => return Err(PoolError::Closed),
         };
         let deadline = start + inner.config.pool_timeout + inner.config.connect_timeout;
         loop {
@@ -165,20 +177,20 @@ impl<M: Manager> Pool<M> {
                     ConnectSlot::Permit(permit) => {
                         let c = open_with(inner, deadline, permit).await?;
                         let now = Instant::now();
-                        return Ok(self.lend(lease, c, now - start, caller, now));
+                        return Ok(self.lend(lease.into_inner(), c, now - start, caller, now));
                     }
                 },
             };
             if let Some(c) = self.prepare(candidate, deadline).await {
                 let now = Instant::now();
-                return Ok(self.lend(lease, c, now - start, caller, now));
+                return Ok(self.lend(lease.into_inner(), c, now - start, caller, now));
             }
         }
     }
 
     fn lend(
         &self,
-        lease: Lease<M>,
+        slot: Arc<Inner<M>>,
         conn: Conn<M::Connection>,
         waited: Duration,
         caller: &'static Location<'static>,
@@ -189,7 +201,7 @@ impl<M: Manager> Pool<M> {
         inner.counters.wait.record(waited);
         inner.metrics.acquire.record(waited.as_secs_f64());
         tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection checked out from pool");
-        PooledConn::new(lease, conn, caller, now)
+        PooledConn::new(slot, conn, caller, now)
     }
 
     /// Checks an idle connection before lending it; `None` if it was closed instead.
