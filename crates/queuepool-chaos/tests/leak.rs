@@ -6,12 +6,20 @@ use queuepool_chaos::scenarios::leak;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_connection_gives_one_warning_naming_the_checkout_location() {
-    assert!(queuepool_chaos::capture::install(), "the capture subscriber must be the global one");
+    assert!(
+        queuepool_chaos::capture::install(),
+        "the capture subscriber must be the global one"
+    );
     let ctx = common::ctx();
     let f = leak::run(&ctx, &leak::Params::short()).await.unwrap();
     common::show(f.report());
     assert_eq!(f.warnings.len(), 1, "{:#?}", f.warnings);
-    assert!(f.names_location(), "{:?} does not name {}", f.warnings, f.expected_location);
+    assert!(
+        f.names_location(),
+        "{:?} does not name {}",
+        f.warnings,
+        f.expected_location
+    );
     assert_eq!(f.leaks_counted, 1);
     assert_eq!(f.quick_ok, f.params.quick_requests);
     assert_eq!(f.extractor_warnings.len(), 1, "{:#?}", f.extractor_warnings);

@@ -10,7 +10,10 @@ async fn writes_during_a_restart_are_in_the_database_exactly_when_answered_ok() 
     let f = writes::run(&ctx, &writes::Params::short()).await.unwrap();
     common::show(f.report());
     assert!(f.ok.iter().all(|&n| n > 0), "{:?}", f.ok);
-    assert!(f.failed.iter().sum::<usize>() > 0, "the outage must fail some writes");
+    assert!(
+        f.failed.iter().sum::<usize>() > 0,
+        "the outage must fail some writes"
+    );
     assert!(f.failed_other.is_empty(), "{:?}", f.failed_other);
     assert!(f.consistent(), "{f:#?}");
 }

@@ -103,7 +103,13 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
         .name("chaos-cancel")
         .build()?;
     let pool = Pool::new(PgManager::from_url(&url)?, config).await?;
-    ctx.phase(NAME, format!("library: dropping {} checkouts at random points", p.library_cancels));
+    ctx.phase(
+        NAME,
+        format!(
+            "library: dropping {} checkouts at random points",
+            p.library_cancels
+        ),
+    );
     let cancelled = Arc::new(AtomicUsize::new(0));
     let completed = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
@@ -132,7 +138,10 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
     let lib_took = t0.elapsed();
     proxy.set_mode(FaultMode::PassThrough);
     // Returns reset in spawned tasks: let them finish.
-    let checked_out = settle(Duration::from_secs(5), 0, || async { Ok(pool.status().checked_out) }).await?;
+    let checked_out = settle(Duration::from_secs(5), 0, || async {
+        Ok(pool.status().checked_out)
+    })
+    .await?;
     let status = pool.status();
     let max_connections = (pool_size + overflow) as usize;
     let mut held = Vec::new();
@@ -175,7 +184,13 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
     let service = Service::start(&ctx.serve_bin, &env, &[]).await?;
     let base = service.base_url();
     proxy.set_mode(FaultMode::Latency(p.latency));
-    ctx.phase(NAME, format!("service: {} clients disconnecting mid-request", p.concurrency));
+    ctx.phase(
+        NAME,
+        format!(
+            "service: {} clients disconnecting mid-request",
+            p.concurrency
+        ),
+    );
     let svc_cancelled = Arc::new(AtomicUsize::new(0));
     let svc_completed = Arc::new(AtomicUsize::new(0));
     let t1 = Instant::now();
@@ -209,14 +224,26 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
     let _ = svc_checked_out;
     let burst = (0..max_connections).map(|_| {
         let (client, url) = (client.clone(), format!("{base}/health"));
-        async move { load::send(&client, reqwest::Method::GET, &url, None).await.0.is_ok() }
+        async move {
+            load::send(&client, reqwest::Method::GET, &url, None)
+                .await
+                .0
+                .is_ok()
+        }
     });
     let mut answered = 0;
     for ok in futures_join_all(burst).await {
         answered += usize::from(ok);
     }
     let _ = service.stop(Duration::from_secs(15)).await?;
-    ctx.phase(NAME, format!("service: {} cancelled, {} completed", svc_cancelled.load(Ordering::Relaxed), svc_completed.load(Ordering::Relaxed)));
+    ctx.phase(
+        NAME,
+        format!(
+            "service: {} cancelled, {} completed",
+            svc_cancelled.load(Ordering::Relaxed),
+            svc_completed.load(Ordering::Relaxed)
+        ),
+    );
     Ok(Figures {
         params: p.clone(),
         lib_cancelled: cancelled.load(Ordering::Relaxed),
@@ -263,26 +290,54 @@ impl Figures {
             ),
         );
         let m = self.max_connections;
-        r.check("library: checkouts cancelled", self.lib_cancelled, format!(">= {}", p.library_cancels), self.lib_cancelled >= p.library_cancels)
-            .info("library: operations completed meanwhile", self.lib_completed)
-            .info("library: storm duration", secs(self.lib_took))
-            .check("library: checked out afterwards", self.lib_checked_out_after, "0", self.lib_checked_out_after == 0)
-            .check("library: connections open afterwards", self.lib_open_after, format!("<= {m}"), self.lib_open_after <= m)
-            .check(
-                "library: connections usable at once afterwards, outside a transaction",
-                self.lib_capacity_after,
-                format!("= pool_size + max_overflow = {m}"),
-                self.lib_capacity_after == m,
-            )
-            .check("service: requests abandoned mid-way", self.svc_cancelled, format!(">= {}", p.service_cancels), self.svc_cancelled >= p.service_cancels)
-            .info("service: requests answered meanwhile", self.svc_completed)
-            .check("service: checked out afterwards (/pool)", self.svc_pool_after.checked_out, "0", self.svc_pool_after.checked_out == 0)
-            .check(
-                "service: concurrent requests answered 200 afterwards",
-                self.svc_capacity_after,
-                format!("= {m}"),
-                self.svc_capacity_after == m,
-            );
+        r.check(
+            "library: checkouts cancelled",
+            self.lib_cancelled,
+            format!(">= {}", p.library_cancels),
+            self.lib_cancelled >= p.library_cancels,
+        )
+        .info(
+            "library: operations completed meanwhile",
+            self.lib_completed,
+        )
+        .info("library: storm duration", secs(self.lib_took))
+        .check(
+            "library: checked out afterwards",
+            self.lib_checked_out_after,
+            "0",
+            self.lib_checked_out_after == 0,
+        )
+        .check(
+            "library: connections open afterwards",
+            self.lib_open_after,
+            format!("<= {m}"),
+            self.lib_open_after <= m,
+        )
+        .check(
+            "library: connections usable at once afterwards, outside a transaction",
+            self.lib_capacity_after,
+            format!("= pool_size + max_overflow = {m}"),
+            self.lib_capacity_after == m,
+        )
+        .check(
+            "service: requests abandoned mid-way",
+            self.svc_cancelled,
+            format!(">= {}", p.service_cancels),
+            self.svc_cancelled >= p.service_cancels,
+        )
+        .info("service: requests answered meanwhile", self.svc_completed)
+        .check(
+            "service: checked out afterwards (/pool)",
+            self.svc_pool_after.checked_out,
+            "0",
+            self.svc_pool_after.checked_out == 0,
+        )
+        .check(
+            "service: concurrent requests answered 200 afterwards",
+            self.svc_capacity_after,
+            format!("= {m}"),
+            self.svc_capacity_after == m,
+        );
         r
     }
 }

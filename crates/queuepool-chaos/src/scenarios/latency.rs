@@ -139,7 +139,16 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
     // Open the overflow connections before the latency starts, then measure.
     drop(saturate(&pool, p.workers, Duration::from_millis(300)).await);
     proxy.set_mode(FaultMode::Latency(p.latency));
-    ctx.phase(NAME, format!("+{} per packet, {} workers on {} connections for {}", ms(p.latency), p.workers, 2 * p.pool_size, secs(p.duration)));
+    ctx.phase(
+        NAME,
+        format!(
+            "+{} per packet, {} workers on {} connections for {}",
+            ms(p.latency),
+            p.workers,
+            2 * p.pool_size,
+            secs(p.duration)
+        ),
+    );
     let before = pool.stats();
     let t0 = Instant::now();
     let ops = saturate(&pool, p.workers, p.duration).await;
@@ -148,12 +157,16 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
     let checkouts = after.checkouts - before.checkouts;
     let held = after.usage.mean.as_secs_f64() * after.usage.count as f64
         - before.usage.mean.as_secs_f64() * before.usage.count as f64;
-    let mean_hold = Duration::from_secs_f64(held / (after.usage.count - before.usage.count).max(1) as f64);
+    let mean_hold =
+        Duration::from_secs_f64(held / (after.usage.count - before.usage.count).max(1) as f64);
     let throughput = checkouts as f64 / elapsed.as_secs_f64();
     let failures = ops.iter().filter(|o| !o.1).count();
     pool.close(Duration::from_secs(2)).await;
 
-    ctx.phase(NAME, format!("timeout phase: pool_timeout {}", ms(p.short_timeout)));
+    ctx.phase(
+        NAME,
+        format!("timeout phase: pool_timeout {}", ms(p.short_timeout)),
+    );
     proxy.set_mode(FaultMode::PassThrough);
     let pool = pool_for(&url, p, p.short_timeout).await?;
     drop(saturate(&pool, 2 * p.pool_size as usize, Duration::from_millis(300)).await);
@@ -201,29 +214,46 @@ impl Figures {
             ),
         );
         let floor = p.short_timeout;
-        r.info("throughput λ", format!("{:.1} checkouts/s", self.throughput))
-            .info("mean hold time W", ms(self.mean_hold))
-            .check(
-                "λ x W (connections in use, Little's law)",
-                format!("{:.2}", self.littles_l),
-                format!("= {} connections ± 15 %", self.max_connections),
-                self.littles_error() <= 0.15,
-            )
-            .check("failed checkouts at pool_timeout 30 s", self.failures, "0", self.failures == 0)
-            .info("timeouts at the short pool_timeout", self.timeouts)
-            .check(
-                "shortest wait ending in a timeout",
-                crate::report::opt_ms(self.min_timeout_wait),
-                format!(">= pool_timeout = {}", ms(floor)),
-                self.min_timeout_wait.is_none_or(|d| d >= floor),
-            )
-            .check(
-                "longest wait ending in a timeout",
-                crate::report::opt_ms(self.max_timeout_wait),
-                format!("<= pool_timeout + 100 ms = {}", ms(floor + Duration::from_millis(100))),
-                self.max_timeout_wait.is_none_or(|d| d <= floor + Duration::from_millis(100)),
-            )
-            .check("other checkout errors", self.other_errors, "0", self.other_errors == 0);
+        r.info(
+            "throughput λ",
+            format!("{:.1} checkouts/s", self.throughput),
+        )
+        .info("mean hold time W", ms(self.mean_hold))
+        .check(
+            "λ x W (connections in use, Little's law)",
+            format!("{:.2}", self.littles_l),
+            format!("= {} connections ± 15 %", self.max_connections),
+            self.littles_error() <= 0.15,
+        )
+        .check(
+            "failed checkouts at pool_timeout 30 s",
+            self.failures,
+            "0",
+            self.failures == 0,
+        )
+        .info("timeouts at the short pool_timeout", self.timeouts)
+        .check(
+            "shortest wait ending in a timeout",
+            crate::report::opt_ms(self.min_timeout_wait),
+            format!(">= pool_timeout = {}", ms(floor)),
+            self.min_timeout_wait.is_none_or(|d| d >= floor),
+        )
+        .check(
+            "longest wait ending in a timeout",
+            crate::report::opt_ms(self.max_timeout_wait),
+            format!(
+                "<= pool_timeout + 100 ms = {}",
+                ms(floor + Duration::from_millis(100))
+            ),
+            self.max_timeout_wait
+                .is_none_or(|d| d <= floor + Duration::from_millis(100)),
+        )
+        .check(
+            "other checkout errors",
+            self.other_errors,
+            "0",
+            self.other_errors == 0,
+        );
         r
     }
 }

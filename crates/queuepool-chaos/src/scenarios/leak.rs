@@ -110,17 +110,29 @@ async fn serve_and_call(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(ChaosError::io("binding the leak test server"))?;
-    let addr = listener.local_addr().map_err(ChaosError::io("reading its address"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(ChaosError::io("reading its address"))?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let client = load::client(4, Duration::from_secs(10))?;
     let base = format!("http://{addr}");
     let slow = tokio::spawn({
         let (client, url) = (client.clone(), format!("{base}{slow_path}"));
-        async move { load::send(&client, reqwest::Method::GET, &url, None).await.0 }
+        async move {
+            load::send(&client, reqwest::Method::GET, &url, None)
+                .await
+                .0
+        }
     });
     let mut ok = 0;
     for _ in 0..p.quick_requests {
-        let (o, _) = load::send(&client, reqwest::Method::GET, &format!("{base}/quick"), None).await;
+        let (o, _) = load::send(
+            &client,
+            reqwest::Method::GET,
+            &format!("{base}/quick"),
+            None,
+        )
+        .await;
         ok += usize::from(o.is_ok());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -135,7 +147,11 @@ fn leak_warnings(capture: &Capture, pool: &str) -> Vec<String> {
     capture
         .events()
         .into_iter()
-        .filter(|e| e.level == tracing::Level::WARN && e.message.contains("leak") && e.fields.contains(&format!("pool={pool} ")))
+        .filter(|e| {
+            e.level == tracing::Level::WARN
+                && e.message.contains("leak")
+                && e.fields.contains(&format!("pool={pool} "))
+        })
         .map(|e| e.line())
         .collect()
 }
@@ -155,7 +171,14 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
             .build()
     };
     let pool = Pool::new(db.manager()?, config(&name)?).await?;
-    ctx.phase(NAME, format!("one handler holds its connection {} with leak_threshold {}", ms(p.hold), ms(p.threshold)));
+    ctx.phase(
+        NAME,
+        format!(
+            "one handler holds its connection {} with leak_threshold {}",
+            ms(p.hold),
+            ms(p.threshold)
+        ),
+    );
     let quick_ok = serve_and_call(pool.clone(), p, "/slow").await?;
     let warnings = leak_warnings(&capture, &name);
     let leaks_counted = pool.stats().leaks;
@@ -201,12 +224,40 @@ impl Figures {
                 p.quick_requests
             ),
         );
-        r.check("leak warnings (handler calling pool.get())", self.warnings.len(), "1", self.warnings.len() == 1)
-            .check("warning names the checkout's file:line", self.names_location(), format!("{}", self.expected_location), self.names_location())
-            .check("stats().leaks", self.leaks_counted, "1", self.leaks_counted == 1)
-            .check("quick requests answered", self.quick_ok, p.quick_requests.to_string(), self.quick_ok == p.quick_requests)
-            .info("leak warnings (handler holding Db<M>)", self.extractor_warnings.len())
-            .check("Db<M> warning names the handler's file", self.extractor_names_handler(), "true", self.extractor_names_handler());
+        r.check(
+            "leak warnings (handler calling pool.get())",
+            self.warnings.len(),
+            "1",
+            self.warnings.len() == 1,
+        )
+        .check(
+            "warning names the checkout's file:line",
+            self.names_location(),
+            format!("{}", self.expected_location),
+            self.names_location(),
+        )
+        .check(
+            "stats().leaks",
+            self.leaks_counted,
+            "1",
+            self.leaks_counted == 1,
+        )
+        .check(
+            "quick requests answered",
+            self.quick_ok,
+            p.quick_requests.to_string(),
+            self.quick_ok == p.quick_requests,
+        )
+        .info(
+            "leak warnings (handler holding Db<M>)",
+            self.extractor_warnings.len(),
+        )
+        .check(
+            "Db<M> warning names the handler's file",
+            self.extractor_names_handler(),
+            "true",
+            self.extractor_names_handler(),
+        );
         for w in self.warnings.iter().chain(&self.extractor_warnings) {
             r.note(format!("`{}`", w.trim()));
         }

@@ -111,15 +111,29 @@ async fn writer(w: usize, base: String, t0: Instant, duration: Duration) -> Log 
     };
     let mut n = 0;
     while t0.elapsed() < duration {
-        let live: Vec<usize> = (0..log.created.len()).filter(|&i| !log.created[i].1.deleted).collect();
+        let live: Vec<usize> = (0..log.created.len())
+            .filter(|&i| !log.created[i].1.deleted)
+            .collect();
         let roll: f64 = rand::rng().random();
         let failed = if live.is_empty() || roll < 0.4 {
             n += 1;
             let name = format!("w{w}-n{n}");
-            let (o, j) = load::send(&client, Method::POST, &format!("{base}/items"), Some(&body(&name, 0))).await;
+            let (o, j) = load::send(
+                &client,
+                Method::POST,
+                &format!("{base}/items"),
+                Some(&body(&name, 0)),
+            )
+            .await;
             if let (Outcome::Ok(201), Some(id)) = (&o, j.as_ref().and_then(|j| j["id"].as_i64())) {
                 log.ok[0] += 1;
-                log.created.push((name, Item { id, ..Item::default() }));
+                log.created.push((
+                    name,
+                    Item {
+                        id,
+                        ..Item::default()
+                    },
+                ));
                 None
             } else {
                 log.failed[0] += 1;
@@ -131,7 +145,10 @@ async fn writer(w: usize, base: String, t0: Instant, duration: Duration) -> Log 
             let (name, item) = &mut log.created[i];
             let url = format!("{base}/items/{}", item.id);
             if roll < 0.8 {
-                let v = item.version.max(item.failed_versions.iter().copied().max().unwrap_or(0)) + 1;
+                let v = item
+                    .version
+                    .max(item.failed_versions.iter().copied().max().unwrap_or(0))
+                    + 1;
                 let (o, _) = load::send(&client, Method::PUT, &url, Some(&body(name, v))).await;
                 if o == Outcome::Ok(200) {
                     log.ok[1] += 1;
@@ -179,7 +196,10 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
     ];
     let service = Service::start(&ctx.serve_bin, &env, &[]).await?;
     let base = service.base_url();
-    ctx.phase(NAME, format!("{} writers for {}", p.writers, secs(p.duration)));
+    ctx.phase(
+        NAME,
+        format!("{} writers for {}", p.writers, secs(p.duration)),
+    );
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..p.writers {
@@ -225,7 +245,11 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
             f.failed[i] += log.failed[i];
         }
         f.failed_other.extend(log.other.iter().cloned());
-        f.phantom_creates += log.failed_creates.iter().filter(|n| names.contains_key(*n)).count();
+        f.phantom_creates += log
+            .failed_creates
+            .iter()
+            .filter(|n| names.contains_key(*n))
+            .count();
         for (name, item) in &log.created {
             match by_id.get(&item.id) {
                 None if item.deleted => {}
@@ -237,10 +261,18 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
                 }
                 Some((db_name, desc, price)) => {
                     known += 1;
-                    let v_name = db_name.rsplit_once("-v").and_then(|(_, v)| v.parse::<u32>().ok());
-                    let v_desc = desc.as_deref().and_then(|d| d.strip_prefix('v')).and_then(|v| v.parse::<u32>().ok());
+                    let v_name = db_name
+                        .rsplit_once("-v")
+                        .and_then(|(_, v)| v.parse::<u32>().ok());
+                    let v_desc = desc
+                        .as_deref()
+                        .and_then(|d| d.strip_prefix('v'))
+                        .and_then(|v| v.parse::<u32>().ok());
                     let v_price = Some(*price as u32);
-                    if !db_name.starts_with(&format!("{name}-v")) || v_name != v_desc || v_name != v_price {
+                    if !db_name.starts_with(&format!("{name}-v"))
+                        || v_name != v_desc
+                        || v_name != v_price
+                    {
                         f.half_written += 1;
                     } else if v_name != Some(item.version) {
                         if v_name.is_some_and(|v| item.failed_versions.contains(&v)) {
@@ -289,15 +321,33 @@ impl Figures {
         let zero = |r: &mut Report, label: &str, n: usize| {
             r.check(label, n, "0", n == 0);
         };
-        r.info("POST 201 / PUT 200 / DELETE 204", format!("{} / {} / {}", self.ok[0], self.ok[1], self.ok[2]))
-            .info("failed POST / PUT / DELETE", format!("{} / {} / {}", self.failed[0], self.failed[1], self.failed[2]))
-            .check("failures other than 503 JSON", self.failed_other.len(), "0", self.failed_other.is_empty())
-            .info("database down for", secs(self.downtime));
+        r.info(
+            "POST 201 / PUT 200 / DELETE 204",
+            format!("{} / {} / {}", self.ok[0], self.ok[1], self.ok[2]),
+        )
+        .info(
+            "failed POST / PUT / DELETE",
+            format!(
+                "{} / {} / {}",
+                self.failed[0], self.failed[1], self.failed[2]
+            ),
+        )
+        .check(
+            "failures other than 503 JSON",
+            self.failed_other.len(),
+            "0",
+            self.failed_other.is_empty(),
+        )
+        .info("database down for", secs(self.downtime));
         zero(&mut r, "201 items missing", self.lost_creates);
         zero(&mut r, "failed POSTs present", self.phantom_creates);
         zero(&mut r, "200 PUTs not in the database", self.lost_updates);
         zero(&mut r, "failed PUTs visible", self.phantom_updates);
-        zero(&mut r, "half-written items (fields of different writes)", self.half_written);
+        zero(
+            &mut r,
+            "half-written items (fields of different writes)",
+            self.half_written,
+        );
         zero(&mut r, "204 DELETEs still present", self.lost_deletes);
         zero(&mut r, "failed DELETEs that deleted", self.phantom_deletes);
         zero(&mut r, "rows nobody wrote", self.strangers);
