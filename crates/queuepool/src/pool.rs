@@ -22,10 +22,8 @@ use crate::stats::{CloseReason, Stats, Status};
 
 /// Where a checkout that could not be served at once goes on from.
 enum First<M: Manager> {
-    /// A slot (and maybe an idle connection to check).
+    /// A slot, and maybe a connection to check before lending it.
     Slot(Lease<M>, Option<Conn<M::Connection>>),
-    /// A place in the queue.
-    Wait(tokio::sync::oneshot::Receiver<Lease<M>>),
 }
 
 /// Connections used within this long are lent without a pre-ping.
@@ -128,7 +126,24 @@ impl<M: Manager> Pool<M> {
                 }
                 Acquire::Idle(conn) => First::Slot(Lease::new(inner.clone()), Some(conn)),
                 Acquire::Connect => First::Slot(Lease::new(inner.clone()), None),
-                Acquire::Wait(rx) => First::Wait(rx),
+                Acquire::Wait(rx) => {
+                    let mut lease = match rt::deadline(start + inner.config.pool_timeout, rx).await
+                    {
+                        Ok(Ok(lease)) => lease,
+                        // The pool dropped our place in the queue: it was closed.
+                        Ok(Err(_)) => return Err(PoolError::Closed),
+                        Err(_) => return Err(self.timeout_error()),
+                    };
+                    // A connection handed over by a return is usually ready.
+                    let now = Instant::now();
+                    match lease.conn.take() {
+                        Some(conn) if self.ready(&conn, now) => {
+                            let slot = lease.into_inner();
+                            return Ok(self.lend(slot, conn, now - start, caller, now));
+                        }
+                        conn => First::Slot(lease, conn),
+                    }
+                }
                 Acquire::Closed => return Err(PoolError::Closed),
             };
             // Everything else is boxed so the common case's future stays small.
@@ -153,21 +168,7 @@ impl<M: Manager> Pool<M> {
         caller: &'static Location<'static>,
     ) -> Result<PooledConn<M>, PoolError> {
         let inner = &self.inner;
-        let (lease, mut conn) = match first {
-            First::Slot(lease, conn) => (lease, conn),
-            First::Wait(rx) => {
-                let waited = rt::deadline(start + inner.config.pool_timeout, rx).await;
-                match waited {
-                    Ok(Ok(mut lease)) => {
-                        let conn = lease.conn.take();
-                        (lease, conn)
-                    }
-                    // The pool dropped our place in the queue: it was closed.
-                    Ok(Err(_)) => return Err(PoolError::Closed),
-                    Err(_) => return Err(self.timeout_error()),
-                }
-            }
-        };
+        let First::Slot(lease, mut conn) = first;
         let deadline = start + inner.config.pool_timeout + inner.config.connect_timeout;
         loop {
             let candidate = match conn.take().or_else(|| inner.take_idle()) {
