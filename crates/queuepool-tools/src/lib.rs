@@ -1,0 +1,1 @@
+//! queuepool's tools (work in progress).
