@@ -217,7 +217,7 @@ pub fn tally(samples: &[Sample]) -> Tally {
         }
     }
     t.kinds = kinds.into_iter().collect();
-    t.kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    t.kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     t
 }
 

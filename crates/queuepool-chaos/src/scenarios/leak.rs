@@ -233,7 +233,7 @@ impl Figures {
         .check(
             "warning names the checkout's file:line",
             self.names_location(),
-            format!("{}", self.expected_location),
+            self.expected_location.clone(),
             self.names_location(),
         )
         .check(
