@@ -61,8 +61,9 @@ impl<M: Manager> PooledConn<M> {
     /// Takes the connection out of the pool: it no longer counts against the limit and
     /// is not returned on drop. Its slot is freed for another checkout.
     pub fn detach(mut this: Self) -> M::Connection {
-        let (conn, _) = this.take_conn();
+        let (mut conn, _) = this.take_conn();
         if let Some(inner) = this.inner.take() {
+            inner.record_usage(&mut conn);
             inner.release_slot();
         }
         conn.raw
@@ -99,16 +100,17 @@ impl<M: Manager> PooledConn<M> {
     }
 
     fn take_conn(&mut self) -> (Conn<M::Connection>, Instant) {
-        let now = self.finish();
-        (self.conn.take().expect(HELD), now)
+        let (now, held) = self.finish();
+        let mut conn = self.conn.take().expect(HELD);
+        conn.usage = Some(held);
+        (conn, now)
     }
 
     /// Records the end of the loan: usage time, leak watch.
-    fn finish(&mut self) -> Instant {
+    fn finish(&mut self) -> (Instant, std::time::Duration) {
         let inner = self.inner.as_ref().expect(HELD);
         let now = Instant::now();
         let held = now - self.checked_out_at;
-        inner.counters.usage.record(held);
         inner.metrics.usage.record(held.as_secs_f64());
         if let Some(leak) = self.leak.take() {
             leak.task.abort();
@@ -117,7 +119,7 @@ impl<M: Manager> PooledConn<M> {
                     "Previously reported leaked connection returned to pool");
             }
         }
-        now
+        (now, held)
     }
 }
 

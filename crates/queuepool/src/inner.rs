@@ -12,15 +12,20 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::time::Duration;
+
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{Order, PoolConfig};
 use crate::manager::Manager;
 use crate::rt::{self, Mutex, lock};
-use crate::stats::{CloseReason, Counters, MetricHandles, Status};
+use crate::stats::{CloseReason, Counters, LoanStats, MetricHandles, Stats, Status};
 
 pub(crate) const LOG: &str = "queuepool::pool";
+
+/// Connections used within this long are lent without a pre-ping.
+pub(crate) const PING_SKIP: Duration = Duration::from_secs(1);
 
 /// A pooled connection and what the pool knows about it.
 pub(crate) struct Conn<C> {
@@ -32,10 +37,15 @@ pub(crate) struct Conn<C> {
     pub(crate) last_used: Instant,
     /// Returned without a reset (no runtime to run it on): reset before the next lend.
     pub(crate) needs_reset: bool,
+    /// How long the last borrower held it, recorded when it is put back or discarded.
+    pub(crate) usage: Option<Duration>,
 }
 
 /// What a checkout gets from the state machine without waiting.
 pub(crate) enum Acquire<M: Manager> {
+    /// An idle connection that needs no check, with a slot, counted as a checkout
+    /// that waited 0 (same ownership rule as `Idle`).
+    Ready(Conn<M::Connection>),
     /// An idle connection, with a slot: the caller owns the slot from here on and
     /// must wrap it (in a [`Lease`] or a guard) before its next await.
     Idle(Conn<M::Connection>),
@@ -60,6 +70,7 @@ pub(crate) struct State<M: Manager> {
     closed: bool,
     /// Last time more than `pool_size` connections were needed at once.
     last_overflow_use: Instant,
+    loans: LoanStats,
 }
 
 pub(crate) struct Inner<M: Manager> {
@@ -102,6 +113,7 @@ impl<M: Manager> Inner<M> {
                 waiters: VecDeque::new(),
                 closed: false,
                 last_overflow_use: now,
+                loans: LoanStats::new(),
             }),
             counters: Counters::new(),
             idle_notify: Notify::new(),
@@ -114,7 +126,7 @@ impl<M: Manager> Inner<M> {
     }
 
     /// Takes an idle connection, or a slot to open one, or a place in the queue.
-    pub(crate) fn acquire(self: &Arc<Self>) -> Acquire<M> {
+    pub(crate) fn acquire(self: &Arc<Self>, now: Instant) -> Acquire<M> {
         let mut st = lock(&self.state);
         if st.closed {
             return Acquire::Closed;
@@ -122,7 +134,11 @@ impl<M: Manager> Inner<M> {
         if let Some(conn) = self.pop_idle(&mut st) {
             st.slots += 1;
             self.note_usage(&mut st);
-            drop(st);
+            if self.ready(&conn, now) {
+                st.loans.checkouts += 1;
+                st.loans.wait.record(Duration::ZERO);
+                return Acquire::Ready(conn);
+            }
             return Acquire::Idle(conn);
         }
         if st.idle.len() + st.slots < self.limit {
@@ -141,6 +157,34 @@ impl<M: Manager> Inner<M> {
         st.waiters.push_back(tx);
         self.publish(&st);
         Acquire::Wait(rx)
+    }
+
+    /// Whether an idle connection can be lent as it is: no reset, ping or replacement.
+    pub(crate) fn ready(&self, conn: &Conn<M::Connection>, now: Instant) -> bool {
+        let stale = now.saturating_duration_since(conn.last_used) >= PING_SKIP;
+        !conn.needs_reset
+            && conn.expires.is_none_or(|e| e > now)
+            && !self.is_suspect(conn)
+            && (!self.config.pre_ping || !stale)
+    }
+
+    /// Counts a checkout that went through the slow path.
+    pub(crate) fn record_lend(&self, waited: Duration) {
+        let mut st = lock(&self.state);
+        st.loans.checkouts += 1;
+        st.loans.wait.record(waited);
+    }
+
+    /// Records how long a connection that is not put back was held.
+    pub(crate) fn record_usage(&self, conn: &mut Conn<M::Connection>) {
+        if let Some(held) = conn.usage.take() {
+            lock(&self.state).loans.usage.record(held);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let loans = lock(&self.state).loans.clone();
+        self.counters.snapshot(&loans)
     }
 
     /// For a slot holder without a connection: an idle connection if one appeared.
@@ -182,6 +226,9 @@ impl<M: Manager> Inner<M> {
     /// closes it if it is overflow no longer needed, or the pool is closed).
     pub(crate) fn put_back(self: &Arc<Self>, mut conn: Conn<M::Connection>) {
         let mut st = lock(&self.state);
+        if let Some(held) = conn.usage.take() {
+            st.loans.usage.record(held);
+        }
         if !st.closed {
             while let Some(tx) = st.waiters.pop_front() {
                 let mut lease = Lease::new(self.clone());
@@ -277,7 +324,8 @@ impl<M: Manager> Inner<M> {
     }
 
     /// Discards a connection that holds a slot: frees the slot, closes the connection.
-    pub(crate) fn discard(self: &Arc<Self>, conn: Conn<M::Connection>, reason: CloseReason) {
+    pub(crate) fn discard(self: &Arc<Self>, mut conn: Conn<M::Connection>, reason: CloseReason) {
+        self.record_usage(&mut conn);
         self.release_slot();
         self.close_conn(conn, reason);
     }
@@ -318,6 +366,7 @@ impl<M: Manager> Inner<M> {
             expires,
             last_used: now,
             needs_reset: false,
+            usage: None,
         }
     }
 

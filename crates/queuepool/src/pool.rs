@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::config::PoolConfig;
 use crate::error::PoolError;
 use crate::guard::{PooledConn, reset};
-use crate::inner::{Acquire, Conn, Inner, LOG, Lease};
+use crate::inner::{Acquire, Conn, Inner, LOG, Lease, PING_SKIP};
 #[cfg(not(feature = "model-check"))]
 use crate::maintenance;
 use crate::manager::Manager;
@@ -25,9 +25,6 @@ enum First<M: Manager> {
     /// A slot, and maybe a connection to check before lending it.
     Slot(Lease<M>, Option<Conn<M::Connection>>),
 }
-
-/// Connections used within this long are lent without a pre-ping.
-const PING_SKIP: Duration = Duration::from_secs(1);
 
 /// An async connection pool. Cheap to clone: clones share the same connections.
 pub struct Pool<M: Manager> {
@@ -118,11 +115,11 @@ impl<M: Manager> Pool<M> {
             let start = Instant::now();
             let inner = &self.inner;
             // Every slot `acquire` grants is wrapped before the next await.
-            let first = match inner.acquire() {
+            let first = match inner.acquire(start) {
                 // The common case, without an await: an idle connection that needs no
-                // ping, reset or replacement.
-                Acquire::Idle(conn) if self.ready(&conn, start) => {
-                    return Ok(self.lend(inner.clone(), conn, Duration::ZERO, caller, start));
+                // ping, reset or replacement (already counted).
+                Acquire::Ready(conn) => {
+                    return Ok(self.hand_over(inner.clone(), conn, Duration::ZERO, caller, start));
                 }
                 Acquire::Idle(conn) => First::Slot(Lease::new(inner.clone()), Some(conn)),
                 Acquire::Connect => First::Slot(Lease::new(inner.clone()), None),
@@ -137,7 +134,7 @@ impl<M: Manager> Pool<M> {
                     // A connection handed over by a return is usually ready.
                     let now = Instant::now();
                     match lease.conn.take() {
-                        Some(conn) if self.ready(&conn, now) => {
+                        Some(conn) if inner.ready(&conn, now) => {
                             let slot = lease.into_inner();
                             return Ok(self.lend(slot, conn, now - start, caller, now));
                         }
@@ -149,16 +146,6 @@ impl<M: Manager> Pool<M> {
             // Everything else is boxed so the common case's future stays small.
             Box::pin(self.checkout(first, start, caller)).await
         }
-    }
-
-    /// Whether an idle connection can be lent as it is.
-    fn ready(&self, conn: &Conn<M::Connection>, now: Instant) -> bool {
-        let inner = &self.inner;
-        let stale = now.saturating_duration_since(conn.last_used) >= PING_SKIP;
-        !conn.needs_reset
-            && conn.expires.is_none_or(|e| e > now)
-            && !inner.is_suspect(conn)
-            && (!inner.config.pre_ping || !stale)
     }
 
     async fn checkout(
@@ -197,9 +184,20 @@ impl<M: Manager> Pool<M> {
         caller: &'static Location<'static>,
         now: Instant,
     ) -> PooledConn<M> {
+        self.inner.record_lend(waited);
+        self.hand_over(slot, conn, waited, caller, now)
+    }
+
+    /// Gives a counted checkout its guard.
+    fn hand_over(
+        &self,
+        slot: Arc<Inner<M>>,
+        conn: Conn<M::Connection>,
+        waited: Duration,
+        caller: &'static Location<'static>,
+        now: Instant,
+    ) -> PooledConn<M> {
         let inner = &self.inner;
-        inner.counters.checkouts.fetch_add(1, Relaxed);
-        inner.counters.wait.record(waited);
         inner.metrics.acquire.record(waited.as_secs_f64());
         tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection checked out from pool");
         PooledConn::new(slot, conn, caller, now)
@@ -272,7 +270,7 @@ impl<M: Manager> Pool<M> {
 
     /// Counters and time histograms since the pool was built.
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot()
+        self.inner.stats()
     }
 
     /// The configuration the pool runs with.

@@ -25,7 +25,9 @@ pub(crate) fn can_spawn() -> bool {
     }
     #[cfg(not(feature = "model-check"))]
     {
-        tokio::runtime::Handle::try_current().is_ok()
+        // Inside a task (the common case) the task id answers without cloning the
+        // runtime handle; `block_on`'s own future has no id but does have a handle.
+        tokio::task::try_id().is_some() || tokio::runtime::Handle::try_current().is_ok()
     }
 }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
 
 /// A snapshot of the pool's occupancy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,44 +85,40 @@ pub struct HistogramSummary {
 
 const BUCKETS: usize = 40;
 
-/// A lock-free histogram of durations in power-of-two microsecond buckets: a checkout
-/// records with three relaxed atomic adds, no lock on the hot path.
-#[derive(Debug)]
-pub(crate) struct AtomicHistogram {
-    buckets: [AtomicU64; BUCKETS],
-    sum_us: AtomicU64,
-    max_us: AtomicU64,
+/// A histogram of durations in power-of-two microsecond buckets. It lives under the
+/// pool's lock, which the checkout and return paths hold anyway: recording costs a few
+/// plain adds and no shared atomics bouncing between cores.
+#[derive(Debug, Clone)]
+pub(crate) struct Histogram {
+    buckets: [u64; BUCKETS],
+    sum_us: u64,
+    max_us: u64,
 }
 
-impl AtomicHistogram {
+impl Histogram {
     pub(crate) fn new() -> Self {
-        AtomicHistogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_us: AtomicU64::new(0),
-            max_us: AtomicU64::new(0),
+        Histogram {
+            buckets: [0; BUCKETS],
+            sum_us: 0,
+            max_us: 0,
         }
     }
 
-    pub(crate) fn record(&self, d: Duration) {
+    pub(crate) fn record(&mut self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let bucket = (u64::BITS - us.leading_zeros()) as usize;
-        self.buckets[bucket.min(BUCKETS - 1)].fetch_add(1, Relaxed);
-        // Most checkouts wait 0 µs: one atomic add, not three.
-        if us > 0 {
-            self.sum_us.fetch_add(us, Relaxed);
-            if us > self.max_us.load(Relaxed) {
-                self.max_us.fetch_max(us, Relaxed);
-            }
-        }
+        self.buckets[bucket.min(BUCKETS - 1)] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.max_us = self.max_us.max(us);
     }
 
     pub(crate) fn summary(&self) -> HistogramSummary {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let counts = &self.buckets;
         let count: u64 = counts.iter().sum();
         if count == 0 {
             return HistogramSummary::default();
         }
-        let max = Duration::from_micros(self.max_us.load(Relaxed));
+        let max = Duration::from_micros(self.max_us);
         let quantile = |q: f64| {
             let rank = ((count as f64) * q).ceil().max(1.0) as u64;
             let mut seen = 0;
@@ -138,7 +134,7 @@ impl AtomicHistogram {
         };
         HistogramSummary {
             count,
-            mean: Duration::from_micros(self.sum_us.load(Relaxed) / count),
+            mean: Duration::from_micros(self.sum_us / count),
             p50: quantile(0.50),
             p99: quantile(0.99),
             max,
@@ -146,10 +142,27 @@ impl AtomicHistogram {
     }
 }
 
-/// The pool's counters: atomics, readable at any time without a lock.
+/// What every loan records, kept under the pool's lock (see [`Histogram`]).
+#[derive(Debug, Clone)]
+pub(crate) struct LoanStats {
+    pub(crate) checkouts: u64,
+    pub(crate) wait: Histogram,
+    pub(crate) usage: Histogram,
+}
+
+impl LoanStats {
+    pub(crate) fn new() -> Self {
+        LoanStats {
+            checkouts: 0,
+            wait: Histogram::new(),
+            usage: Histogram::new(),
+        }
+    }
+}
+
+/// The pool's rarer events: atomics, counted without the lock.
 #[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) checkouts: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) created: AtomicU64,
     pub(crate) connect_errors: AtomicU64,
@@ -158,15 +171,12 @@ pub(crate) struct Counters {
     pub(crate) closed: AtomicU64,
     pub(crate) pool_invalidations: AtomicU64,
     pub(crate) leaks: AtomicU64,
-    pub(crate) wait: AtomicHistogram,
-    pub(crate) usage: AtomicHistogram,
 }
 
 impl Counters {
     pub(crate) fn new() -> Self {
         let z = || AtomicU64::new(0);
         Counters {
-            checkouts: z(),
             timeouts: z(),
             created: z(),
             connect_errors: z(),
@@ -175,14 +185,12 @@ impl Counters {
             closed: z(),
             pool_invalidations: z(),
             leaks: z(),
-            wait: AtomicHistogram::new(),
-            usage: AtomicHistogram::new(),
         }
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self, loans: &LoanStats) -> Stats {
         Stats {
-            checkouts: self.checkouts.load(Relaxed),
+            checkouts: loans.checkouts,
             timeouts: self.timeouts.load(Relaxed),
             connections_created: self.created.load(Relaxed),
             connect_errors: self.connect_errors.load(Relaxed),
@@ -191,8 +199,8 @@ impl Counters {
             closed: self.closed.load(Relaxed),
             pool_invalidations: self.pool_invalidations.load(Relaxed),
             leaks: self.leaks.load(Relaxed),
-            wait: self.wait.summary(),
-            usage: self.usage.summary(),
+            wait: loans.wait.summary(),
+            usage: loans.usage.summary(),
         }
     }
 }
@@ -235,9 +243,9 @@ pub(crate) struct MetricHandles {
     pub(crate) idle: Gauge,
     pub(crate) in_use: Gauge,
     pub(crate) pending: Gauge,
-    pub(crate) acquire: Histogram,
-    pub(crate) usage: Histogram,
-    pub(crate) connect: Histogram,
+    pub(crate) acquire: metrics::Histogram,
+    pub(crate) usage: metrics::Histogram,
+    pub(crate) connect: metrics::Histogram,
     pub(crate) timeouts: Counter,
     pub(crate) created: Counter,
     closed: [Counter; 4],
@@ -289,7 +297,7 @@ mod tests {
 
     #[test]
     fn histogram_percentiles_are_bucket_bounds() {
-        let h = AtomicHistogram::new();
+        let mut h = Histogram::new();
         for _ in 0..98 {
             h.record(Duration::from_micros(100));
         }
@@ -300,6 +308,6 @@ mod tests {
         assert_eq!(s.p50, Duration::from_micros(127));
         assert_eq!(s.p99, Duration::from_micros(8191));
         assert_eq!(s.max, Duration::from_millis(9));
-        assert_eq!(AtomicHistogram::new().summary().count, 0);
+        assert_eq!(Histogram::new().summary().count, 0);
     }
 }
