@@ -71,6 +71,11 @@ pub struct Figures {
 
 const SECRET: &str = "Sekr1tPw0rd";
 
+/// The name of the `redact_url` property (known to fail: `redact_url` and tokio-postgres
+/// disagree on where the userinfo of `postgres:///:pw@/` ends).
+pub const REDACT_PROPERTY: &str =
+    "redact_url: never panics, hides every password the PostgreSQL driver would use";
+
 /// The name of the cross-backend URL property (known to fail: a parser given another
 /// backend's URL echoes it in its error).
 pub const SQLITE_PROPERTY: &str =
@@ -147,6 +152,14 @@ pub fn parser_properties(cases: u32) -> Vec<(String, Option<String>)> {
         use queuepool_cli::store::Backend;
         runner
             .run(&url_strategy(), |url| {
+                // Only a password in the place the URL grammar gives it (userinfo, or
+                // `password=` of a key-value string) is a password.
+                let has_password = url::Url::parse(&url).ok().is_some_and(|u| u.password() == Some(SECRET))
+                    || url.starts_with("host=");
+                if !has_password {
+                    let _ = Backend::from_url(&url);
+                    return Ok(());
+                }
                 match Backend::from_url(&url) {
                     Some(Backend::Postgres) => {
                         if let Err(e) = queuepool_postgres::PgManager::from_url(&url) {

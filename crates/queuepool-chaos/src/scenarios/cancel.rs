@@ -114,7 +114,9 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
     let completed = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..p.concurrency {
+    // As many tasks as connections (plus a few): cancellations land in connect, ping,
+    // query and reset, not only in the wait for a free slot.
+    for _ in 0..(pool_size + overflow + 4) {
         let (pool, cancelled, completed) = (pool.clone(), cancelled.clone(), completed.clone());
         let (want, limit) = (p.library_cancels, p.limit);
         tasks.spawn(async move {
@@ -286,7 +288,7 @@ impl Figures {
                 "Library: `Pool<PgManager>` (pool_size=4 max_overflow=4 overflow_idle=0) through a proxy adding {:?} per chunk; {} tasks run \
                  `get()` + `BEGIN; SELECT 1` + `COMMIT` under a random 0-30 ms timeout until {} are cancelled. \
                  Service: same pool settings, {} clients call `GET /health` and drop the request after a random 0.5-40 ms until {} are abandoned.",
-                p.latency, p.concurrency, p.library_cancels, p.concurrency, p.service_cancels
+                p.latency, 12, p.library_cancels, p.concurrency, p.service_cancels
             ),
         );
         let m = self.max_connections;
