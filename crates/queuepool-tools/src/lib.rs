@@ -1,1 +1,149 @@
-//! queuepool's tools (work in progress).
+//! The tools that show a [`queuepool`] pool at work and size it: the `verify`, `bench`,
+//! `tune` and `status` subcommands of the `queuepool` binary, and the live dashboard
+//! that `queuepool serve` mounts at `GET /dashboard`.
+//!
+//! * [`verify`]: builds a pool tagged with a unique `application_name` and compares the
+//!   pool's intended connections with the server's own view (`pg_stat_activity`,
+//!   MySQL's process list, SQLite's open handles) at idle, under a full burst, at the
+//!   limit (one checkout must time out) and after release. PASS/FAIL per row.
+//! * [`bench`]: pooled against unpooled (a new connection per query) at several
+//!   concurrencies, optionally next to `pgbench`; table, JSON and an SVG plot.
+//! * [`tune`]: the workload at increasing pool sizes; recommends the smallest pool
+//!   within 5 % of the best throughput, capped by `max_connections / instances`.
+//! * [`status`]: a running service's `GET /pool`, once or refreshed.
+//! * [`dashboard`]: the axum routes of the live page.
+//!
+//! The binary parses [`Command`] (clap) and calls [`main`]; everything here can also be
+//! called as a library (tests do). Progress goes to stderr, results to stdout. Like
+//! every library of the workspace it logs through `tracing` and installs nothing.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), queuepool_tools::ToolsError> {
+//! use clap::Parser;
+//! #[derive(Parser)]
+//! struct Cli { #[command(subcommand)] command: queuepool_tools::Command }
+//! let cli = Cli::parse_from(["queuepool", "verify", "--database-url", "sqlite::memory:"]);
+//! let queuepool_tools::Command::Verify(args) = cli.command else { unreachable!() };
+//! let report = queuepool_tools::verify::run(&args).await?;
+//! assert!(report.passed, "{}", report.render());
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::process::ExitCode;
+
+pub mod args;
+pub mod bench;
+pub mod dashboard;
+mod error;
+pub mod pgbench;
+pub mod plot;
+pub mod progress;
+pub mod status;
+pub mod table;
+pub mod target;
+pub mod tune;
+pub mod verify;
+pub mod workload;
+
+pub use error::{BoxError, ToolsError, chain};
+
+/// The tools' subcommands; the binary flattens them next to `serve`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Check the pool against the database's own view (pg_stat_activity, MySQL's
+    /// process list, SQLite's open handles): idle, full burst, one checkout past the
+    /// limit that must time out, and after release. Exits 1 if any check fails.
+    Verify(verify::VerifyArgs),
+    /// Measure pooled against unpooled (a new connection per query) throughput and
+    /// latency at several concurrencies, optionally next to pgbench
+    Bench(bench::BenchArgs),
+    /// Measure the workload at increasing pool sizes and recommend pool_size,
+    /// max_overflow and pool_timeout
+    Tune(tune::TuneArgs),
+    /// Print a running service's pool status (GET /pool); --watch refreshes it
+    Status(status::StatusArgs),
+}
+
+/// Runs a subcommand on a new multi-threaded runtime and returns the exit status:
+/// 0 on success, 1 when a check fails or the run fails, 2 for a bad argument. Errors
+/// are printed on stderr as one line starting with `error: `.
+pub fn main(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&ToolsError::Runtime(e)),
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Verify(args) => {
+                let report = verify::run(&args).await?;
+                if args.json {
+                    let text = serde_json::to_string_pretty(&report).map_err(ToolsError::Json)?;
+                    println!("{text}");
+                } else {
+                    print!("{}", report.render());
+                }
+                Ok(report.passed)
+            }
+            Command::Bench(args) => {
+                let report = bench::run(&args).await?;
+                print!("{}", report.render());
+                for (flag, path) in [("json", &args.json), ("plot", &args.plot)] {
+                    if let Some(path) = path {
+                        println!("{flag}: wrote {}", path.display());
+                    }
+                }
+                Ok(true)
+            }
+            Command::Tune(args) => {
+                let report = tune::run(&args).await?;
+                if args.json {
+                    let text = serde_json::to_string_pretty(&report).map_err(ToolsError::Json)?;
+                    println!("{text}");
+                } else {
+                    print!("{}", report.render());
+                }
+                Ok(true)
+            }
+            Command::Status(args) => status::run(&args).await.map(|()| true),
+        }
+    });
+    // Pool maintenance tasks and a pending pgbench are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(error: &ToolsError) -> ExitCode {
+    eprintln!("error: {}", chain(error));
+    if error.is_usage() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`, so
+/// a reader never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ToolsError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let io = |what, source| ToolsError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| io("cannot write", e))?;
+    std::io::Write::write_all(&mut file, bytes).map_err(|e| io("cannot write", e))?;
+    file.persist(path)
+        .map_err(|e| io("cannot write", e.error))?;
+    Ok(())
+}

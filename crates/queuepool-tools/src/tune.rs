@@ -1,0 +1,518 @@
+//! `queuepool tune`: measures the workload at increasing pool sizes and recommends the
+//! smallest pool within 5 % of the best throughput, capped by what the server allows
+//! each instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use queuepool::{Pool, PoolConfig, Preset};
+use serde::Serialize;
+
+use crate::args::{parse_duration, parse_list, parse_millis, parse_positive, redact_url};
+use crate::error::ToolsError;
+use crate::progress::Progress;
+use crate::table::{Table, millis, thousands};
+use crate::target::{Kind, Observer, Protocol, Query, Target};
+use crate::workload;
+
+/// Options of `queuepool tune`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TuneArgs {
+    /// Database to size the pool for [env: DATABASE_URL]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: String,
+    /// How many app instances share the database (each gets its own pool)
+    #[arg(long, value_name = "K", default_value = "1")]
+    pub instances: String,
+    /// Latency goal: only sizes whose p99 (wait + query) is at most this qualify, in ms
+    #[arg(long, value_name = "MS")]
+    pub target_p99: Option<String>,
+    /// Concurrent clients of the workload (requests in flight in one instance)
+    #[arg(long, value_name = "N", default_value = "32")]
+    pub concurrency: String,
+    /// Pool sizes to try [default: 1, 2, 4, ... up to the concurrency and the cap]
+    #[arg(long, value_name = "LIST")]
+    pub sizes: Option<String>,
+    /// The statement the workload runs
+    #[arg(long, value_name = "SQL", default_value = "SELECT 1")]
+    pub query: String,
+    /// Length of the run at each size
+    #[arg(long, value_name = "SECONDS", default_value = "3")]
+    pub duration: String,
+    /// Connections kept free for admin tools and migrations, besides the server's own
+    /// superuser reserve
+    #[arg(long, value_name = "N", default_value = "5")]
+    pub reserve: String,
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The measurement at one pool size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// `pool_size` (no overflow during the measurement).
+    pub pool_size: u32,
+    /// Queries per second.
+    pub qps: f64,
+    /// p99 of wait + query, ms.
+    pub p99_ms: f64,
+    /// p99 of the wait for a connection, ms.
+    pub wait_p99_ms: f64,
+    /// Mean time a connection was held per query, ms.
+    pub hold_ms: f64,
+    /// Failed queries.
+    pub errors: u64,
+}
+
+/// What `tune` recommends, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct TuneReport {
+    /// The backend.
+    pub backend: Kind,
+    /// The database URL without its password.
+    pub database: String,
+    /// The workload's query.
+    pub query: String,
+    /// Concurrent clients of the workload.
+    pub concurrency: u32,
+    /// App instances.
+    pub instances: u32,
+    /// The server's `max_connections` (none for SQLite).
+    pub max_connections: Option<u32>,
+    /// Connections one instance may open: `(max_connections - reserved) / instances`.
+    pub per_instance_cap: Option<u32>,
+    /// The measured curve.
+    pub curve: Vec<Point>,
+    /// Recommended `pool_size`.
+    pub pool_size: u32,
+    /// Recommended `max_overflow`.
+    pub max_overflow: u32,
+    /// Recommended `pool_timeout`, seconds.
+    pub pool_timeout_s: u64,
+    /// The preset closest to the recommendation.
+    pub closest_preset: String,
+    /// The reasoning, one sentence a line.
+    pub reasoning: Vec<String>,
+}
+
+impl TuneReport {
+    /// The curve, the recommendation, the snippets and the reasoning.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "queuepool tune: {} ({}), query {:?}, {} concurrent clients, {} instance(s)\n\n",
+            self.database, self.backend, self.query, self.concurrency, self.instances
+        );
+        let best = self.curve.iter().map(|p| p.qps).fold(0.0, f64::max);
+        let mut table = Table::new(&[
+            "pool_size",
+            "queries/s",
+            "p99 ms",
+            "wait p99 ms",
+            "hold ms",
+            "errors",
+            "",
+        ]);
+        for p in &self.curve {
+            let width = if best > 0.0 {
+                (p.qps / best * 30.0).round() as usize
+            } else {
+                0
+            };
+            let mark = if p.pool_size == self.pool_size {
+                " <- recommended"
+            } else {
+                ""
+            };
+            table.row(vec![
+                p.pool_size.to_string(),
+                thousands(p.qps),
+                millis(p.p99_ms),
+                millis(p.wait_p99_ms),
+                millis(p.hold_ms),
+                p.errors.to_string(),
+                format!("{}{mark}", "#".repeat(width)),
+            ]);
+        }
+        out.push_str(&table.render());
+        out.push_str(&format!(
+            "\nrecommended: pool_size {}, max_overflow {}, pool_timeout {} s (closest preset: {})\n\n",
+            self.pool_size, self.max_overflow, self.pool_timeout_s, self.closest_preset
+        ));
+        out.push_str("why:\n");
+        for line in &self.reasoning {
+            out.push_str(&format!("  - {line}\n"));
+        }
+        out.push_str(&format!(
+            "\nflags: queuepool serve --pool-size {} --max-overflow {} --pool-timeout {}\n",
+            self.pool_size, self.max_overflow, self.pool_timeout_s
+        ));
+        out.push_str(&format!(
+            "env:   POOL_SIZE={} MAX_OVERFLOW={} POOL_TIMEOUT={}\n",
+            self.pool_size, self.max_overflow, self.pool_timeout_s
+        ));
+        out.push_str(&format!(
+            "TOML:  pool_size = {}\n       max_overflow = {}\n       pool_timeout = {}\n",
+            self.pool_size, self.max_overflow, self.pool_timeout_s
+        ));
+        out
+    }
+}
+
+/// The smallest size within 5 % of the best throughput (and under the latency goal
+/// when there is one); `None` when no point qualifies for the goal.
+pub fn smallest_within_5_percent(curve: &[Point], target_p99_ms: Option<f64>) -> Option<&Point> {
+    let best = curve.iter().map(|p| p.qps).fold(0.0, f64::max);
+    let mut sorted: Vec<&Point> = curve.iter().collect();
+    sorted.sort_by_key(|p| p.pool_size);
+    sorted.into_iter().find(|p| {
+        p.qps >= 0.95 * best && target_p99_ms.is_none_or(|t| p.p99_ms <= t) && p.errors == 0
+    })
+}
+
+/// The preset whose `(pool_size, max_overflow)` is nearest.
+pub fn closest_preset(pool_size: u32, max_overflow: u32) -> Preset {
+    let distance = |p: &Preset| {
+        let (s, o, _) = p.sizes();
+        s.abs_diff(pool_size) + o.abs_diff(max_overflow)
+    };
+    Preset::ALL
+        .into_iter()
+        .min_by_key(distance)
+        .unwrap_or(Preset::Dev)
+}
+
+/// Sizes 1, 2, 4, ... up to `limit`, plus `limit` itself.
+fn default_sizes(limit: u32) -> Vec<u32> {
+    let mut sizes = Vec::new();
+    let mut s = 1;
+    while s < limit {
+        sizes.push(s);
+        s *= 2;
+    }
+    sizes.push(limit.max(1));
+    sizes
+}
+
+/// Runs `tune` and returns its report.
+pub async fn run(args: &TuneArgs) -> Result<TuneReport, ToolsError> {
+    match Kind::from_url(&args.database_url)? {
+        Kind::Postgres => run_with::<queuepool_postgres::PgManager>(args).await,
+        Kind::MySql => run_with::<queuepool_mysql::MySqlManager>(args).await,
+        Kind::Sqlite => run_with::<queuepool_sqlite::SqliteManager>(args).await,
+    }
+}
+
+async fn run_with<T: Target>(args: &TuneArgs) -> Result<TuneReport, ToolsError> {
+    let instances = parse_positive("--instances", &args.instances)?;
+    let concurrency = parse_positive("--concurrency", &args.concurrency)?;
+    let reserve = crate::args::parse_count("--reserve", &args.reserve)?;
+    let duration = parse_duration("--duration", &args.duration)?;
+    let target = args
+        .target_p99
+        .as_deref()
+        .map(|raw| parse_millis("--target-p99", raw))
+        .transpose()?
+        .map(|d| d.as_secs_f64() * 1000.0);
+    let requested = args
+        .sizes
+        .as_deref()
+        .map(|raw| parse_list("--sizes", raw, 10_000))
+        .transpose()?;
+    if args.query.trim().is_empty() {
+        return Err(ToolsError::arg("--query", "empty query"));
+    }
+    let query = Query {
+        sql: Arc::from(args.query.trim()),
+        protocol: Protocol::Prepared,
+    };
+    let tag = format!("queuepool_tune_{:08x}", rand::random::<u32>());
+    let probe = T::open(&args.database_url, &tag)?;
+    workload::check_query(&probe, &query).await?;
+    let mut observer = Observer::connect(T::KIND, &args.database_url, &tag).await?;
+    let limits = observer.max_connections().await?;
+    observer.close().await;
+    let cap = limits.map(|(max, reserved)| {
+        (max.saturating_sub(reserved).saturating_sub(reserve) / instances).max(1)
+    });
+
+    let limit = concurrency.min(cap.unwrap_or(u32::MAX));
+    let sizes: Vec<u32> = match requested {
+        Some(list) => list
+            .into_iter()
+            .filter(|s| *s <= cap.unwrap_or(u32::MAX))
+            .collect(),
+        None => default_sizes(limit),
+    };
+    if sizes.is_empty() {
+        return Err(ToolsError::arg(
+            "--sizes",
+            "every size is above the per-instance cap",
+        ));
+    }
+    let total_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX) * sizes.len() as u64;
+    let progress = Progress::timed(total_ms, args.json);
+    let mut curve = Vec::new();
+    for &size in &sizes {
+        let label = format!("pool_size {size}");
+        progress.step(format!(
+            "tune: {label}, {concurrency} clients, {:.1} s",
+            duration.as_secs_f64()
+        ));
+        let config = PoolConfig::builder()
+            .name("tune")
+            .pool_size(size)
+            .max_overflow(0)
+            .pool_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ToolsError::arg("--sizes", e.to_string()))?;
+        let pool = Pool::new(T::open(&args.database_url, &tag)?, config)
+            .await
+            .map_err(|e| ToolsError::pool("could not start the pool", e))?;
+        let r = workload::pooled(
+            &pool,
+            &query,
+            concurrency as usize,
+            duration,
+            &progress,
+            &label,
+        )
+        .await;
+        pool.close(Duration::from_secs(5)).await;
+        progress.println(format!(
+            "{label}: {} queries/s, p99 {} ms",
+            thousands(r.qps()),
+            millis(r.latency_ms(0.99))
+        ));
+        curve.push(Point {
+            pool_size: size,
+            qps: r.qps(),
+            p99_ms: r.latency_ms(0.99),
+            wait_p99_ms: r.wait_ms(0.99),
+            hold_ms: r.hold_mean_ms(),
+            errors: r.errors,
+        });
+    }
+    progress.finish();
+    Ok(recommend(
+        args,
+        T::KIND,
+        concurrency,
+        instances,
+        limits,
+        cap,
+        target,
+        curve,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn recommend(
+    args: &TuneArgs,
+    backend: Kind,
+    concurrency: u32,
+    instances: u32,
+    limits: Option<(u32, u32)>,
+    cap: Option<u32>,
+    target: Option<f64>,
+    curve: Vec<Point>,
+) -> TuneReport {
+    let mut reasoning = Vec::new();
+    let best = curve.iter().max_by(|a, b| a.qps.total_cmp(&b.qps)).cloned();
+    let chosen = match smallest_within_5_percent(&curve, target) {
+        Some(p) => p.clone(),
+        None => {
+            let fallback = smallest_within_5_percent(&curve, None)
+                .or(best.as_ref())
+                .cloned()
+                .unwrap_or(Point {
+                    pool_size: 1,
+                    qps: 0.0,
+                    p99_ms: 0.0,
+                    wait_p99_ms: 0.0,
+                    hold_ms: 0.0,
+                    errors: 0,
+                });
+            if let Some(t) = target {
+                let lowest = curve.iter().map(|p| p.p99_ms).fold(f64::MAX, f64::min);
+                reasoning.push(format!(
+                    "no size met the p99 goal of {t:.1} ms (lowest measured: {lowest:.2} ms): \
+                     the database or the query, not the pool size, sets that latency"
+                ));
+            }
+            fallback
+        }
+    };
+    if let Some(b) = &best {
+        reasoning.push(format!(
+            "best throughput: {} queries/s at pool_size {}; pool_size {} reaches {} queries/s \
+             ({:.0} % of it), the smallest size within 5 %{}",
+            thousands(b.qps),
+            b.pool_size,
+            chosen.pool_size,
+            thousands(chosen.qps),
+            if b.qps > 0.0 {
+                chosen.qps / b.qps * 100.0
+            } else {
+                0.0
+            },
+            target
+                .map(|t| format!(" with p99 <= {t:.1} ms"))
+                .unwrap_or_default()
+        ));
+    }
+    // Little's law: connections busy on average = throughput x time each is held.
+    let busy = chosen.qps * chosen.hold_ms / 1000.0;
+    reasoning.push(format!(
+        "Little's law: L = lambda x W = {} queries/s x {} ms held per query = {busy:.1} \
+         connections busy on average; more connections than that only queue inside the \
+         database (its CPUs and locks), so throughput stops growing",
+        thousands(chosen.qps),
+        millis(chosen.hold_ms)
+    ));
+    let mut pool_size = chosen.pool_size;
+    let mut max_overflow = pool_size;
+    match (limits, cap) {
+        (Some((max, reserved)), Some(cap)) => {
+            reasoning.push(format!(
+                "server limit: max_connections {max} - {reserved} superuser reserved - {} kept \
+                 free = {} for {instances} instance(s): at most {cap} connections each \
+                 (pool_size + max_overflow)",
+                args.reserve.trim(),
+                max.saturating_sub(reserved).saturating_sub(args.reserve.trim().parse().unwrap_or(0)),
+            ));
+            if pool_size > cap {
+                reasoning.push(format!("pool_size lowered from {pool_size} to the cap {cap}"));
+                pool_size = cap;
+            }
+            max_overflow = max_overflow.min(cap - pool_size);
+        }
+        _ => reasoning.push("SQLite has no connection limit; its writers serialize on one lock, so few connections serve best".to_owned()),
+    }
+    reasoning.push(format!(
+        "max_overflow {max_overflow}: lets a burst up to {}x the steady load through without \
+         waiting, within the per-instance cap",
+        if pool_size > 0 {
+            f64::from(pool_size + max_overflow) / f64::from(pool_size)
+        } else {
+            1.0
+        }
+    ));
+    let p99_s = chosen.p99_ms / 1000.0;
+    let pool_timeout_s = ((p99_s * 10.0)
+        .max(target.unwrap_or(0.0) / 1000.0 * 2.0)
+        .ceil() as u64)
+        .clamp(1, 30);
+    reasoning.push(format!(
+        "pool_timeout {pool_timeout_s} s: at least 10x the measured p99 ({} ms){} and at least \
+         1 s, so ordinary bursts wait instead of failing, but a saturated pool answers 503 \
+         within seconds instead of piling requests up (the presets' 30 s is the ceiling)",
+        millis(chosen.p99_ms),
+        target
+            .map(|t| format!(" and 2x the goal ({t:.1} ms)"))
+            .unwrap_or_default()
+    ));
+    if concurrency <= pool_size {
+        reasoning.push(format!(
+            "the workload had only {concurrency} clients: run with --concurrency set to the \
+             requests one instance serves at once at peak, or larger sizes cannot show a gain"
+        ));
+    }
+    let preset = closest_preset(pool_size, max_overflow);
+    let (ps, po, pt) = preset.sizes();
+    TuneReport {
+        backend,
+        database: redact_url(&args.database_url),
+        query: args.query.trim().to_owned(),
+        concurrency,
+        instances,
+        max_connections: limits.map(|l| l.0),
+        per_instance_cap: cap,
+        curve,
+        pool_size,
+        max_overflow,
+        pool_timeout_s,
+        closest_preset: format!("{} ({ps}/{po}/{} s)", preset.name(), pt.as_secs()),
+        reasoning,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(pool_size: u32, qps: f64, p99_ms: f64) -> Point {
+        Point {
+            pool_size,
+            qps,
+            p99_ms,
+            wait_p99_ms: 0.0,
+            hold_ms: 0.1,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn recommends_the_smallest_size_within_5_percent_of_the_best() {
+        let curve = vec![
+            point(1, 5000.0, 9.0),
+            point(2, 9600.0, 5.0),
+            point(4, 10000.0, 4.0),
+            point(8, 9900.0, 4.5),
+        ];
+        assert_eq!(
+            smallest_within_5_percent(&curve, None).map(|p| p.pool_size),
+            Some(2)
+        );
+        // A latency goal can push it up.
+        assert_eq!(
+            smallest_within_5_percent(&curve, Some(4.2)).map(|p| p.pool_size),
+            Some(4)
+        );
+        assert!(smallest_within_5_percent(&curve, Some(1.0)).is_none());
+    }
+
+    #[test]
+    fn closest_preset_by_sizes() {
+        assert_eq!(closest_preset(4, 4), Preset::Dev);
+        assert_eq!(closest_preset(10, 15), Preset::ProdLow);
+        assert_eq!(closest_preset(30, 20), Preset::HighLoad);
+    }
+
+    #[test]
+    fn cap_limits_the_recommendation() {
+        let args = TuneArgs {
+            database_url: "postgres://x@h/db".into(),
+            instances: "4".into(),
+            target_p99: None,
+            concurrency: "64".into(),
+            sizes: None,
+            query: "SELECT 1".into(),
+            duration: "1".into(),
+            reserve: "5".into(),
+            json: false,
+        };
+        let curve = vec![point(8, 5000.0, 9.0), point(32, 10000.0, 4.0)];
+        // (100 - 3 - 5) / 4 = 23 per instance.
+        let r = recommend(
+            &args,
+            Kind::Postgres,
+            64,
+            4,
+            Some((100, 3)),
+            Some(23),
+            None,
+            curve,
+        );
+        assert_eq!(r.pool_size, 23);
+        assert_eq!(r.max_overflow, 0);
+        assert!(
+            r.reasoning
+                .iter()
+                .any(|l| l.contains("lowered from 32 to the cap 23")),
+            "{:?}",
+            r.reasoning
+        );
+        assert!(r.render().contains("POOL_SIZE=23 MAX_OVERFLOW=0"));
+    }
+}
