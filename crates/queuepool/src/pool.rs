@@ -136,7 +136,7 @@ impl<M: Manager> Pool<M> {
                     match lease.conn.take() {
                         Some(conn) if inner.ready(&conn, now) => {
                             let slot = lease.into_inner();
-                            return Ok(self.lend(slot, conn, now - start, caller, now));
+                            return Ok(self.lend(slot, conn, start, caller, now));
                         }
                         conn => First::Slot(lease, conn),
                     }
@@ -164,26 +164,27 @@ impl<M: Manager> Pool<M> {
                     ConnectSlot::Idle(c) => c,
                     ConnectSlot::Permit(permit) => {
                         let c = open_with(inner, deadline, permit).await?;
-                        let now = Instant::now();
-                        return Ok(self.lend(lease.into_inner(), c, now - start, caller, now));
+                        return Ok(self.lend(lease.into_inner(), c, start, caller, Instant::now()));
                     }
                 },
             };
             if let Some(c) = self.prepare(candidate, deadline).await {
-                let now = Instant::now();
-                return Ok(self.lend(lease.into_inner(), c, now - start, caller, now));
+                return Ok(self.lend(lease.into_inner(), c, start, caller, Instant::now()));
             }
         }
     }
 
+    /// Counts a checkout that started at `start` and is served `now`, and gives it its
+    /// guard.
     fn lend(
         &self,
         slot: Arc<Inner<M>>,
         conn: Conn<M::Connection>,
-        waited: Duration,
+        start: Instant,
         caller: &'static Location<'static>,
         now: Instant,
     ) -> PooledConn<M> {
+        let waited = now - start;
         self.inner.record_lend(waited);
         self.hand_over(slot, conn, waited, caller, now)
     }
