@@ -171,45 +171,53 @@ pub async fn settle() {
     }
 }
 
-/// Captures log lines of target `queuepool::pool` while the guard lives (current thread).
+/// Captures the log lines emitted on this thread while the guard lives.
+///
+/// One global subscriber for the whole test binary, writing to a per-thread buffer:
+/// with a thread-local default subscriber (`set_default`), tracing's callsite interest
+/// cache races with tests on other threads and events get lost now and then.
 pub struct Logs {
     lines: Arc<Mutex<Vec<String>>>,
-    _guard: tracing::subscriber::DefaultGuard,
+}
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Arc<Mutex<Vec<String>>>>> = const { std::cell::RefCell::new(None) };
+}
+
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURE.with(|c| {
+            if let Some(lines) = c.borrow().as_ref() {
+                lines
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(buf).into_owned());
+            }
+        });
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Logs {
     pub fn capture() -> Self {
-        use tracing_subscriber::fmt::MakeWriter;
-        #[derive(Clone)]
-        struct W(Arc<Mutex<Vec<String>>>);
-        impl std::io::Write for W {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(buf).into_owned());
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        impl<'a> MakeWriter<'a> for W {
-            type Writer = W;
-            fn make_writer(&'a self) -> W {
-                self.clone()
-            }
-        }
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(|| ThreadWriter)
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("the test binary's only subscriber");
+        });
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(W(lines.clone()))
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .finish();
-        Logs {
-            lines,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
+        CAPTURE.with(|c| *c.borrow_mut() = Some(lines.clone()));
+        Logs { lines }
     }
 
     pub fn count(&self, needle: &str) -> usize {
@@ -223,5 +231,11 @@ impl Logs {
 
     pub fn all(&self) -> String {
         self.lines.lock().unwrap().concat()
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
     }
 }
