@@ -215,8 +215,11 @@ impl<M: Manager> Inner<M> {
         }
     }
 
+    /// Notes when more than `pool_size` connections are lent at once: overflow is
+    /// still needed. (Open but idle overflow connections do not count, or light
+    /// traffic would keep every one of them alive.)
     fn note_usage(&self, st: &mut State<M>) {
-        if st.idle.len() + st.slots - st.refilling > self.config.pool_size as usize {
+        if st.slots - st.refilling > self.config.pool_size as usize {
             st.last_overflow_use = Instant::now();
         }
         self.publish(st);

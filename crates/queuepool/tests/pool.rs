@@ -326,6 +326,18 @@ async fn overflow_connections_close_after_overflow_idle() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn overflow_is_trimmed_under_light_traffic_too() {
+    let (pool, _) = pool(config().pool_size(5).max_overflow(10).overflow_idle(10 * S)).await;
+    drop(futures_all(&pool, 15).await);
+    // One request a second needs one connection, not fifteen.
+    for _ in 0..12 {
+        tokio::time::sleep(S).await;
+        drop(pool.get().await.unwrap());
+    }
+    assert_eq!(pool.status().idle, 5, "{}", pool.status());
+}
+
+#[tokio::test(start_paused = true)]
 async fn zero_overflow_idle_closes_overflow_on_return_like_sqlalchemy() {
     let (pool, server) = pool(
         config()
