@@ -317,7 +317,12 @@ pub async fn run_library(ctx: &Ctx, p: &Params) -> Result<LibraryFigures, ChaosE
     while let Some(r) = tasks.join_next().await {
         ops.extend(r.map_err(|e| ChaosError::Unexpected(format!("load task: {e}")))?);
     }
-    let checked_out_after = pool.status().checked_out;
+    // A guard dropped a moment ago may still be resetting its connection: that slot
+    // comes back by itself; a leaked one never does.
+    let checked_out_after = settle(Duration::from_secs(3), 0, || async {
+        Ok(pool.status().checked_out)
+    })
+    .await?;
     let mut burst = Vec::new();
     for _ in 0..p.pool_size {
         if let Ok(c) = pool.get().await {
@@ -370,9 +375,9 @@ impl LibraryFigures {
             .check(
                 "network back -> first success",
                 opt_ms(self.first_success),
-                "<= 1 s",
+                "<= connect_timeout = 2 s (operations caught in the blackhole time out first)",
                 self.first_success
-                    .is_some_and(|d| d <= Duration::from_secs(1)),
+                    .is_some_and(|d| d <= Duration::from_secs(2)),
             )
             .check(
                 "checked out after the load",
