@@ -5,6 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::task::{Context, Poll, Waker};
 
 use tokio::time::Instant;
 
@@ -193,19 +194,44 @@ impl<M: Manager> Drop for PooledConn<M> {
             return lease.put_back(conn);
         }
         // Poll the reset once here: a manager that can reset without I/O is done at
-        // once; a real ROLLBACK is pending and continues in a task. Either way the
-        // connection goes back only after its reset.
-        let mut fut = Box::pin(async move {
-            let mut conn = conn;
-            match reset(&lease.inner, &mut conn, now).await {
-                Ok(()) => lease.put_back(conn),
-                Err(()) => lease.discard(conn, CloseReason::Invalidated),
-            }
+        // once, without a task; a real ROLLBACK is pending and goes on in a task
+        // bounded by `connect_timeout`. Either way the connection goes back only after
+        // its reset. The boxed future is small: the timer exists only in the task.
+        tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection rollback-on-return");
+        let deadline = now + inner.config.connect_timeout;
+        let (pool, id) = (Arc::downgrade(&lease.inner), conn.id);
+        let mut op = Box::pin(async move {
+            let result = lease.inner.manager.reset(&mut conn.raw).await;
+            (lease, conn, result)
         });
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if std::future::Future::poll(fut.as_mut(), &mut cx).is_pending() {
-            rt::spawn(fut);
+        let mut cx = Context::from_waker(Waker::noop());
+        match op.as_mut().poll(&mut cx) {
+            Poll::Ready((lease, conn, result)) => finish_reset(lease, conn, Some(result)),
+            Poll::Pending => rt::spawn(async move {
+                match rt::deadline(deadline, op).await {
+                    Ok((lease, conn, result)) => finish_reset(lease, conn, Some(result)),
+                    // The reset hung: the connection was dropped with the future, its
+                    // slot freed by the lease inside.
+                    Err(_) => {
+                        if let Some(inner) = pool.upgrade() {
+                            inner.note_close(id, CloseReason::Invalidated);
+                        }
+                    }
+                }
+            }),
         }
+    }
+}
+
+/// Puts a connection back after its reset, or closes it if the reset failed.
+fn finish_reset<M: Manager>(
+    lease: Lease<M>,
+    mut conn: Conn<M::Connection>,
+    result: Option<Result<(), M::Error>>,
+) {
+    match reset_outcome(&lease.inner, &mut conn, result) {
+        Ok(()) => lease.put_back(conn),
+        Err(()) => lease.discard(conn, CloseReason::Invalidated),
     }
 }
 
@@ -218,19 +244,30 @@ pub(crate) async fn reset<M: Manager>(
 ) -> Result<(), ()> {
     tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection rollback-on-return");
     let deadline = now + inner.config.connect_timeout;
-    match rt::deadline(deadline, inner.manager.reset(&mut conn.raw)).await {
-        Ok(Ok(())) => {
+    let result = rt::deadline(deadline, inner.manager.reset(&mut conn.raw)).await;
+    reset_outcome(inner, conn, result.ok())
+}
+
+/// What a reset's result (`None`: it timed out) means: `Ok` the connection is clean,
+/// `Err` it must be closed. A disconnect error invalidates the pool.
+fn reset_outcome<M: Manager>(
+    inner: &Inner<M>,
+    conn: &mut Conn<M::Connection>,
+    result: Option<Result<(), M::Error>>,
+) -> Result<(), ()> {
+    match result {
+        Some(Ok(())) => {
             conn.needs_reset = false;
             Ok(())
         }
-        Ok(Err(e)) => {
+        Some(Err(e)) => {
             tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, error = %e, "Connection reset failed");
             if inner.manager.is_disconnect(&e) {
                 inner.invalidate_all(Some(conn));
             }
             Err(())
         }
-        Err(_) => Err(()),
+        None => Err(()),
     }
 }
 

@@ -298,27 +298,32 @@ impl<M: Manager> Inner<M> {
         self.publish(st);
     }
 
-    /// Closes a connection that holds no slot.
-    pub(crate) fn close_conn(self: &Arc<Self>, conn: Conn<M::Connection>, reason: CloseReason) {
+    /// Counts and logs the closing of connection `id`.
+    pub(crate) fn note_close(&self, id: u64, reason: CloseReason) {
         match reason {
             CloseReason::Recycled => {
-                tracing::debug!(target: LOG, pool = %self.config.name, conn = conn.id, "Connection exceeded timeout; recycling");
+                tracing::debug!(target: LOG, pool = %self.config.name, conn = id, "Connection exceeded timeout; recycling");
                 self.counters.recycled.fetch_add(1, Relaxed);
             }
             CloseReason::Invalidated => {
-                tracing::debug!(target: LOG, pool = %self.config.name, conn = conn.id, "Invalidate connection");
+                tracing::debug!(target: LOG, pool = %self.config.name, conn = id, "Invalidate connection");
                 self.counters.invalidated.fetch_add(1, Relaxed);
             }
             CloseReason::Overflow | CloseReason::PoolClosed => {}
         }
         self.counters.closed.fetch_add(1, Relaxed);
         self.metrics.closed(reason).increment(1);
-        let hard = reason == CloseReason::Invalidated;
-        if hard {
-            tracing::debug!(target: LOG, pool = %self.config.name, conn = conn.id, "Hard-closing connection");
+        if reason == CloseReason::Invalidated {
+            tracing::debug!(target: LOG, pool = %self.config.name, conn = id, "Hard-closing connection");
         } else {
-            tracing::debug!(target: LOG, pool = %self.config.name, conn = conn.id, "Closing connection");
+            tracing::debug!(target: LOG, pool = %self.config.name, conn = id, "Closing connection");
         }
+    }
+
+    /// Closes a connection that holds no slot.
+    pub(crate) fn close_conn(self: &Arc<Self>, conn: Conn<M::Connection>, reason: CloseReason) {
+        self.note_close(conn.id, reason);
+        let hard = reason == CloseReason::Invalidated;
         let inner = self.clone();
         // A broken connection is dropped at once: a polite close could hang on it.
         if !hard {

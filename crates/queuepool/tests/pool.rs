@@ -273,6 +273,23 @@ async fn a_connection_whose_reset_fails_is_closed_not_lent() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reset_that_hangs_is_cut_at_connect_timeout_and_the_connection_closed() {
+    let (pool, server) = pool(config().pool_size(1).max_overflow(0).connect_timeout(3 * S)).await;
+    server.reset_ms.store(60_000, SeqCst);
+    let mut conn = pool.get().await.unwrap();
+    let id = PooledConn::id(&conn);
+    conn.begin();
+    drop(conn);
+    let started = Instant::now();
+    // The only slot is held by the hanging reset until connect_timeout.
+    let next = pool.get().await.unwrap();
+    assert_eq!(started.elapsed(), 3 * S);
+    assert_ne!(PooledConn::id(&next), id);
+    assert!(!next.in_tx);
+    assert_eq!(pool.stats().invalidated, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn reset_on_return_none_leaves_the_connection_as_it_is() {
     let (pool, server) = pool(config().pool_size(1).reset_on_return(ResetOnReturn::None)).await;
     let mut conn = pool.get().await.unwrap();
