@@ -14,13 +14,16 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands. `bench`, `verify`, `tune` and `status` are planned; they are added
-/// here when they exist, not before.
+/// The subcommands: `serve` here, `verify`, `bench`, `tune` and `status` from
+/// `queuepool-tools`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the items web service (the tutorial's FastAPI app) on a pooled database:
-    /// CRUD on /items, /health, /pool, /metrics, Swagger UI at /docs
+    /// CRUD on /items, /health, /pool, /metrics, /dashboard, Swagger UI at /docs
     Serve(ServeArgs),
+    /// `verify`, `bench`, `tune`, `status`.
+    #[command(flatten)]
+    Tools(queuepool_tools::Command),
 }
 
 #[cfg(test)]

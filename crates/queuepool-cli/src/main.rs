@@ -11,6 +11,7 @@ use queuepool_cli::{CliError, serve, telemetry};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Tools(command) => queuepool_tools::main(command),
         Command::Serve(args) => {
             let config = match ServeConfig::load(&args, &|key| std::env::var(key).ok()) {
                 Ok(config) => config,

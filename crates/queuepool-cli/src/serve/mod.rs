@@ -65,6 +65,7 @@ pub fn routes<M: Store>(prometheus: Option<PrometheusHandle>) -> Router<AppState
                 .delete(delete_item::<M>),
         )
         .merge(pool_routes::<M, AppState<M>>(prometheus))
+        .merge(queuepool_tools::dashboard::routes::<M, AppState<M>>())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api::ApiDoc::openapi()))
         .fallback(handlers::fallback)
         .method_not_allowed_fallback(handlers::method_not_allowed)
