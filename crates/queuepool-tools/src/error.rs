@@ -61,6 +61,14 @@ pub enum ToolsError {
         #[source]
         source: reqwest::Error,
     },
+    /// Nothing answered at the service's address.
+    #[error("cannot reach {url}: {reason} (is `queuepool serve` running there?)")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The innermost cause, like `Connection refused (os error 111)`.
+        reason: String,
+    },
     /// The service answered something that is not its `/pool` report.
     #[error("unexpected answer from {url}: {reason}")]
     BadReply {

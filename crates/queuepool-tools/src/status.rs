@@ -45,7 +45,21 @@ pub async fn fetch(client: &reqwest::Client, url: &str) -> Result<Value, ToolsEr
         url: url.to_owned(),
         source,
     };
-    let response = client.get(url).send().await.map_err(http)?;
+    let response = client.get(url).send().await.map_err(|e| {
+        if e.is_connect() || e.is_timeout() {
+            // The innermost cause says it best ("Connection refused (os error 111)").
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            ToolsError::Unreachable {
+                url: url.to_owned(),
+                reason: cause.to_string(),
+            }
+        } else {
+            http(e)
+        }
+    })?;
     let status = response.status();
     if !status.is_success() {
         return Err(ToolsError::BadReply {
