@@ -57,6 +57,14 @@ pub(crate) enum Acquire<M: Manager> {
     Closed,
 }
 
+/// A checkout waiting at the limit. Deadlines are `arrival + pool_timeout`, so the
+/// queue is sorted by deadline and one timer (the reaper's) serves every waiter.
+struct Waiter<M: Manager> {
+    #[cfg_attr(feature = "model-check", allow(dead_code))]
+    deadline: Instant,
+    tx: oneshot::Sender<Lease<M>>,
+}
+
 pub(crate) struct State<M: Manager> {
     idle: VecDeque<Conn<M::Connection>>,
     /// Slots held: checkouts (lent, connecting, pinging, resetting, being handed over)
@@ -66,7 +74,7 @@ pub(crate) struct State<M: Manager> {
     refilling: usize,
     /// Slot holders waiting for a `max_connecting` permit.
     connect_waiting: usize,
-    waiters: VecDeque<oneshot::Sender<Lease<M>>>,
+    waiters: VecDeque<Waiter<M>>,
     closed: bool,
     /// Last time more than `pool_size` connections were needed at once.
     last_overflow_use: Instant,
@@ -85,6 +93,8 @@ pub(crate) struct Inner<M: Manager> {
     pub(crate) idle_notify: Notify,
     /// Wakes the maintenance task (refill needed, pool dropped).
     pub(crate) maintenance: Arc<Notify>,
+    /// Wakes the reaper (a waiter arrived in an empty queue, pool dropped).
+    pub(crate) reaper: Arc<Notify>,
     /// Signalled when the last slot is released after `close()`.
     pub(crate) drained: Notify,
     /// Bumped by every pool-wide invalidation: connections of an older generation
@@ -118,6 +128,7 @@ impl<M: Manager> Inner<M> {
             counters: Counters::new(),
             idle_notify: Notify::new(),
             maintenance: Arc::new(Notify::new()),
+            reaper: Arc::new(Notify::new()),
             drained: Notify::new(),
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
@@ -152,9 +163,15 @@ impl<M: Manager> Inner<M> {
         // amortized O(1); `put_back` skips closed senders anyway.
         let n = st.waiters.len();
         if n >= 16 && n.is_power_of_two() {
-            st.waiters.retain(|w| !w.is_closed());
+            st.waiters.retain(|w| !w.tx.is_closed());
         }
-        st.waiters.push_back(tx);
+        if st.waiters.is_empty() {
+            self.reaper.notify_one();
+        }
+        st.waiters.push_back(Waiter {
+            deadline: now + self.config.pool_timeout,
+            tx,
+        });
         self.publish(&st);
         Acquire::Wait(rx)
     }
@@ -233,10 +250,10 @@ impl<M: Manager> Inner<M> {
             st.loans.usage.record(held);
         }
         if !st.closed {
-            while let Some(tx) = st.waiters.pop_front() {
+            while let Some(waiter) = st.waiters.pop_front() {
                 let mut lease = Lease::new(self.clone());
                 lease.conn = Some(conn);
-                match tx.send(lease) {
+                match waiter.tx.send(lease) {
                     Ok(()) => {
                         self.publish(&st);
                         return;
@@ -275,8 +292,8 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn release_slot(self: &Arc<Self>) {
         let mut st = lock(&self.state);
         if !st.closed {
-            while let Some(tx) = st.waiters.pop_front() {
-                match tx.send(Lease::new(self.clone())) {
+            while let Some(waiter) = st.waiters.pop_front() {
+                match waiter.tx.send(Lease::new(self.clone())) {
                     Ok(()) => return,
                     Err(mut lease) => {
                         lease.disarm();
@@ -391,7 +408,7 @@ impl<M: Manager> Inner<M> {
             checked_out: st.slots - st.refilling,
             overflow: open as i64 - i64::from(self.config.pool_size),
             connecting: self.config.max_connecting as usize - self.connect_sem.available_permits(),
-            waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
+            waiting: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
         }
     }
 
@@ -403,6 +420,22 @@ impl<M: Manager> Inner<M> {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed_flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Ends the wait of every waiter whose deadline has passed (their checkouts fail
+    /// with a timeout); returns the next deadline, if anyone still waits.
+    #[cfg_attr(feature = "model-check", allow(dead_code))]
+    pub(crate) fn expire_waiters(&self, now: Instant) -> Option<Instant> {
+        let mut st = lock(&self.state);
+        while let Some(front) = st.waiters.front() {
+            if front.deadline > now && !front.tx.is_closed() {
+                return Some(front.deadline);
+            }
+            // Dropping the sender wakes the waiter with an error.
+            st.waiters.pop_front();
+        }
+        self.publish(&st);
+        None
     }
 
     /// Refuses new checkouts, fails the waiters, takes every idle connection out.
@@ -477,8 +510,9 @@ impl<M: Manager> Inner<M> {
 
 impl<M: Manager> Drop for Inner<M> {
     fn drop(&mut self) {
-        // Lets the maintenance task (which only holds a weak reference) end now.
+        // Lets the background tasks (which only hold weak references) end now.
         self.maintenance.notify_one();
+        self.reaper.notify_one();
     }
 }
 

@@ -37,6 +37,24 @@ pub(crate) async fn run<M: Manager>(pool: Weak<Inner<M>>, wake: Arc<Notify>) {
     }
 }
 
+/// Fails the checkouts that waited `pool_timeout` at the limit. One timer for the whole
+/// queue (deadlines are in arrival order) instead of one per waiter.
+pub(crate) async fn reap<M: Manager>(pool: Weak<Inner<M>>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(inner) = pool.upgrade() else { return };
+            if inner.is_closed() {
+                return;
+            }
+            inner.expire_waiters(Instant::now())
+        };
+        match next {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => wake.notified().await,
+        }
+    }
+}
+
 /// One round; returns how long to sleep before the next one.
 async fn round<M: Manager>(inner: &Arc<Inner<M>>, backoff: &mut Option<Duration>) -> Duration {
     for (conn, reason) in inner.take_for_maintenance(Instant::now()) {

@@ -63,10 +63,16 @@ impl<M: Manager> Pool<M> {
             pool.prefill().await?;
         }
         #[cfg(not(feature = "model-check"))]
-        tokio::spawn(maintenance::run(
-            Arc::downgrade(&pool.inner),
-            pool.inner.maintenance.clone(),
-        ));
+        {
+            tokio::spawn(maintenance::run(
+                Arc::downgrade(&pool.inner),
+                pool.inner.maintenance.clone(),
+            ));
+            tokio::spawn(maintenance::reap(
+                Arc::downgrade(&pool.inner),
+                pool.inner.reaper.clone(),
+            ));
+        }
         tracing::debug!(target: LOG, pool = %pool.inner.config.name, status = %pool.status(), "Pool created");
         Ok(pool)
     }
@@ -124,11 +130,11 @@ impl<M: Manager> Pool<M> {
                 Acquire::Idle(conn) => First::Slot(Lease::new(inner.clone()), Some(conn)),
                 Acquire::Connect => First::Slot(Lease::new(inner.clone()), None),
                 Acquire::Wait(rx) => {
-                    let mut lease = match rt::deadline(start + inner.config.pool_timeout, rx).await
-                    {
-                        Ok(Ok(lease)) => lease,
-                        // The pool dropped our place in the queue: it was closed.
-                        Ok(Err(_)) => return Err(PoolError::Closed),
+                    // No timer here: the reaper ends the wait at `pool_timeout`.
+                    let mut lease = match rx.await {
+                        Ok(lease) => lease,
+                        // The pool dropped our place in the queue: closed, or timed out.
+                        Err(_) if inner.is_closed() => return Err(PoolError::Closed),
                         Err(_) => return Err(self.timeout_error()),
                     };
                     // A connection handed over by a return is usually ready.

@@ -87,6 +87,31 @@ async fn futures_all(
 }
 
 #[tokio::test(start_paused = true)]
+async fn each_waiter_times_out_pool_timeout_after_its_own_arrival() {
+    let (pool, _) = pool(config().pool_size(1).max_overflow(0).pool_timeout(10 * S)).await;
+    let _held = pool.get().await.unwrap();
+    let started = Instant::now();
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let pool = pool.clone();
+        waiters.push(tokio::spawn(async move {
+            let arrived = Instant::now();
+            let err = pool.get().await.unwrap_err();
+            (err.is_timeout(), arrived.elapsed(), Instant::now())
+        }));
+        tokio::time::sleep(3 * S).await;
+    }
+    for (i, w) in waiters.into_iter().enumerate() {
+        let (timed_out, waited, at) = w.await.unwrap();
+        assert!(timed_out);
+        assert_eq!(waited, 10 * S, "waiter {i}");
+        assert_eq!(at - started, (10 + 3 * i as u32) * S, "waiter {i}");
+    }
+    assert_eq!(pool.status().waiting, 0);
+    assert_eq!(pool.stats().timeouts, 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn waiters_are_served_in_arrival_order() {
     let (pool, _) = pool(config().pool_size(1).max_overflow(0)).await;
     let held = pool.get().await.unwrap();
