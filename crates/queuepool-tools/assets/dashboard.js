@@ -1,7 +1,9 @@
 // queuepool dashboard: polls /dashboard/samples and draws the charts on <canvas>.
 "use strict";
 (function () {
-  const WINDOW_S = 300;
+  // The charts span the history there is, in steps, up to five minutes.
+  const WINDOWS = [[60, 10], [120, 20], [300, 60]];
+  let WINDOW_S = 300, LABEL_S = 60;
   const base = location.pathname.replace(/\/+$/, "");
   const state = { samples: [], last: null, pool: null, failures: 0 };
   const $ = (id) => document.getElementById(id);
@@ -25,6 +27,10 @@
   function windowed() {
     if (state.samples.length === 0) return [];
     const end = state.samples[state.samples.length - 1].t_ms;
+    const span = (end - state.samples[0].t_ms) / 1000;
+    const pick = WINDOWS.find((w) => w[0] >= span) || WINDOWS[WINDOWS.length - 1];
+    WINDOW_S = pick[0]; LABEL_S = pick[1];
+    $("window").textContent = WINDOW_S >= 120 ? (WINDOW_S / 60) + " minutes" : WINDOW_S + " seconds";
     return state.samples.filter((s) => s.t_ms > end - WINDOW_S * 1000);
   }
 
@@ -39,14 +45,15 @@
     const g = canvas.getContext("2d");
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.clearRect(0, 0, w, h);
-    const left = 44, right = 8, top = 8, bottom = 20;
+    const left = 44, right = 14, top = 8, bottom = 20;
     const pw = w - left - right, ph = h - top - bottom;
     const now = state.samples.length ? state.samples[state.samples.length - 1].t_ms : Date.now();
     const t0 = now - WINDOW_S * 1000;
     let max = opts.min || 1;
     for (const s of series) for (const p of s.points) max = Math.max(max, p[1]);
     for (const r of opts.refs || []) if (r.value !== null) max = Math.max(max, r.value);
-    max = nice(max * 1.1);
+    const step = nice((max * 1.05) / 4);
+    max = 4 * (opts.unit === "ms" ? step : Math.max(1, step));
     const x = (t) => left + ((t - t0) / (WINDOW_S * 1000)) * pw;
     const y = (v) => top + ph - (v / max) * ph;
     // grid and labels
@@ -58,9 +65,11 @@
       g.fillText(opts.unit === "ms" ? fmt(v, v < 1 ? 2 : 1) : fmt(v), left - 6, yy);
     }
     g.textAlign = "center"; g.textBaseline = "top";
-    for (let m = 0; m <= WINDOW_S / 60; m++) {
-      const t = now - m * 60000;
-      g.fillText(m === 0 ? "now" : "-" + m + "m", x(t), top + ph + 5);
+    for (let k = 0; k * LABEL_S <= WINDOW_S; k++) {
+      const ago = k * LABEL_S;
+      g.textAlign = k === 0 ? "right" : "center";
+      const label = k === 0 ? "now" : ago % 60 === 0 ? "-" + ago / 60 + "m" : "-" + ago + "s";
+      g.fillText(label, x(now - ago * 1000) + (k === 0 ? 6 : 0), top + ph + 5);
     }
     for (const r of opts.refs || []) {
       if (r.value === null) continue;
