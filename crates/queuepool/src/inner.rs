@@ -18,7 +18,7 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{Order, PoolConfig};
-use crate::manager::Manager;
+use crate::manager::{Health, Manager};
 use crate::rt::{self, Mutex, lock};
 use crate::stats::{CloseReason, Counters, LoanStats, MetricHandles, Stats, Status};
 
@@ -142,10 +142,10 @@ impl<M: Manager> Inner<M> {
         if st.closed {
             return Acquire::Closed;
         }
-        if let Some(conn) = self.pop_idle(&mut st) {
+        if let Some(mut conn) = self.pop_idle(&mut st) {
             st.slots += 1;
             self.note_usage(&mut st);
-            if self.ready(&conn, now) {
+            if self.ready(&mut conn, now) {
                 st.loans.checkouts += 1;
                 st.loans.wait.record(Duration::ZERO);
                 return Acquire::Ready(conn);
@@ -177,9 +177,12 @@ impl<M: Manager> Inner<M> {
     }
 
     /// Whether an idle connection can be lent as it is: no reset, ping or replacement.
-    pub(crate) fn ready(&self, conn: &Conn<M::Connection>, now: Instant) -> bool {
+    /// The manager's `health` is consulted too: it sees a connection the server closed
+    /// while it sat idle (a terminated backend) for free, even within `PING_SKIP`.
+    pub(crate) fn ready(&self, conn: &mut Conn<M::Connection>, now: Instant) -> bool {
         let stale = now.saturating_duration_since(conn.last_used) >= PING_SKIP;
-        !conn.needs_reset
+        self.manager.health(&mut conn.raw) == Health::Ok
+            && !conn.needs_reset
             && conn.expires.is_none_or(|e| e > now)
             && !self.is_suspect(conn)
             && (!self.config.pre_ping || !stale)
@@ -482,14 +485,25 @@ impl<M: Manager> Inner<M> {
         let mut st = lock(&self.state);
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(st.idle.len());
-        while let Some(conn) = st.idle.pop_front() {
-            if conn.expires.is_some_and(|e| e <= now) {
+        let mut disconnected = false;
+        while let Some(mut conn) = st.idle.pop_front() {
+            let health = self.manager.health(&mut conn.raw);
+            disconnected |= health == Health::Disconnected;
+            if health != Health::Ok {
+                out.push((conn, CloseReason::Invalidated));
+            } else if conn.expires.is_some_and(|e| e <= now) {
                 out.push((conn, CloseReason::Recycled));
             } else if self.is_suspect(&conn) {
                 out.push((conn, CloseReason::Invalidated));
             } else {
                 kept.push_back(conn);
             }
+        }
+        if disconnected {
+            // The server went away under an idle connection: every other one is suspect.
+            self.generation.fetch_add(1, Relaxed);
+            self.counters.pool_invalidations.fetch_add(1, Relaxed);
+            tracing::warn!(target: LOG, pool = %self.config.name, "Disconnection detected on idle connection, invalidating all pooled connections prior to current timestamp");
         }
         st.idle = kept;
         let pool_size = self.config.pool_size as usize;

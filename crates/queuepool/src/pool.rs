@@ -16,7 +16,7 @@ use crate::guard::{PooledConn, reset};
 use crate::inner::{Acquire, Conn, Inner, LOG, Lease, PING_SKIP};
 #[cfg(not(feature = "model-check"))]
 use crate::maintenance;
-use crate::manager::Manager;
+use crate::manager::{Health, Manager};
 use crate::rt;
 use crate::stats::{CloseReason, Stats, Status};
 
@@ -140,11 +140,13 @@ impl<M: Manager> Pool<M> {
                     // A connection handed over by a return is usually ready.
                     let now = Instant::now();
                     match lease.conn.take() {
-                        Some(conn) if inner.ready(&conn, now) => {
-                            let slot = lease.into_inner();
-                            return Ok(self.lend(slot, conn, start, caller, now));
+                        Some(mut conn) => {
+                            if inner.ready(&mut conn, now) {
+                                return Ok(self.lend(lease.into_inner(), conn, start, caller, now));
+                            }
+                            First::Slot(lease, Some(conn))
                         }
-                        conn => First::Slot(lease, conn),
+                        None => First::Slot(lease, None),
                     }
                 }
                 Acquire::Closed => return Err(PoolError::Closed),
@@ -218,6 +220,18 @@ impl<M: Manager> Pool<M> {
     ) -> Option<Conn<M::Connection>> {
         let inner = &self.inner;
         let now = Instant::now();
+        match inner.manager.health(&mut conn.raw) {
+            Health::Ok => {}
+            Health::Broken => {
+                inner.close_conn(conn, CloseReason::Invalidated);
+                return None;
+            }
+            Health::Disconnected => {
+                inner.invalidate_all(Some(&conn));
+                inner.close_conn(conn, CloseReason::Invalidated);
+                return None;
+            }
+        }
         if conn.expires.is_some_and(|e| e <= now) {
             inner.close_conn(conn, CloseReason::Recycled);
             return None;

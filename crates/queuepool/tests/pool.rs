@@ -241,6 +241,34 @@ async fn after_a_restart_pre_ping_replaces_every_stale_connection_without_a_fail
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_connection_the_server_closed_while_idle_is_not_lent_even_if_just_used() {
+    let (pool, server) = pool(config().pool_size(3)).await;
+    for _ in 0..3 {
+        drop(pool.get().await.unwrap());
+    }
+    server.sever_all();
+    // Used less than a second ago, so no pre-ping: the manager's health check sees it.
+    for _ in 0..5 {
+        let mut conn = pool.get().await.unwrap();
+        conn.query(Duration::ZERO)
+            .await
+            .expect("never lent a closed connection");
+    }
+    assert_eq!(pool.stats().pool_invalidations, 1);
+    assert_eq!(server.pings.load(SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_connections_the_server_closed_are_replaced_in_the_background() {
+    let (pool, server) = pool(config().pool_size(3)).await;
+    server.sever_all();
+    tokio::time::sleep(S).await;
+    assert_eq!(pool.stats().invalidated, 3);
+    assert_eq!(server.connects.load(SeqCst), 6);
+    assert_eq!(pool.status().idle, 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_pre_ping_one_reported_disconnect_replaces_the_whole_pool() {
     let (pool, server) = pool(config().pool_size(5).pre_ping(false).pool_recycle(None)).await;
     server.restart();

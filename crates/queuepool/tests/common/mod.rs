@@ -33,10 +33,14 @@ impl FakeConn {
         self.busy = true;
         tokio::time::sleep(d).await;
         self.busy = false;
-        if self.generation != self.server.generation.load(SeqCst) {
+        if self.generation != self.server.generation.load(SeqCst) || self.severed() {
             return Err(FakeError::Disconnected);
         }
         Ok(())
+    }
+
+    fn severed(&self) -> bool {
+        self.id <= self.server.severed_up_to.load(SeqCst)
     }
 
     pub fn begin(&mut self) {
@@ -60,12 +64,20 @@ pub struct Server {
     pub closes: AtomicUsize,
     pub connecting_now: AtomicUsize,
     pub max_connecting_seen: AtomicUsize,
+    /// Connections with an id up to this one had their socket closed by the server.
+    pub severed_up_to: AtomicU64,
     next_id: AtomicU64,
 }
 
 impl Server {
     pub fn restart(&self) {
         self.generation.fetch_add(1, SeqCst);
+    }
+
+    /// Closes the socket of every connection opened so far (a terminated backend that
+    /// the driver has noticed).
+    pub fn sever_all(&self) {
+        self.severed_up_to.store(self.next_id.load(SeqCst), SeqCst);
     }
 }
 
@@ -135,7 +147,9 @@ impl Manager for FakeManager {
     }
 
     fn health(&self, conn: &mut FakeConn) -> Health {
-        if conn.busy {
+        if conn.severed() {
+            Health::Disconnected
+        } else if conn.busy {
             Health::Broken
         } else {
             Health::Ok
