@@ -33,7 +33,16 @@ pub struct PooledConn<M: Manager> {
 
 struct LeakWatch {
     task: tokio::task::AbortHandle,
-    reported: Arc<AtomicBool>,
+    info: Arc<LeakInfo>,
+}
+
+/// Shared between a guard and its leak-watch task.
+#[derive(Default)]
+struct LeakInfo {
+    reported: AtomicBool,
+    /// Who holds the connection, when the checkout site does not say it (set by
+    /// [`PooledConn::set_holder`]).
+    holder: std::sync::Mutex<Option<String>>,
 }
 
 /// The invariant behind every `expect` on a guard's fields.
@@ -85,6 +94,19 @@ impl<M: Manager> PooledConn<M> {
         disconnect
     }
 
+    /// Names who holds the connection, for the `leak_threshold` warning, when the
+    /// checkout site is not enough: a framework's extractor calls `get()` for every
+    /// handler, so it sets the route here. Free when `leak_threshold` is off.
+    pub fn set_holder(this: &mut Self, holder: impl Into<String>) {
+        if let Some(leak) = &this.leak {
+            *leak
+                .info
+                .holder
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(holder.into());
+        }
+    }
+
     /// Marks the connection as unusable: it is closed instead of returned.
     pub fn invalidate(this: &mut Self) {
         this.broken = true;
@@ -115,7 +137,7 @@ impl<M: Manager> PooledConn<M> {
         inner.metrics.usage.record(held.as_secs_f64());
         if let Some(leak) = self.leak.take() {
             leak.task.abort();
-            if leak.reported.load(Relaxed) {
+            if leak.info.reported.load(Relaxed) {
                 tracing::info!(target: LOG, pool = %inner.config.name, held_ms = held.as_millis() as u64,
                     "Previously reported leaked connection returned to pool");
             }
@@ -131,27 +153,33 @@ fn spawn_leak_watch<M: Manager>(
     caller: &'static Location<'static>,
 ) -> Option<Box<LeakWatch>> {
     let handle = tokio::runtime::Handle::try_current().ok()?;
-    let reported = Arc::new(AtomicBool::new(false));
-    let flag = reported.clone();
+    let info = Arc::new(LeakInfo::default());
+    let shared = info.clone();
     let weak = Arc::downgrade(inner);
     let task = handle.spawn(async move {
         tokio::time::sleep(threshold).await;
         if let Some(inner) = weak.upgrade() {
-            flag.store(true, Relaxed);
+            shared.reported.store(true, Relaxed);
             inner.counters.leaks.fetch_add(1, Relaxed);
+            let holder = shared
+                .holder
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let holder = holder.map(|h| format!(" by {h}")).unwrap_or_default();
             tracing::warn!(
                 target: LOG,
                 pool = %inner.config.name,
                 conn,
                 location = %caller,
                 threshold_ms = threshold.as_millis() as u64,
-                "Connection leak detection triggered: connection checked out at {caller} held longer than leak_threshold"
+                "Connection leak detection triggered: connection checked out at {caller}{holder} held longer than leak_threshold"
             );
         }
     });
     Some(Box::new(LeakWatch {
         task: task.abort_handle(),
-        reported,
+        info,
     }))
 }
 

@@ -544,6 +544,21 @@ async fn a_leaked_connection_is_reported_with_the_holders_location() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_leak_warning_names_the_holder_set_by_a_framework() {
+    let logs = Logs::capture();
+    let (pool, _) = pool(config().pool_size(1).leak_threshold(Some(S))).await;
+    let mut conn = pool.get().await.unwrap();
+    PooledConn::set_holder(&mut conn, "GET /items/{id}");
+    tokio::time::sleep(2 * S).await;
+    settle().await;
+    assert!(
+        logs.all().contains("by GET /items/{id} held longer"),
+        "{}",
+        logs.all()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_guard_dropped_mid_query_discards_its_connection() {
     let (pool, _) = pool(config().pool_size(1).max_overflow(0)).await;
     let task = {
