@@ -411,10 +411,7 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
     });
     rows.push(count_row(
         "at limit",
-        &format!(
-            "{} connections (none beyond the limit)",
-            T::KIND.server_view()
-        ),
+        &format!("{} (none beyond the limit)", T::KIND.counted()),
         total,
         limit_seen,
     ));
