@@ -185,11 +185,16 @@ pub async fn run(ctx: &Ctx) -> Result<Figures, ChaosError> {
         lib.push_str(&format!("{e}\n{e:?}\n{}\n", crate::error::chain(e)));
     }
     let bad_result = bad_pool.map(drop);
-    let panic_message =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bad_result.unwrap()))
-            .err()
-            .and_then(|p| p.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+    // The panic is on purpose: keep the default hook from printing it (its message is
+    // the payload read below).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bad_result.unwrap()));
+    std::panic::set_hook(hook);
+    let panic_message = caught
+        .err()
+        .and_then(|p| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
     let cfg_debug = queuepool_cli::config::ServeConfig::load(
         &queuepool_cli::config::ServeArgs::default(),
         &|k| (k == "DATABASE_URL").then(|| url.clone()),
