@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use percent_encoding::percent_decode_str;
 
-use crate::error::{PgError, chain_text};
+use crate::error::PgError;
 
 /// The `application_name` set on every connection unless the connection string sets one.
 pub const DEFAULT_APPLICATION_NAME: &str = "queuepool";
@@ -48,8 +48,21 @@ impl FromStr for SslMode {
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
             other => {
+                // The value is echoed only when it cannot be a stray secret.
+                let shown =
+                    suggest(other, SSL_MODES).map_or_else(String::new, |m| format!(" `{m}`"));
+                let given = if SSL_MODES.iter().any(|m| m.eq_ignore_ascii_case(other)) {
+                    format!(" `{other}`")
+                } else {
+                    String::new()
+                };
                 return Err(PgError::Config(format!(
-                    "unknown sslmode `{other}` (expected disable, allow, prefer, require, verify-ca or verify-full)"
+                    "unknown sslmode{given} (expected disable, allow, prefer, require, verify-ca or verify-full){}",
+                    if shown.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; did you mean{shown}?")
+                    }
                 )));
             }
         })
@@ -79,14 +92,16 @@ pub(crate) struct Parsed {
 pub(crate) fn parse(input: &str) -> Result<Parsed, PgError> {
     let trimmed = input.trim();
     let is_url = trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://");
+    if !is_url {
+        reject_foreign_url(trimmed)?;
+    }
     let (rest, ours) = if is_url {
         split_url(trimmed)?
     } else {
         split_key_value(trimmed)?
     };
 
-    let mut pg =
-        tokio_postgres::Config::from_str(&rest).map_err(|e| PgError::Config(chain_text(&e)))?;
+    let mut pg = tokio_postgres::Config::from_str(&rest).map_err(|e| driver_parse_error(&e))?;
 
     let mut ssl_mode = SslMode::Prefer;
     let mut root_certs = RootCerts::System;
@@ -148,6 +163,138 @@ pub(crate) fn parse(input: &str) -> Result<Parsed, PgError> {
         root_certs,
         explicit_root,
     })
+}
+
+/// The `sslmode` values libpq knows.
+const SSL_MODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// Every connection parameter this crate accepts (tokio-postgres' and ours).
+const KNOWN_KEYS: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslmode",
+    "sslnegotiation",
+    "sslrootcert",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
+/// The closest known name to `given` (edit distance at most 2), if any. Errors name
+/// this instead of echoing what was given: a malformed connection string can put a
+/// piece of the password where a key or a value is expected, so no error repeats input
+/// text (see `errors_never_contain_the_password`).
+fn suggest(given: &str, known: &[&'static str]) -> Option<&'static str> {
+    let given = given.to_ascii_lowercase();
+    if given.chars().count() > 40 {
+        return None;
+    }
+    known
+        .iter()
+        .map(|k| (edit_distance(&given, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance (inputs are short: keys of at most 40 characters).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A URL of another scheme (`mysql://...`) would otherwise be read as a key-value
+/// string whose first key is the whole URL, and named in the error.
+fn reject_foreign_url(input: &str) -> Result<(), PgError> {
+    let head = input
+        .split(|c: char| c == '=' || c.is_whitespace())
+        .next()
+        .unwrap_or_default();
+    let Some((scheme, _)) = head.split_once("://") else {
+        return Ok(());
+    };
+    let plain = !scheme.is_empty()
+        && scheme.len() <= 16
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'));
+    Err(PgError::Config(if plain {
+        format!(
+            "a `{scheme}://` URL is not a PostgreSQL connection string (expected \
+             postgres://user:password@host:port/dbname or key=value pairs)"
+        )
+    } else {
+        "this URL is not a PostgreSQL connection string (expected \
+         postgres://user:password@host:port/dbname or key=value pairs)"
+            .into()
+    }))
+}
+
+/// tokio-postgres' parse errors, restated. Its `unknown option` error quotes the key,
+/// which in a malformed string may be a piece of the password (`password=my secret`
+/// makes `secret` a key), and its syntax errors quote a character of the input; only
+/// messages made of the driver's own static text pass through.
+fn driver_parse_error(err: &tokio_postgres::Error) -> PgError {
+    let cause = std::error::Error::source(err).map(ToString::to_string);
+    let cause = cause.as_deref().unwrap_or_default();
+    let text = if let Some(key) = cause
+        .strip_prefix("unknown option `")
+        .and_then(|k| k.strip_suffix('`'))
+    {
+        match suggest(key, KNOWN_KEYS) {
+            Some(known) => format!("unknown parameter (not shown); did you mean `{known}`?"),
+            None => "unknown parameter (not shown, as it may be part of a password; a value \
+                     with spaces must be quoted: password='...')"
+                .to_owned(),
+        }
+    } else if cause.starts_with("invalid value for option `")
+        || matches!(
+            cause,
+            "unexpected EOF"
+                | "unterminated parameter"
+                | "unterminated quoted connection parameter value"
+        )
+    {
+        // Static text of the driver, naming at most the option.
+        cause.to_owned()
+    } else if cause.starts_with("unexpected character at byte") {
+        "unexpected character in the connection string".to_owned()
+    } else if cause.contains("utf-8") {
+        "a percent-encoded part of the URL is not valid UTF-8".to_owned()
+    } else {
+        "the connection string is malformed (expected postgres://user:password@host:port/dbname \
+         or key=value pairs)"
+            .to_owned()
+    };
+    PgError::Config(text)
 }
 
 /// Keys this crate handles itself; everything else goes to tokio-postgres.
@@ -215,7 +362,9 @@ fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), PgError> 
         }
         if chars.next() != Some('=') {
             return Err(PgError::Config(format!(
-                "expected `=` after `{key}` in the connection string"
+                "expected `=` after {} in the connection string (a value with spaces must be \
+                 quoted: password='...')",
+                key_for_error(&key)
             )));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
@@ -241,7 +390,8 @@ fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), PgError> 
             }
             if !closed {
                 return Err(PgError::Config(format!(
-                    "unterminated quoted value for `{key}` in the connection string"
+                    "unterminated quoted value for {} in the connection string",
+                    key_for_error(&key)
                 )));
             }
         } else {
@@ -277,6 +427,16 @@ fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), PgError> 
         }
     }
     Ok((rest, ours))
+}
+
+/// A key as errors show it: its name if it is a known parameter, else a word that does
+/// not repeat it (it may be a piece of a password).
+fn key_for_error(key: &str) -> String {
+    if KNOWN_KEYS.contains(&key) {
+        format!("`{key}`")
+    } else {
+        "a key (not shown)".to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -342,9 +502,12 @@ mod tests {
             parse("postgres://u@h/d").expect("valid").ssl_mode,
             SslMode::Prefer
         );
+        // An unknown value is not echoed (it may be a stray secret); a near miss is named.
         let err = parse("postgres://u@h/d?sslmode=verify").expect_err("invalid");
+        assert!(err.to_string().contains("unknown sslmode ("), "{err}");
+        let err = parse("postgres://u@h/d?sslmode=verify-fll").expect_err("invalid");
         assert!(
-            err.to_string().contains("unknown sslmode `verify`"),
+            err.to_string().contains("did you mean `verify-full`?"),
             "{err}"
         );
     }
@@ -365,12 +528,50 @@ mod tests {
             "host=h user=u password=Hunter2pw port=x",
             "host=h user=u password='Hunter2pw",
             "postgres://u:Hunter2pw@h/d?sslmode=maybe",
+            // Another backend's URL is not read as a key-value string quoting itself.
+            "mysql://:Hunter2pw@/",
+            "mariadb://u:Hunter2pw@h/d",
+            "://u:Hunter2pw@h/d?a=b",
+            "sqlite://u:Hunter2pw@h/d",
+            // A malformed key-value string puts a piece of the password in a key.
+            "host=h user=u password=my Hunter2pw",
+            "host=h user=u password=x Hunter2pw=1",
+            "host=h user=u password=x 'Hunter2pw",
+            "host=h user=u sslmode=Hunter2pw",
+            "postgres://u@h/d?Hunter2pw=1",
+            "postgres://u@h/d?Hunter2pw",
+            "postgres://u:Hunter2pw@h/d?port=Hunter2pw",
         ] {
             let err = parse(bad).expect_err(bad);
             assert!(!err.to_string().contains("Hunter2pw"), "{err}");
             assert!(!format!("{err:?}").contains("Hunter2pw"), "{err:?}");
         }
         let ok = parse("postgres://u:Hunter2pw@h/d").expect("valid");
+        assert!(!format!("{:?}", ok.pg).contains("Hunter2pw"));
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let text = |s: &str| parse(s).expect_err(s).to_string();
+        let e = text("mysql://:pw@/");
+        assert!(
+            e.contains("a `mysql://` URL is not a PostgreSQL connection string"),
+            "{e}"
+        );
+        let e = text("postgres://u@h/d?conect_timeout=3");
+        assert!(e.contains("did you mean `connect_timeout`?"), "{e}");
+        let e = text("postgres://u@h/d?port=x");
+        assert!(e.contains("invalid value for option `port`"), "{e}");
+        let e = text("host=h user=u sslmode=requir");
+        assert!(e.contains("did you mean `require`?"), "{e}");
+        let e = text("host=h user=u password=two words");
+        assert!(e.contains("must be quoted"), "{e}");
+        assert!(!e.contains("words"), "{e}");
+    }
+
+    #[test]
+    fn a_valid_string_still_parses_after_the_foreign_url_check() {
+        let ok = parse("host=h user=u password=Hunter2pw").expect("valid");
         assert!(!format!("{:?}", ok.pg).contains("Hunter2pw"));
     }
 }

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 /// Each variant carries its whole cause in its message, with SQLite's extended result
 /// code, and has no [`source`](std::error::Error::source) (rusqlite's own errors repeat
 /// their cause in both); [`SqliteError::sqlite_error`] gives rusqlite's error back.
-/// SQLite URLs carry no credentials, so nothing here can print a password.
+/// SQLite URLs carry no credentials, but a URL meant for another backend
+/// (`postgres://user:pw@host/db`) can reach [`SqliteManager::from_url`](crate::SqliteManager::from_url):
+/// [`SqliteError::InvalidUrl`] shows it with its userinfo and `password=` values
+/// replaced by `***`, so nothing here prints a password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SqliteError {
@@ -15,7 +18,9 @@ pub enum SqliteError {
     /// `sqlite::memory:`.
     #[error("invalid SQLite URL `{url}`: {reason}")]
     InvalidUrl {
-        /// The URL as given.
+        /// The URL as given, with anything that may be a password replaced by `***`:
+        /// everything between `scheme:` (or `scheme://`) and the last `@`, and the
+        /// values of `password=` parameters.
         url: String,
         /// What is wrong with it.
         reason: &'static str,
@@ -64,6 +69,34 @@ pub enum SqliteError {
     Cancelled,
 }
 
+/// `url` with anything that may be a password replaced by `***`. Deliberately cruder
+/// than a URL parser: drivers disagree on where userinfo ends (`postgres:///:pw@/`), so
+/// everything between the scheme and the last `@` counts as userinfo.
+pub(crate) fn redact_url(url: &str) -> String {
+    let mut out = match url.rfind('@') {
+        Some(at) => {
+            let start = url
+                .find("://")
+                .map(|i| i + 3)
+                .or_else(|| url.find(':').map(|i| i + 1))
+                .filter(|&s| s <= at)
+                .unwrap_or(0);
+            format!("{}***{}", &url[..start], &url[at..])
+        }
+        None => url.to_owned(),
+    };
+    let mut from = 0;
+    while let Some(found) = out[from..].to_ascii_lowercase().find("password=") {
+        let value = from + found + "password=".len();
+        let end = out[value..]
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .map_or(out.len(), |e| value + e);
+        out.replace_range(value..end, "***");
+        from = value + 3;
+    }
+    out
+}
+
 impl SqliteError {
     /// rusqlite's error, if this is one (for its [`rusqlite::ErrorCode`]).
     pub fn sqlite_error(&self) -> Option<&rusqlite::Error> {
@@ -96,6 +129,31 @@ impl std::fmt::Display for SqliteDisplay<'_> {
                 write!(f, "{message} (SQLite code {})", e.extended_code)
             }
             other => write!(f, "{other}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_userinfo_up_to_the_last_at_and_password_parameters() {
+        for (url, shown) in [
+            ("postgres://u:pw@h/db", "postgres://***@h/db"),
+            ("postgres:///:pw@/db", "postgres://***@/db"),
+            ("postgres://?:pw@/?", "postgres://***@/?"),
+            ("mysql://u:p@ss@h/db", "mysql://***@h/db"),
+            ("sqlite:u:pw@h", "sqlite:***@h"),
+            ("host=h password=pw user=u", "host=h password=*** user=u"),
+            (
+                "sqlite://a.db?PASSWORD=pw&x=1",
+                "sqlite://a.db?PASSWORD=***&x=1",
+            ),
+            ("sqlite://a.db?mode=ro", "sqlite://a.db?mode=ro"),
+            ("é@:pw", "***@:pw"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
         }
     }
 }

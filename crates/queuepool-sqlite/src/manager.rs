@@ -78,7 +78,7 @@ impl SqliteManager {
     /// in-memory database cannot be created.
     pub fn from_url(url: &str) -> Result<Self, SqliteError> {
         let invalid = |reason| SqliteError::InvalidUrl {
-            url: url.to_owned(),
+            url: crate::error::redact_url(url),
             reason,
         };
         let rest = url

@@ -494,6 +494,32 @@ fn urls_parse_to_files_and_memory() {
 }
 
 #[test]
+fn from_url_never_shows_the_password_of_another_backends_url() {
+    for url in [
+        "postgres://:Hunter2pw@/",
+        "postgres:///:Hunter2pw@/db",
+        "mysql://root:Hunter2pw@localhost:3306/test?ssl-mode=DISABLED",
+        "sqlite://u:Hunter2pw@h/db?x=1",
+        "host=h user=u password=Hunter2pw",
+    ] {
+        let err = SqliteManager::from_url(url).map(drop).unwrap_err();
+        assert!(
+            matches!(err, SqliteError::InvalidUrl { .. }),
+            "{url}: {err:?}"
+        );
+        assert!(!err.to_string().contains("Hunter2pw"), "{err}");
+        assert!(!format!("{err:?}").contains("Hunter2pw"), "{err:?}");
+    }
+    let err = SqliteManager::from_url("postgres://app:Hunter2pw@db/shop")
+        .map(drop)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("`postgres://***@db/shop`"),
+        "the rest of the URL is still shown: {err}"
+    );
+}
+
+#[test]
 fn interact_future_is_send() {
     fn assert_send<T: Send>(_: &T) {}
     let mut conn: Option<SqliteConnection> = None;
