@@ -2,7 +2,7 @@
 
 use std::ops::{Deref, DerefMut};
 
-use axum::extract::{FromRef, FromRequestParts};
+use axum::extract::{FromRef, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use queuepool::{Manager, Pool, PooledConn};
 
@@ -14,6 +14,10 @@ use crate::DbError;
 /// when the `Db` is dropped: at the end of the handler, on panic (unwinding drops it),
 /// and when the client disconnects (hyper drops the handler's future). A connection
 /// dropped in the middle of a query is discarded by the pool, never lent half-used.
+///
+/// With `leak_threshold` set, the pool's leak warning names the request's method and
+/// matched route (`by GET /users/{id}`), since the checkout site is this extractor for
+/// every handler.
 ///
 /// The checkout waits at most `pool_timeout`; if it fails, the request is rejected with
 /// the [`DbError`] (`503`, plus `Retry-After` on a pool timeout).
@@ -85,9 +89,25 @@ where
 {
     type Rejection = DbError;
 
-    async fn from_request_parts(_parts: &mut Parts, state: &S) -> Result<Self, DbError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, DbError> {
         let pool = Pool::<M>::from_ref(state);
-        let conn = pool.get().await?;
+        let mut conn = pool.get().await?;
+        // The checkout site is this file for every handler: name the route instead, so
+        // a leak warning says which handler holds the connection. Only formatted when
+        // leak detection is on (the pool ignores a holder otherwise).
+        if pool.config().leak_threshold.is_some() {
+            PooledConn::set_holder(&mut conn, holder(parts));
+        }
         Ok(Db { conn })
     }
+}
+
+/// `"<METHOD> <route>"`: the route pattern axum matched (`/users/{id}`), or the request
+/// path when the extractor runs outside a router's route (a fallback, a nested service).
+fn holder(parts: &Parts) -> String {
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map_or_else(|| parts.uri.path(), MatchedPath::as_str);
+    format!("{} {route}", parts.method)
 }

@@ -334,3 +334,75 @@ async fn manual_checkout_works_like_the_extractor() {
     drop(db);
     all_returned(&pool).await;
 }
+
+/// A `tracing` writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn leak_warnings(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains("Connection leak detection triggered"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+async fn leak_warning_for(router: Router<Pool<FakeManager>>, uri: &str) -> Vec<String> {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // current_thread runtime: the leak watch task runs on this thread, under this default.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let config = PoolConfig::builder()
+        .pool_size(1)
+        .max_overflow(0)
+        .prefill(false)
+        .leak_threshold(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let pool = Pool::new(FakeManager::default(), config).await.unwrap();
+    let request = router.with_state(pool).oneshot(get_req(uri));
+    let held = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.abort();
+    captured.leak_warnings()
+}
+
+#[tokio::test(start_paused = true)]
+async fn leak_warning_names_the_method_and_matched_route_of_the_handler() {
+    let router = Router::new().route("/users/{id}/orders", get(hold));
+    let warnings = leak_warning_for(router, "/users/42/orders").await;
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains(" by GET /users/{id}/orders held longer than leak_threshold"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn leak_warning_names_the_request_path_outside_a_route() {
+    let router = Router::new().fallback(hold);
+    let warnings = leak_warning_for(router, "/no/route/here").await;
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains(" by GET /no/route/here held"),
+        "{}",
+        warnings[0]
+    );
+}
