@@ -168,39 +168,65 @@ impl fmt::Debug for DatabaseUrl {
 
 /// The URL with any password replaced by `***`: the userinfo password of a URL, a
 /// `password` query parameter, or the `password=` of a libpq key-value string.
+///
+/// Deliberately conservative rather than a URL parser: drivers disagree on where the
+/// userinfo ends. tokio-postgres takes everything up to the *first* `@` (so in
+/// `postgres:///:pw@/db` or `postgres://?:pw@/` it reads `:pw` as the password), the
+/// url crate (mysql_async) the *last* `@` before the path. Everything between `://` and
+/// the later of those two is userinfo; it is shown as `user:***` only when it is a plain
+/// `user:password` (no `@`, `/`, `?` or `#`, so every parser agrees), else as `***`.
 pub fn redact_url(url: &str) -> String {
-    if url.contains("://") {
-        if let Ok(mut parsed) = url::Url::parse(url) {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            if parsed.query().is_some() {
-                let pairs: Vec<(String, String)> = parsed
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let secret = k.to_ascii_lowercase().contains("password");
-                        (
-                            k.into_owned(),
-                            if secret {
-                                "***".to_owned()
-                            } else {
-                                v.into_owned()
-                            },
-                        )
-                    })
-                    .collect();
-                parsed.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            return parsed.to_string();
+    let Some(sep) = url.find("://") else {
+        return redact_key_value(url);
+    };
+    let head = &url[..sep + 3];
+    let rest = &url[sep + 3..];
+    let first_at = rest.find('@');
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let last_at_in_authority = rest[..authority_end].rfind('@');
+    let (userinfo, after) = match first_at.max(last_at_in_authority) {
+        Some(at) => {
+            let info = &rest[..at];
+            let shown = match info.split_once(':') {
+                _ if info.contains(['@', '/', '?', '#']) => "***".to_owned(),
+                Some((user, _)) => format!("{user}:***"),
+                None => info.to_owned(),
+            };
+            (shown + "@", &rest[at + 1..])
         }
-        // Unparsable: keep only the scheme, never risk printing a password.
-        let scheme = url.split("://").next().unwrap_or_default();
-        return format!("{scheme}://***");
-    }
-    redact_key_value(url)
+        None => (String::new(), rest),
+    };
+    let after = match after.split_once('?') {
+        Some((base, query)) => format!("{base}?{}", redact_query(query)),
+        None => after.to_owned(),
+    };
+    format!("{head}{userinfo}{after}")
 }
 
-/// libpq `key=value` strings: values may be single-quoted with `\'` escapes.
+/// `k=v&...` with the value of every key that decodes to something containing
+/// `password` replaced by `***` (values end at `&`, as every driver reads them).
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_password_key(key) => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn is_password_key(key: &str) -> bool {
+    let decoded = url::form_urlencoded::parse(format!("{key}=").as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .unwrap_or_default();
+    decoded.to_ascii_lowercase().contains("password")
+        || key.to_ascii_lowercase().contains("password")
+}
+
+/// libpq `key=value` strings: values may be single-quoted with `\'` escapes, and a
+/// backslash escapes the next character of an unquoted value too (`pass\ word`).
 fn redact_key_value(conninfo: &str) -> String {
     let mut out = String::with_capacity(conninfo.len());
     let mut rest = conninfo;
@@ -224,15 +250,27 @@ fn redact_key_value(conninfo: &str) -> String {
             }
             ((end + 2).min(value_and_more.len()), true)
         } else {
-            (
-                value_and_more
-                    .find(char::is_whitespace)
-                    .unwrap_or(value_and_more.len()),
-                false,
-            )
+            let mut escaped = false;
+            let mut end = value_and_more.len();
+            for (i, c) in value_and_more.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    c if c.is_whitespace() && !escaped => {
+                        end = i;
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            (end, false)
         };
         let value = &value_and_more[..value_len];
-        if key.trim().eq_ignore_ascii_case("password") {
+        // The key is the last word before `=`: `junk password=x` still hides `x`.
+        let secret = key
+            .split_whitespace()
+            .next_back()
+            .is_some_and(|k| k.to_ascii_lowercase().contains("password"));
+        if secret {
             out.push_str(if quoted { "'***'" } else { "***" });
         } else {
             out.push_str(value);
@@ -852,6 +890,46 @@ mod tests {
     }
 
     #[test]
+    fn redact_url_hides_the_userinfo_wherever_a_driver_ends_it() {
+        for (url, shown) in [
+            // tokio-postgres reads `:s3cret` as the password: userinfo ends at the
+            // first `@`, even after what the url crate calls a path or a query.
+            ("postgres:///:s3cret@/db", "postgres://***@/db"),
+            ("postgres://?:s3cret@/?", "postgres://***@/?"),
+            ("postgres://#:s3cret@h/d", "postgres://***@h/d"),
+            // The url crate (mysql_async) reads up to the last `@` of the authority.
+            ("mysql://u:p@s3cret@h/db", "mysql://***@h/db"),
+            (
+                "postgres://u:s3cret@h/d?application_name=a@b",
+                "postgres://u:***@h/d?application_name=a@b",
+            ),
+            ("postgres://app@db/shop", "postgres://app@db/shop"),
+            ("postgres://db/shop", "postgres://db/shop"),
+            ("postgres://:s3cret@/", "postgres://:***@/"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn redact_url_agrees_with_the_password_the_driver_would_use() {
+        for url in [
+            "postgres:///:s3cret@/db",
+            "postgres://?:s3cret@/?",
+            "postgresql://u:s3cret@h:5/d?password=s3cret",
+            "postgres://h/d?password=s3cret&user=u",
+            "host=h user=u password=s3cret",
+            "host=h user=u password='s3cret'",
+            "host=h user=u password = s3cret",
+        ] {
+            let m = queuepool_postgres::PgManager::from_url(url).expect(url);
+            assert_eq!(m.pg_config().get_password(), Some(&b"s3cret"[..]), "{url}");
+            let shown = redact_url(url);
+            assert!(!shown.contains("s3cret"), "{url} is shown as {shown}");
+        }
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(
             redact_url("postgres://app:s3cret@db:5432/shop?sslmode=require"),
@@ -874,6 +952,14 @@ mod tests {
             "host=db password ='***' dbname=shop"
         );
         assert_eq!(redact_url("sqlite://queuepool.db"), "sqlite://queuepool.db");
+        assert_eq!(
+            redact_url("postgres://db/shop?user=app&pass%77ord=s3cret"),
+            "postgres://db/shop?user=app&pass%77ord=***"
+        );
+        assert_eq!(
+            redact_url("host=db password=se\\ cret dbname=shop"),
+            "host=db password=*** dbname=shop"
+        );
         let c = load(
             &ServeArgs::default(),
             &[("DATABASE_URL", "postgres://app:s3cret@db/shop")],
