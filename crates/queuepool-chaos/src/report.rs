@@ -109,7 +109,7 @@ impl Report {
         if !self.notes.is_empty() {
             out.push('\n');
             for n in &self.notes {
-                let _ = writeln!(out, "- {n}");
+                let _ = writeln!(out, "- {}", n.replace('\n', " "));
             }
         }
         out
