@@ -22,8 +22,8 @@ use crate::DbError;
 /// The checkout waits at most `pool_timeout`; if it fails, the request is rejected with
 /// the [`DbError`] (`503`, plus `Retry-After` on a pool timeout).
 ///
-/// Its own operations are associated functions ([`Db::error`], [`Db::into_inner`]) so
-/// they never shadow the connection's methods.
+/// Its own operations are associated functions ([`Db::error`], [`Db::invalidate`],
+/// [`Db::into_inner`]) so they never shadow the connection's methods.
 ///
 /// # Cancel safety
 /// Extraction is cancel safe: dropping the request while it waits for a connection
@@ -46,6 +46,13 @@ impl<M: Manager> Db<M> {
     /// The pool guard, for its associated functions (`PooledConn::detach`...).
     pub fn into_inner(this: Self) -> PooledConn<M> {
         this.conn
+    }
+
+    /// Marks the connection unusable: the pool closes it instead of lending it again.
+    /// For a query abandoned part-way (a timeout around it fired), whose reply may
+    /// still arrive on the connection's stream.
+    pub fn invalidate(this: &mut Self) {
+        PooledConn::invalidate(&mut this.conn);
     }
 
     /// Turns a driver error raised on this connection into a [`DbError`], telling the

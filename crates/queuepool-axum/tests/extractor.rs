@@ -121,6 +121,11 @@ async fn sql_error(mut db: Db<FakeManager>) -> Result<&'static str, DbError> {
     Err(Db::error(&mut db, FakeError::Sql))
 }
 
+async fn abandoned(mut db: Db<FakeManager>) -> &'static str {
+    Db::invalidate(&mut db);
+    "abandoned"
+}
+
 async fn lost(mut db: Db<FakeManager>) -> Result<&'static str, DbError> {
     Err(Db::error(&mut db, FakeError::Gone))
 }
@@ -132,6 +137,7 @@ fn app(pool: Pool<FakeManager>) -> Router {
         .route("/boom", get(boom))
         .route("/sql", get(sql_error))
         .route("/lost", get(lost))
+        .route("/abandoned", get(abandoned))
         .merge(pool_routes::<FakeManager, Pool<FakeManager>>(None))
         .with_state(pool)
 }
@@ -405,4 +411,20 @@ async fn leak_warning_names_the_request_path_outside_a_route() {
         "{}",
         warnings[0]
     );
+}
+
+#[tokio::test]
+async fn an_invalidated_connection_is_discarded_not_lent_again() {
+    let pool = pool(FakeManager::default(), 1, 0, Duration::from_secs(1)).await;
+    let response = app(pool.clone())
+        .oneshot(get_req("/abandoned"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    all_returned(&pool).await;
+    // Discarded (dropped, as a broken connection is), not put back.
+    assert_eq!(pool.stats().invalidated, 1);
+    assert_eq!(pool.status().idle, 0);
+    assert_eq!(app_ok(&pool).await.status(), StatusCode::OK);
+    assert_eq!(pool.manager().opened.load(Ordering::SeqCst), 2);
 }

@@ -52,6 +52,9 @@ mod tests {
             "sqlite://queuepool.db",
             "127.0.0.1:8000",
             "--echo-pool",
+            "QUERY_TIMEOUT",
+            "--query-timeout",
+            "504",
         ] {
             assert!(help.contains(needle), "{needle} missing from:\n{help}");
         }

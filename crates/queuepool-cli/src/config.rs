@@ -25,6 +25,11 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://queuepool.db";
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
 /// Default bound on the wait for running requests at shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on one database query of a request. The service's queries take
+/// milliseconds (primary-key lookups, one page of 100 rows); 10 s is far beyond any of
+/// them yet ends a request caught on a silent network path well before an HTTP client
+/// gives up (often 30 s), and matches the pool's default `connect_timeout`.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The options of `queuepool serve`, as given on the command line.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -32,7 +37,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServeArgs {
     /// TOML file with any of the settings below (keys: database_url, pool_preset,
     /// pool_size, max_overflow, pool_timeout, pool_recycle, pool_pre_ping, bind,
-    /// echo_pool, shutdown_timeout); unknown keys are errors
+    /// echo_pool, shutdown_timeout, query_timeout); unknown keys are errors
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -84,6 +89,13 @@ pub struct ServeArgs {
     /// [env: SHUTDOWN_TIMEOUT] [default: 10]
     #[arg(long, value_name = "SECONDS")]
     pub shutdown_timeout: Option<String>,
+
+    /// Longest a database query of a request may take, in seconds (or 500ms, 1m): past
+    /// it the request gets a 504 `query_timeout`, and the connection is discarded (on
+    /// PostgreSQL a cancel request is sent). Bounds a query whose network path went
+    /// silent [env: QUERY_TIMEOUT] [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub query_timeout: Option<String>,
 }
 
 const PRECEDENCE_HELP: &str = "\
@@ -105,6 +117,7 @@ pub struct FileConfig {
     bind: Option<String>,
     echo_pool: Option<bool>,
     shutdown_timeout: Option<Scalar>,
+    query_timeout: Option<Scalar>,
 }
 
 /// A TOML value given to a numeric or boolean key: parsed like the same key's
@@ -357,6 +370,10 @@ const SHUTDOWN_TIMEOUT: Key = Key {
     name: "shutdown_timeout",
     env: Some("SHUTDOWN_TIMEOUT"),
 };
+const QUERY_TIMEOUT: Key = Key {
+    name: "query_timeout",
+    env: Some("QUERY_TIMEOUT"),
+};
 
 /// The effective configuration of `queuepool serve`.
 #[derive(Debug, Clone)]
@@ -375,6 +392,8 @@ pub struct ServeConfig {
     pub echo_pool: bool,
     /// Bound on the wait for running requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// Bound on each database query of a request (504 `query_timeout` past it).
+    pub query_timeout: Duration,
     /// Where each setting came from, by key name.
     pub origins: BTreeMap<&'static str, Origin>,
 }
@@ -647,6 +666,23 @@ impl ServeConfig {
                 DEFAULT_SHUTDOWN_TIMEOUT
             }
         };
+        let query_timeout = match layers.pick(
+            QUERY_TIMEOUT,
+            args.query_timeout.as_ref(),
+            text(&file.query_timeout),
+        ) {
+            Some((raw, label)) => {
+                let limit = parse_duration(&label, &raw)?;
+                if limit.is_zero() {
+                    return Err(invalid(&label, &raw, "a duration greater than zero"));
+                }
+                limit
+            }
+            None => {
+                layers.origins.insert(QUERY_TIMEOUT.name, Origin::Default);
+                DEFAULT_QUERY_TIMEOUT
+            }
+        };
         Ok(ServeConfig {
             database_url: DatabaseUrl(url),
             backend,
@@ -655,8 +691,14 @@ impl ServeConfig {
             bind,
             echo_pool,
             shutdown_timeout,
+            query_timeout,
             origins: layers.origins,
         })
+    }
+
+    /// The request bounds of the service: each query, and the whole request.
+    pub fn timeouts(&self) -> crate::serve::Timeouts {
+        crate::serve::Timeouts::new(self.query_timeout, &self.pool)
     }
 
     fn origin(&self, name: &str) -> String {
@@ -700,11 +742,15 @@ impl ServeConfig {
                 self.origin("pool_pre_ping"),
             ),
             format!(
-                "server: bind={} ({}) shutdown_timeout={}s ({}) echo_pool={} ({})",
+                "server: bind={} ({}) shutdown_timeout={}s ({}) query_timeout={}s ({}) \
+                 request_timeout={}s (derived) echo_pool={} ({})",
                 self.bind,
                 self.origin("bind"),
                 self.shutdown_timeout.as_secs_f64(),
                 self.origin("shutdown_timeout"),
+                self.query_timeout.as_secs_f64(),
+                self.origin("query_timeout"),
+                self.timeouts().request.as_secs_f64(),
                 self.echo_pool,
                 self.origin("echo_pool"),
             ),
@@ -851,6 +897,45 @@ mod tests {
         let message = error(&args, &[]);
         assert!(message.contains("pool_sise"), "{message}");
         assert!(message.contains("invalid config file"), "{message}");
+    }
+
+    #[test]
+    fn query_timeout_defaults_to_10_s_is_read_from_every_layer_and_must_be_positive() {
+        let c = load(&ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.query_timeout, DEFAULT_QUERY_TIMEOUT);
+        assert_eq!(c.timeouts().query, DEFAULT_QUERY_TIMEOUT);
+        // pool_timeout 30 s + connect_timeout 10 s + query_timeout 10 s + 1.25 s.
+        assert_eq!(c.timeouts().request, Duration::from_millis(51_250));
+        assert!(
+            c.describe()[2].contains("query_timeout=10s (default) request_timeout=51.25s"),
+            "{:?}",
+            c.describe()
+        );
+
+        let f = file("query_timeout = 3\n");
+        let from_file = ServeArgs {
+            config: Some(f.path().to_owned()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            load(&from_file, &[]).unwrap().query_timeout,
+            Duration::from_secs(3)
+        );
+        let c = load(&from_file, &[("QUERY_TIMEOUT", "500ms")]).unwrap();
+        assert_eq!(c.query_timeout, Duration::from_millis(500));
+        assert_eq!(c.origins["query_timeout"], Origin::Env);
+        let flag = ServeArgs {
+            query_timeout: Some("2s".into()),
+            ..from_file
+        };
+        let c = load(&flag, &[("QUERY_TIMEOUT", "500ms")]).unwrap();
+        assert_eq!(c.query_timeout, Duration::from_secs(2));
+
+        let message = error(&ServeArgs::default(), &[("QUERY_TIMEOUT", "0")]);
+        assert!(message.starts_with("QUERY_TIMEOUT: "), "{message}");
+        assert!(message.contains("greater than zero"), "{message}");
+        let message = error(&ServeArgs::default(), &[("QUERY_TIMEOUT", "soon")]);
+        assert!(message.starts_with("QUERY_TIMEOUT: "), "{message}");
     }
 
     #[test]

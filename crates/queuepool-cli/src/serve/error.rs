@@ -1,5 +1,7 @@
 //! [`AppError`]: every error of the service mapped to a status code in one place.
 
+use std::time::Duration;
+
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +16,8 @@ use crate::store::FieldError;
 pub struct ErrorBody {
     /// Machine-readable code: `not_found`, `validation_error`, `invalid_json`,
     /// `unsupported_media_type`, `payload_too_large`, `pool_timeout`,
-    /// `database_unavailable`, `shutting_down`, `internal_error`.
+    /// `database_unavailable`, `query_timeout`, `request_timeout`, `shutting_down`,
+    /// `internal_error`.
     pub error: String,
     /// Human-readable, safe to show.
     pub message: String,
@@ -32,6 +35,12 @@ pub enum AppError {
     NotFound(String),
     /// 422: these fields are invalid; nothing was written.
     Validation(Vec<FieldError>),
+    /// 504 `query_timeout`: a database query ran past `query_timeout` (a silent network
+    /// path, a frozen server, a lock); its connection was discarded.
+    QueryTimeout(Duration),
+    /// 504 `request_timeout`: the whole request ran past its backstop bound
+    /// ([`Timeouts::request`](super::Timeouts::request)).
+    RequestTimeout(Duration),
     /// Another client error (bad JSON, wrong content type, body too large).
     Client {
         /// 4xx status.
@@ -125,6 +134,29 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match self {
             AppError::Db(error) => error.into_response(),
+            AppError::QueryTimeout(limit) => {
+                tracing::warn!(
+                    "a database query ran past query_timeout ({:.1} s); its connection is \
+                     discarded",
+                    limit.as_secs_f64()
+                );
+                json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "query_timeout",
+                    format!(
+                        "the database did not answer within {:.1} s (query_timeout); try again",
+                        limit.as_secs_f64()
+                    ),
+                )
+            }
+            AppError::RequestTimeout(limit) => json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request did not complete within {:.1} s; try again",
+                    limit.as_secs_f64()
+                ),
+            ),
             AppError::NotFound(message) => json_error(StatusCode::NOT_FOUND, "not_found", message),
             AppError::Validation(fields) => {
                 let names: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();

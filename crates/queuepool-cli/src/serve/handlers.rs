@@ -4,6 +4,8 @@
 //! validated: a slow client uploading a body does not hold a pooled connection, and an
 //! invalid request never touches the database.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -13,8 +15,9 @@ use queuepool_axum::Db;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::QUERY_GRACE;
 use super::error::{AppError, ErrorBody};
-use super::extract::{ItemId, JsonBody, QueryParams};
+use super::extract::{ItemId, JsonBody, QueryLimit, QueryParams};
 use crate::store::{Item, ItemIn, ListParams, Store};
 
 /// The body of `GET /health`.
@@ -26,6 +29,38 @@ pub struct HealthBody {
     pub database: &'static str,
 }
 
+/// The result of a store query run under `tokio::time::timeout(limit + QUERY_GRACE)`:
+/// a timeout, the backend's own (PostgreSQL) or the handler's (any backend), discards
+/// the connection and is a 504 `query_timeout`; another error is reported to the pool
+/// ([`Db::error`]).
+fn finish<M: Store, T>(
+    outcome: Result<Result<T, M::Error>, tokio::time::error::Elapsed>,
+    db: &mut Db<M>,
+    limit: Duration,
+) -> Result<T, AppError> {
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) if M::is_query_timeout(&error) => {
+            Db::invalidate(db);
+            Err(AppError::QueryTimeout(limit))
+        }
+        Ok(Err(error)) => Err(Db::error(db, error).into()),
+        Err(_) => {
+            // The query was dropped part-way: its reply may still come on this stream.
+            Db::invalidate(db);
+            Err(AppError::QueryTimeout(limit))
+        }
+    }
+}
+
+/// `tokio::time::timeout` for a store query given `limit`.
+async fn bounded<F: std::future::Future>(
+    limit: Duration,
+    query: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(limit + QUERY_GRACE, query).await
+}
+
 fn not_found(id: i64) -> AppError {
     AppError::NotFound(format!("item {id} not found"))
 }
@@ -35,9 +70,17 @@ fn not_found(id: i64) -> AppError {
     responses(
         (status = 200, description = "The database answered", body = HealthBody),
         (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
     ))]
-pub async fn health<M: Store>(mut db: Db<M>) -> Result<Json<HealthBody>, AppError> {
-    M::ping(&mut db).await.map_err(|e| Db::error(&mut db, e))?;
+pub async fn health<M: Store>(
+    QueryLimit(limit): QueryLimit,
+    mut db: Db<M>,
+) -> Result<Json<HealthBody>, AppError> {
+    finish(
+        bounded(limit, M::ping(&mut db, limit)).await,
+        &mut db,
+        limit,
+    )?;
     Ok(Json(HealthBody {
         status: "ok",
         database: M::BACKEND.name(),
@@ -50,16 +93,20 @@ pub async fn health<M: Store>(mut db: Db<M>) -> Result<Json<HealthBody>, AppErro
         (status = 200, description = "One page of items", body = [Item]),
         (status = 422, description = "Invalid limit or offset", body = ErrorBody),
         (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn list_items<M: Store>(
     QueryParams(params): QueryParams<ListParams>,
+    QueryLimit(limit): QueryLimit,
     State(pool): State<Pool<M>>,
 ) -> Result<Json<Vec<Item>>, AppError> {
     let page = params.validate().map_err(AppError::Validation)?;
     let mut db = Db::checkout(&pool).await?;
-    let items = M::list(&mut db, page)
-        .await
-        .map_err(|e| Db::error(&mut db, e))?;
+    let items = finish(
+        bounded(limit, M::list(&mut db, page, limit)).await,
+        &mut db,
+        limit,
+    )?;
     Ok(Json(items))
 }
 
@@ -70,16 +117,20 @@ pub async fn list_items<M: Store>(
             headers(("Location" = String, description = "/items/{id}"))),
         (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
         (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn create_item<M: Store>(
+    QueryLimit(limit): QueryLimit,
     State(pool): State<Pool<M>>,
     JsonBody(input): JsonBody<ItemIn>,
 ) -> Result<Response, AppError> {
     let new = input.validate().map_err(AppError::Validation)?;
     let mut db = Db::checkout(&pool).await?;
-    let item = M::insert(&mut db, new)
-        .await
-        .map_err(|e| Db::error(&mut db, e))?;
+    let item = finish(
+        bounded(limit, M::insert(&mut db, new, limit)).await,
+        &mut db,
+        limit,
+    )?;
     drop(db);
     let location = format!("/items/{}", item.id);
     Ok((
@@ -97,11 +148,18 @@ pub async fn create_item<M: Store>(
         (status = 200, description = "The item", body = Item),
         (status = 404, description = "No such item", body = ErrorBody),
         (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
     ))]
-pub async fn get_item<M: Store>(ItemId(id): ItemId, mut db: Db<M>) -> Result<Json<Item>, AppError> {
-    let item = M::find(&mut db, id)
-        .await
-        .map_err(|e| Db::error(&mut db, e))?;
+pub async fn get_item<M: Store>(
+    ItemId(id): ItemId,
+    QueryLimit(limit): QueryLimit,
+    mut db: Db<M>,
+) -> Result<Json<Item>, AppError> {
+    let item = finish(
+        bounded(limit, M::find(&mut db, id, limit)).await,
+        &mut db,
+        limit,
+    )?;
     item.map(Json).ok_or_else(|| not_found(id))
 }
 
@@ -113,17 +171,21 @@ pub async fn get_item<M: Store>(ItemId(id): ItemId, mut db: Db<M>) -> Result<Jso
         (status = 404, description = "No such item", body = ErrorBody),
         (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
         (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn update_item<M: Store>(
     ItemId(id): ItemId,
+    QueryLimit(limit): QueryLimit,
     State(pool): State<Pool<M>>,
     JsonBody(input): JsonBody<ItemIn>,
 ) -> Result<Json<Item>, AppError> {
     let new = input.validate().map_err(AppError::Validation)?;
     let mut db = Db::checkout(&pool).await?;
-    let item = M::update(&mut db, id, new)
-        .await
-        .map_err(|e| Db::error(&mut db, e))?;
+    let item = finish(
+        bounded(limit, M::update(&mut db, id, new, limit)).await,
+        &mut db,
+        limit,
+    )?;
     item.map(Json).ok_or_else(|| not_found(id))
 }
 
@@ -134,14 +196,18 @@ pub async fn update_item<M: Store>(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such item", body = ErrorBody),
         (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
+        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn delete_item<M: Store>(
     ItemId(id): ItemId,
+    QueryLimit(limit): QueryLimit,
     mut db: Db<M>,
 ) -> Result<StatusCode, AppError> {
-    let deleted = M::delete(&mut db, id)
-        .await
-        .map_err(|e| Db::error(&mut db, e))?;
+    let deleted = finish(
+        bounded(limit, M::delete(&mut db, id, limit)).await,
+        &mut db,
+        limit,
+    )?;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use queuepool::{Pool, PoolConfig};
@@ -19,7 +21,7 @@ use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::config::ServeConfig;
+use crate::config::{DEFAULT_QUERY_TIMEOUT, ServeConfig};
 use crate::error::CliError;
 use crate::store::{Backend, Store};
 
@@ -30,6 +32,75 @@ pub mod handlers;
 
 /// Largest accepted request body: an item is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// How long past `query_timeout` a handler waits for a backend's own timeout error
+/// before it drops the query itself (PostgreSQL's `PgConnection::timeout` fires at
+/// `query_timeout` and sends a cancel request; MySQL and SQLite rely on the drop).
+pub const QUERY_GRACE: Duration = Duration::from_millis(250);
+
+/// Slack of the whole-request backstop beyond the sum of the bounds of its parts.
+const REQUEST_MARGIN: Duration = Duration::from_secs(1);
+
+/// The bounds on a request of the service.
+///
+/// Every handler checks out at most one connection (bounded by `pool_timeout`, plus
+/// `connect_timeout` when it opens one) and runs one query on it (bounded by
+/// `query`). `request` bounds the whole request as a backstop for anything else (a
+/// body trickling in, a bug): `pool_timeout + connect_timeout + query_timeout + 1.25
+/// s`. A request past it is answered 504 `request_timeout` and its handler dropped
+/// (with it any pooled connection, which the pool discards if a query was running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Each database query: past it, 504 `query_timeout` and the connection discarded.
+    pub query: Duration,
+    /// The whole request.
+    pub request: Duration,
+}
+
+impl Timeouts {
+    /// The bounds for `query_timeout` with `pool`'s checkout bounds.
+    pub fn new(query: Duration, pool: &PoolConfig) -> Timeouts {
+        Timeouts {
+            query,
+            request: pool.pool_timeout
+                + pool.connect_timeout
+                + query
+                + QUERY_GRACE
+                + REQUEST_MARGIN,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    /// The defaults: `query_timeout` 10 s with the default pool's bounds.
+    fn default() -> Timeouts {
+        Timeouts::new(DEFAULT_QUERY_TIMEOUT, &PoolConfig::default())
+    }
+}
+
+/// Bounds the whole request and hands the bounds to the handlers (as a request
+/// extension, read by [`extract::QueryLimit`]).
+async fn bound_request(
+    State(timeouts): State<Timeouts>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    request.extensions_mut().insert(timeouts);
+    // Cheap clones (the URI is reference-counted), for the one log line of a timeout.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    match tokio::time::timeout(timeouts.request, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                "{method} {}: no response within the request timeout of {:.1} s; the handler \
+                 is dropped",
+                uri.path(),
+                timeouts.request.as_secs_f64()
+            );
+            error::AppError::RequestTimeout(timeouts.request).into_response()
+        }
+    }
+}
 
 /// The state of the app: the pool (`Db<M>` and `State<Pool<M>>` get it via [`FromRef`]).
 pub struct AppState<M: Store> {
@@ -51,9 +122,17 @@ impl<M: Store> FromRef<AppState<M>> for Pool<M> {
     }
 }
 
-/// The service's routes, without state: merge test routes into it, then call
-/// `.with_state(AppState { pool })`.
+/// The service's routes with the default [`Timeouts`], without state: merge test
+/// routes into it, then call `.with_state(AppState { pool })`.
 pub fn routes<M: Store>(prometheus: Option<PrometheusHandle>) -> Router<AppState<M>> {
+    routes_with::<M>(prometheus, Timeouts::default())
+}
+
+/// [`routes`] with the given bounds on each query and on the whole request.
+pub fn routes_with<M: Store>(
+    prometheus: Option<PrometheusHandle>,
+    timeouts: Timeouts,
+) -> Router<AppState<M>> {
     use handlers::{create_item, delete_item, get_item, health, list_items, update_item};
     Router::new()
         .route("/health", get(health::<M>))
@@ -70,14 +149,24 @@ pub fn routes<M: Store>(prometheus: Option<PrometheusHandle>) -> Router<AppState
         .fallback(handlers::fallback)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn_with_state(timeouts, bound_request))
         // Request logs at debug (`RUST_LOG=tower_http=debug`); failures are already
         // logged once, with their cause, where they are mapped to a status code.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
 }
 
-/// The complete app for `pool`.
+/// The complete app for `pool`, with the default [`Timeouts`].
 pub fn router<M: Store>(pool: Pool<M>, prometheus: Option<PrometheusHandle>) -> Router {
-    routes::<M>(prometheus).with_state(AppState { pool })
+    router_with(pool, prometheus, Timeouts::default())
+}
+
+/// The complete app for `pool` with the given bounds.
+pub fn router_with<M: Store>(
+    pool: Pool<M>,
+    prometheus: Option<PrometheusHandle>,
+    timeouts: Timeouts,
+) -> Router {
+    routes_with::<M>(prometheus, timeouts).with_state(AppState { pool })
 }
 
 /// Opens the pool for `M` and creates the items table if it is missing.
@@ -123,10 +212,11 @@ async fn run_with<M: Store>(
     tracing::info!(
         "listening on http://{shown} (API docs: http://{shown}/docs, pool: http://{shown}/pool)"
     );
-    serve(
+    let app = router_with(pool.clone(), prometheus, config.timeouts());
+    serve_app(
         listener,
+        app,
         pool,
-        prometheus,
         shutdown_signal(),
         config.shutdown_timeout,
     )

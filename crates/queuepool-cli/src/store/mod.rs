@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use queuepool::Manager;
@@ -205,6 +206,15 @@ impl ListParams {
 ///
 /// Every method runs on a connection lent by the pool for one request; none keeps a
 /// transaction open when it returns.
+///
+/// # Timeouts
+/// Every method but [`Store::migrate`] is given `limit`, the service's
+/// `query_timeout`. A backend that can bound a query itself does so and returns its own
+/// timeout error, which [`Store::is_query_timeout`] recognises (PostgreSQL:
+/// [`PgConnection::timeout`](queuepool_postgres::PgConnection::timeout), which also
+/// sends a cancel request and marks the connection broken). The handlers also drop
+/// any query still running shortly after `limit` and discard its connection, which is
+/// the bound for MySQL and SQLite (their drivers have no client-side query timeout).
 pub trait Store: Manager + Sized {
     /// Which backend this is.
     const BACKEND: Backend;
@@ -212,29 +222,40 @@ pub trait Store: Manager + Sized {
     /// Builds the manager from `DATABASE_URL`.
     fn open(url: &str) -> Result<Self, Self::Error>;
 
+    /// Whether `error` is this backend's own query timeout (see [Timeouts](Store#timeouts)).
+    fn is_query_timeout(_error: &Self::Error) -> bool {
+        false
+    }
+
     /// Creates the items table if it does not exist.
     fn migrate(conn: &mut Self::Connection)
     -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// `SELECT 1`.
-    fn ping(conn: &mut Self::Connection) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn ping(
+        conn: &mut Self::Connection,
+        limit: Duration,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// One page of items, by id.
     fn list(
         conn: &mut Self::Connection,
         page: Page,
+        limit: Duration,
     ) -> impl Future<Output = Result<Vec<Item>, Self::Error>> + Send;
 
     /// The item `id`, if it exists.
     fn find(
         conn: &mut Self::Connection,
         id: i64,
+        limit: Duration,
     ) -> impl Future<Output = Result<Option<Item>, Self::Error>> + Send;
 
     /// Inserts an item and returns it with its id.
     fn insert(
         conn: &mut Self::Connection,
         item: NewItem,
+        limit: Duration,
     ) -> impl Future<Output = Result<Item, Self::Error>> + Send;
 
     /// Replaces name, description and price of item `id` (keeps `created_at`); `None`
@@ -243,12 +264,14 @@ pub trait Store: Manager + Sized {
         conn: &mut Self::Connection,
         id: i64,
         item: NewItem,
+        limit: Duration,
     ) -> impl Future<Output = Result<Option<Item>, Self::Error>> + Send;
 
     /// Deletes item `id`; `false` if it did not exist.
     fn delete(
         conn: &mut Self::Connection,
         id: i64,
+        limit: Duration,
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 }
 

@@ -1,5 +1,9 @@
 //! The items table on MySQL / MariaDB. Statements go through mysql_async's
-//! per-connection prepared statement cache.
+//! per-connection prepared statement cache. mysql_async has no client-side query
+//! timeout: `query_timeout` is enforced by the handlers (see [`Store`]), which drop the
+//! query and discard its connection.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use mysql_async::Value;
@@ -68,24 +72,36 @@ impl Store for MySqlManager {
         Ok(())
     }
 
-    async fn ping(conn: &mut MySqlConnection) -> Result<(), MySqlError> {
+    async fn ping(conn: &mut MySqlConnection, _limit: Duration) -> Result<(), MySqlError> {
         conn.query_drop("SELECT 1").await?;
         Ok(())
     }
 
-    async fn list(conn: &mut MySqlConnection, page: Page) -> Result<Vec<Item>, MySqlError> {
+    async fn list(
+        conn: &mut MySqlConnection,
+        page: Page,
+        _limit: Duration,
+    ) -> Result<Vec<Item>, MySqlError> {
         let sql = format!("SELECT {COLUMNS} FROM items ORDER BY id LIMIT ? OFFSET ?");
         let rows: Vec<Row> = conn.exec(sql, (page.limit, page.offset)).await?;
         rows.into_iter().map(item).collect()
     }
 
-    async fn find(conn: &mut MySqlConnection, id: i64) -> Result<Option<Item>, MySqlError> {
+    async fn find(
+        conn: &mut MySqlConnection,
+        id: i64,
+        _limit: Duration,
+    ) -> Result<Option<Item>, MySqlError> {
         let sql = format!("SELECT {COLUMNS} FROM items WHERE id = ?");
         let row: Option<Row> = conn.exec_first(sql, (id,)).await?;
         row.map(item).transpose()
     }
 
-    async fn insert(conn: &mut MySqlConnection, new: NewItem) -> Result<Item, MySqlError> {
+    async fn insert(
+        conn: &mut MySqlConnection,
+        new: NewItem,
+        _limit: Duration,
+    ) -> Result<Item, MySqlError> {
         conn.exec_drop(
             "INSERT INTO items (name, description, price, created_at) VALUES (?, ?, ?, ?)",
             (
@@ -119,6 +135,7 @@ impl Store for MySqlManager {
         conn: &mut MySqlConnection,
         id: i64,
         new: NewItem,
+        limit: Duration,
     ) -> Result<Option<Item>, MySqlError> {
         // MySQL has no UPDATE ... RETURNING; the row is read back on the same connection.
         conn.exec_drop(
@@ -126,10 +143,14 @@ impl Store for MySqlManager {
             (new.name.as_str(), new.description.as_deref(), new.price, id),
         )
         .await?;
-        Self::find(conn, id).await
+        Self::find(conn, id, limit).await
     }
 
-    async fn delete(conn: &mut MySqlConnection, id: i64) -> Result<bool, MySqlError> {
+    async fn delete(
+        conn: &mut MySqlConnection,
+        id: i64,
+        _limit: Duration,
+    ) -> Result<bool, MySqlError> {
         conn.exec_drop("DELETE FROM items WHERE id = ?", (id,))
             .await?;
         Ok(conn.affected_rows() > 0)

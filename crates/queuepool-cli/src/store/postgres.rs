@@ -3,6 +3,10 @@
 //! Queries go through `query_typed`: parameter types are sent with the query, so each
 //! statement is one round trip with an unnamed statement, which also works behind
 //! PgBouncer in transaction mode (no named prepared statements to keep per server).
+//! Each runs under `PgConnection::timeout`: past `query_timeout` a cancel request is
+//! sent and the connection is marked broken, so the pool discards it.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use queuepool_postgres::{PgConnection, PgError, PgManager};
@@ -38,47 +42,71 @@ impl Store for PgManager {
         PgManager::from_url(url)
     }
 
+    fn is_query_timeout(error: &PgError) -> bool {
+        matches!(error, PgError::Timeout(_))
+    }
+
     async fn migrate(conn: &mut PgConnection) -> Result<(), PgError> {
         conn.batch_execute(CREATE_TABLE).await?;
         Ok(())
     }
 
-    async fn ping(conn: &mut PgConnection) -> Result<(), PgError> {
-        conn.simple_query("SELECT 1").await?;
+    async fn ping(conn: &mut PgConnection, limit: Duration) -> Result<(), PgError> {
+        conn.timeout(limit, conn.simple_query("SELECT 1")).await?;
         Ok(())
     }
 
-    async fn list(conn: &mut PgConnection, page: Page) -> Result<Vec<Item>, PgError> {
+    async fn list(
+        conn: &mut PgConnection,
+        page: Page,
+        limit: Duration,
+    ) -> Result<Vec<Item>, PgError> {
         let sql = format!("SELECT {COLUMNS} FROM items ORDER BY id LIMIT $1 OFFSET $2");
         let rows = conn
-            .query_typed(
-                &sql,
-                &[(&page.limit, Type::INT8), (&page.offset, Type::INT8)],
+            .timeout(
+                limit,
+                conn.query_typed(
+                    &sql,
+                    &[(&page.limit, Type::INT8), (&page.offset, Type::INT8)],
+                ),
             )
             .await?;
         rows.iter().map(item).collect()
     }
 
-    async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<Item>, PgError> {
+    async fn find(
+        conn: &mut PgConnection,
+        id: i64,
+        limit: Duration,
+    ) -> Result<Option<Item>, PgError> {
         let sql = format!("SELECT {COLUMNS} FROM items WHERE id = $1");
-        let rows = conn.query_typed(&sql, &[(&id, Type::INT8)]).await?;
+        let rows = conn
+            .timeout(limit, conn.query_typed(&sql, &[(&id, Type::INT8)]))
+            .await?;
         rows.first().map(item).transpose()
     }
 
-    async fn insert(conn: &mut PgConnection, new: NewItem) -> Result<Item, PgError> {
+    async fn insert(
+        conn: &mut PgConnection,
+        new: NewItem,
+        limit: Duration,
+    ) -> Result<Item, PgError> {
         let sql = format!(
             "INSERT INTO items (name, description, price, created_at) \
              VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
         );
         let rows = conn
-            .query_typed(
-                &sql,
-                &[
-                    (&new.name, Type::TEXT),
-                    (&new.description, Type::TEXT),
-                    (&new.price, Type::FLOAT8),
-                    (&new.created_at, Type::TIMESTAMPTZ),
-                ],
+            .timeout(
+                limit,
+                conn.query_typed(
+                    &sql,
+                    &[
+                        (&new.name, Type::TEXT),
+                        (&new.description, Type::TEXT),
+                        (&new.price, Type::FLOAT8),
+                        (&new.created_at, Type::TIMESTAMPTZ),
+                    ],
+                ),
             )
             .await?;
         match rows.first() {
@@ -93,30 +121,37 @@ impl Store for PgManager {
         conn: &mut PgConnection,
         id: i64,
         new: NewItem,
+        limit: Duration,
     ) -> Result<Option<Item>, PgError> {
         let sql = format!(
             "UPDATE items SET name = $1, description = $2, price = $3 WHERE id = $4 \
              RETURNING {COLUMNS}"
         );
         let rows = conn
-            .query_typed(
-                &sql,
-                &[
-                    (&new.name, Type::TEXT),
-                    (&new.description, Type::TEXT),
-                    (&new.price, Type::FLOAT8),
-                    (&id, Type::INT8),
-                ],
+            .timeout(
+                limit,
+                conn.query_typed(
+                    &sql,
+                    &[
+                        (&new.name, Type::TEXT),
+                        (&new.description, Type::TEXT),
+                        (&new.price, Type::FLOAT8),
+                        (&id, Type::INT8),
+                    ],
+                ),
             )
             .await?;
         rows.first().map(item).transpose()
     }
 
-    async fn delete(conn: &mut PgConnection, id: i64) -> Result<bool, PgError> {
+    async fn delete(conn: &mut PgConnection, id: i64, limit: Duration) -> Result<bool, PgError> {
         let deleted = conn
-            .query_typed(
-                "DELETE FROM items WHERE id = $1 RETURNING id",
-                &[(&id, Type::INT8)],
+            .timeout(
+                limit,
+                conn.query_typed(
+                    "DELETE FROM items WHERE id = $1 RETURNING id",
+                    &[(&id, Type::INT8)],
+                ),
             )
             .await?;
         Ok(!deleted.is_empty())

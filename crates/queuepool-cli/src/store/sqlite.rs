@@ -1,5 +1,9 @@
 //! The items table on SQLite. Every statement runs on tokio's blocking pool through
 //! [`SqliteConnection::interact`], with rusqlite's per-connection statement cache.
+//! `query_timeout` is enforced by the handlers (see [`Store`]): an abandoned
+//! `interact` loses its connection, which the pool then replaces.
+
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use queuepool_sqlite::rusqlite::{self, OptionalExtension, params};
@@ -49,7 +53,7 @@ impl Store for SqliteManager {
         conn.interact(|c| c.execute_batch(CREATE_TABLE)).await
     }
 
-    async fn ping(conn: &mut SqliteConnection) -> Result<(), SqliteError> {
+    async fn ping(conn: &mut SqliteConnection, _limit: Duration) -> Result<(), SqliteError> {
         conn.interact(|c| {
             c.prepare_cached("SELECT 1")?
                 .query_row([], |row| row.get::<_, i64>(0))
@@ -58,7 +62,11 @@ impl Store for SqliteManager {
         .await
     }
 
-    async fn list(conn: &mut SqliteConnection, page: Page) -> Result<Vec<Item>, SqliteError> {
+    async fn list(
+        conn: &mut SqliteConnection,
+        page: Page,
+        _limit: Duration,
+    ) -> Result<Vec<Item>, SqliteError> {
         conn.interact(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM items ORDER BY id LIMIT ?1 OFFSET ?2"
@@ -69,7 +77,11 @@ impl Store for SqliteManager {
         .await
     }
 
-    async fn find(conn: &mut SqliteConnection, id: i64) -> Result<Option<Item>, SqliteError> {
+    async fn find(
+        conn: &mut SqliteConnection,
+        id: i64,
+        _limit: Duration,
+    ) -> Result<Option<Item>, SqliteError> {
         conn.interact(move |c| {
             c.prepare_cached(&format!("SELECT {COLUMNS} FROM items WHERE id = ?1"))?
                 .query_row(params![id], item)
@@ -78,7 +90,11 @@ impl Store for SqliteManager {
         .await
     }
 
-    async fn insert(conn: &mut SqliteConnection, new: NewItem) -> Result<Item, SqliteError> {
+    async fn insert(
+        conn: &mut SqliteConnection,
+        new: NewItem,
+        _limit: Duration,
+    ) -> Result<Item, SqliteError> {
         conn.interact(move |c| {
             c.prepare_cached(
                 "INSERT INTO items (name, description, price, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -104,6 +120,7 @@ impl Store for SqliteManager {
         conn: &mut SqliteConnection,
         id: i64,
         new: NewItem,
+        _limit: Duration,
     ) -> Result<Option<Item>, SqliteError> {
         conn.interact(move |c| {
             c.prepare_cached(&format!(
@@ -116,7 +133,11 @@ impl Store for SqliteManager {
         .await
     }
 
-    async fn delete(conn: &mut SqliteConnection, id: i64) -> Result<bool, SqliteError> {
+    async fn delete(
+        conn: &mut SqliteConnection,
+        id: i64,
+        _limit: Duration,
+    ) -> Result<bool, SqliteError> {
         conn.interact(move |c| {
             let deleted = c
                 .prepare_cached("DELETE FROM items WHERE id = ?1")?
