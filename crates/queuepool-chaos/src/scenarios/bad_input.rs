@@ -71,13 +71,13 @@ pub struct Figures {
 
 const SECRET: &str = "Sekr1tPw0rd";
 
-/// The name of the `redact_url` property (known to fail: `redact_url` and tokio-postgres
-/// disagree on where the userinfo of `postgres:///:pw@/` ends).
+/// The name of the `redact_url` property (it found `postgres:///:pw@/`, where
+/// `redact_url` and tokio-postgres disagreed on where the userinfo ends; fixed).
 pub const REDACT_PROPERTY: &str =
     "redact_url: never panics, hides every password the PostgreSQL driver would use";
 
-/// The name of the cross-backend URL property (known to fail: a parser given another
-/// backend's URL echoes it in its error).
+/// The name of the cross-backend URL property (it found parsers that quoted another
+/// backend's URL, password included, in their errors; fixed).
 pub const SQLITE_PROPERTY: &str =
     "any string given to any backend parser: its error never shows the password";
 
