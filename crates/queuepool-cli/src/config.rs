@@ -91,7 +91,7 @@ pub struct ServeArgs {
     pub shutdown_timeout: Option<String>,
 
     /// Longest a database query of a request may take, in seconds (or 500ms, 1m): past
-    /// it the request gets a 504 `query_timeout`, and the connection is discarded (on
+    /// it the request gets a 503 `query_timeout`, and the connection is discarded (on
     /// PostgreSQL a cancel request is sent). Bounds a query whose network path went
     /// silent [env: QUERY_TIMEOUT] [default: 10]
     #[arg(long, value_name = "SECONDS")]
@@ -392,7 +392,7 @@ pub struct ServeConfig {
     pub echo_pool: bool,
     /// Bound on the wait for running requests at shutdown.
     pub shutdown_timeout: Duration,
-    /// Bound on each database query of a request (504 `query_timeout` past it).
+    /// Bound on each database query of a request (503 `query_timeout` past it).
     pub query_timeout: Duration,
     /// Where each setting came from, by key name.
     pub origins: BTreeMap<&'static str, Origin>,

@@ -1,5 +1,5 @@
 //! `query_timeout` and the request backstop: a query whose network path goes silent
-//! (the testkit's fault proxy in blackhole mode) ends in a 504 `query_timeout` after
+//! (the testkit's fault proxy in blackhole mode) ends in a 503 `query_timeout` after
 //! `query_timeout`, its connection is discarded, and the service recovers; a backend
 //! without a client-side timeout (SQLite waiting on a lock) is bounded by the handler;
 //! a request that never completes is ended by the request timeout.
@@ -24,7 +24,7 @@ fn timeouts(pool: &PoolConfig) -> Timeouts {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blackholed_queries_end_in_504_after_query_timeout_and_the_pool_recovers() {
+async fn blackholed_queries_end_in_503_after_query_timeout_and_the_pool_recovers() {
     let db = common::pg_db().await;
     let port = db.manager().unwrap().pg_config().get_ports()[0];
     let proxy = FaultProxy::start(([127, 0, 0, 1], port).into())
@@ -58,7 +58,12 @@ async fn blackholed_queries_end_in_504_after_query_timeout_and_the_pool_recovers
     let started = Instant::now();
     let reply = get(&app, &format!("/items/{id}")).await;
     let took = started.elapsed();
-    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
     assert!(reply.is_json());
     assert_eq!(reply.body["error"], "query_timeout", "{}", reply.body);
     assert!(took >= QUERY, "answered before query_timeout: {took:?}");
@@ -70,10 +75,26 @@ async fn blackholed_queries_end_in_504_after_query_timeout_and_the_pool_recovers
     common::all_returned(&pool).await;
     assert_eq!(pool.status().idle, 0, "{}", pool.status());
 
-    // The network is back: new connections, and the data is intact.
+    // The network is back: new connections, and the data is intact. A replacement
+    // connection the pool began to open inside the hole fails at connect_timeout (2 s),
+    // so recovery is bounded by that, not immediate.
     proxy.set_mode(FaultMode::PassThrough);
-    let again = get(&app, &format!("/items/{id}")).await;
+    let back = Instant::now();
+    let again = loop {
+        let reply = get(&app, &format!("/items/{id}")).await;
+        if reply.status == StatusCode::OK || back.elapsed() > Duration::from_secs(5) {
+            break reply;
+        }
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["id"], id);
     assert!(pool.stats().connections_created > opened_before);
     pool.close(Duration::from_secs(2)).await;
     db.drop_database().await.unwrap();
@@ -98,7 +119,12 @@ async fn a_query_without_a_driver_timeout_is_dropped_by_the_handler_and_its_conn
     )
     .await;
     let took = started.elapsed();
-    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
     assert_eq!(reply.body["error"], "query_timeout");
     assert!(
         took >= QUERY && took < QUERY + QUERY_GRACE + Duration::from_millis(500),
@@ -106,11 +132,10 @@ async fn a_query_without_a_driver_timeout_is_dropped_by_the_handler_and_its_conn
     );
     drop(locker);
     common::all_returned(&pool).await;
-    let opened = pool.stats().connections_created;
-    // The abandoned connection was not lent again: the next request opens a new one.
+    // The abandoned connection was discarded, not lent again; the service goes on.
+    assert_eq!(pool.stats().invalidated, 1);
     let reply = get(&app, "/items").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    assert_eq!(pool.stats().connections_created, opened + 1);
 }
 
 /// Holds SQLite's write lock on `path` until dropped.
@@ -121,7 +146,7 @@ fn rusqlite_lock(path: &std::path::Path) -> queuepool_sqlite::rusqlite::Connecti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_that_never_completes_ends_with_504_at_the_request_timeout() {
+async fn a_request_that_never_completes_ends_with_503_at_the_request_timeout() {
     let sqlite = SqliteDb::new();
     let pool = sqlite.pool(config(1, 0, Duration::from_secs(1))).await;
     let bounds = Timeouts {
@@ -149,7 +174,7 @@ async fn a_request_that_never_completes_ends_with_504_at_the_request_timeout() {
         .unwrap();
     let took = started.elapsed();
     let text = String::from_utf8_lossy(&buf[..n]);
-    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.contains("\"error\":\"request_timeout\""), "{text}");
     assert!(
         took >= bounds.request && took < bounds.request + Duration::from_secs(1),

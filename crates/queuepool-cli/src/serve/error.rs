@@ -35,10 +35,10 @@ pub enum AppError {
     NotFound(String),
     /// 422: these fields are invalid; nothing was written.
     Validation(Vec<FieldError>),
-    /// 504 `query_timeout`: a database query ran past `query_timeout` (a silent network
+    /// 503 `query_timeout`: a database query ran past `query_timeout` (a silent network
     /// path, a frozen server, a lock); its connection was discarded.
     QueryTimeout(Duration),
-    /// 504 `request_timeout`: the whole request ran past its backstop bound
+    /// 503 `request_timeout`: the whole request ran past its backstop bound
     /// ([`Timeouts::request`](super::Timeouts::request)).
     RequestTimeout(Duration),
     /// Another client error (bad JSON, wrong content type, body too large).
@@ -141,7 +141,7 @@ impl IntoResponse for AppError {
                     limit.as_secs_f64()
                 );
                 json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
+                    StatusCode::SERVICE_UNAVAILABLE,
                     "query_timeout",
                     format!(
                         "the database did not answer within {:.1} s (query_timeout); try again",
@@ -150,7 +150,7 @@ impl IntoResponse for AppError {
                 )
             }
             AppError::RequestTimeout(limit) => json_error(
-                StatusCode::GATEWAY_TIMEOUT,
+                StatusCode::SERVICE_UNAVAILABLE,
                 "request_timeout",
                 format!(
                     "the request did not complete within {:.1} s; try again",

@@ -31,7 +31,7 @@ pub struct HealthBody {
 
 /// The result of a store query run under `tokio::time::timeout(limit + QUERY_GRACE)`:
 /// a timeout, the backend's own (PostgreSQL) or the handler's (any backend), discards
-/// the connection and is a 504 `query_timeout`; another error is reported to the pool
+/// the connection and is a 503 `query_timeout`; another error is reported to the pool
 /// ([`Db::error`]).
 fn finish<M: Store, T>(
     outcome: Result<Result<T, M::Error>, tokio::time::error::Elapsed>,
@@ -69,8 +69,7 @@ fn not_found(id: i64) -> AppError {
 #[utoipa::path(get, path = "/health", tag = "service",
     responses(
         (status = 200, description = "The database answered", body = HealthBody),
-        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
-        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
+        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn health<M: Store>(
     QueryLimit(limit): QueryLimit,
@@ -92,8 +91,7 @@ pub async fn health<M: Store>(
     responses(
         (status = 200, description = "One page of items", body = [Item]),
         (status = 422, description = "Invalid limit or offset", body = ErrorBody),
-        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
-        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
+        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn list_items<M: Store>(
     QueryParams(params): QueryParams<ListParams>,
@@ -116,8 +114,7 @@ pub async fn list_items<M: Store>(
         (status = 201, description = "Created; `Location` is its URL", body = Item,
             headers(("Location" = String, description = "/items/{id}"))),
         (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
-        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
-        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
+        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn create_item<M: Store>(
     QueryLimit(limit): QueryLimit,
@@ -147,8 +144,7 @@ pub async fn create_item<M: Store>(
     responses(
         (status = 200, description = "The item", body = Item),
         (status = 404, description = "No such item", body = ErrorBody),
-        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
-        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
+        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn get_item<M: Store>(
     ItemId(id): ItemId,
@@ -170,8 +166,7 @@ pub async fn get_item<M: Store>(
         (status = 200, description = "The updated item", body = Item),
         (status = 404, description = "No such item", body = ErrorBody),
         (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
-        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
-        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
+        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn update_item<M: Store>(
     ItemId(id): ItemId,
@@ -195,8 +190,7 @@ pub async fn update_item<M: Store>(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such item", body = ErrorBody),
-        (status = 503, description = "Database unavailable or pool exhausted", body = ErrorBody),
-        (status = 504, description = "The database did not answer within query_timeout", body = ErrorBody),
+        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn delete_item<M: Store>(
     ItemId(id): ItemId,

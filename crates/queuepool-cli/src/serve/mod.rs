@@ -47,11 +47,11 @@ const REQUEST_MARGIN: Duration = Duration::from_secs(1);
 /// `connect_timeout` when it opens one) and runs one query on it (bounded by
 /// `query`). `request` bounds the whole request as a backstop for anything else (a
 /// body trickling in, a bug): `pool_timeout + connect_timeout + query_timeout + 1.25
-/// s`. A request past it is answered 504 `request_timeout` and its handler dropped
+/// s`. A request past it is answered 503 `request_timeout` and its handler dropped
 /// (with it any pooled connection, which the pool discards if a query was running).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Each database query: past it, 504 `query_timeout` and the connection discarded.
+    /// Each database query: past it, 503 `query_timeout` and the connection discarded.
     pub query: Duration,
     /// The whole request.
     pub request: Duration,
