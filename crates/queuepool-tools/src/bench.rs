@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Skip the unpooled runs
     #[arg(long)]
     pub no_unpooled: bool,
+    /// Also run "direct": one connection per client held for the whole run, no pool
+    /// (what pgbench does), to tell the pool's cost from the driver's
+    #[arg(long)]
+    pub direct: bool,
     /// Also run pgbench (PostgreSQL) with the same connections and query
     #[arg(long)]
     pub compare_pgbench: bool,
@@ -54,9 +58,27 @@ pub struct BenchArgs {
     /// Draw throughput and p99 against concurrency to FILE.svg
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Runs of each cell, interleaved (pooled, unpooled, pgbench, then again); the
+    /// table shows the median run, so that a noisy machine affects every mode alike
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub repeat: String,
+    /// Worker threads of the client runtime; pgbench gets as many (-j) [default: the
+    /// number of CPUs]
+    #[arg(long, value_name = "N")]
+    pub client_threads: Option<String>,
     /// No progress bar
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl BenchArgs {
+    /// `--client-threads`, or the number of CPUs.
+    pub fn threads(&self) -> Result<u32, ToolsError> {
+        match &self.client_threads {
+            Some(raw) => crate::args::parse_positive("--client-threads", raw),
+            None => Ok(client_threads()),
+        }
+    }
 }
 
 /// One measured run.
@@ -101,8 +123,12 @@ pub struct BenchReport {
     pub duration_s: f64,
     /// Worker threads of the client runtime (pgbench gets as many threads).
     pub client_threads: u32,
-    /// Every run.
+    /// Runs per cell.
+    pub repeat: u32,
+    /// The median run of each cell (mode and concurrency), by throughput.
     pub rows: Vec<BenchRow>,
+    /// Every run, in the order they ran.
+    pub runs: Vec<BenchRow>,
     /// pgbench's command line, if it ran.
     pub pgbench_command: Option<String>,
 }
@@ -112,6 +138,13 @@ impl BenchReport {
         self.rows
             .iter()
             .find(|r| r.mode == mode && r.concurrency == concurrency)
+    }
+
+    /// Throughput of mode `a` over mode `b` at `concurrency`.
+    pub fn ratio(&self, a: &str, b: &str, concurrency: u32) -> Option<f64> {
+        let x = self.find(a, concurrency)?.qps;
+        let y = self.find(b, concurrency)?.qps;
+        (y > 0.0).then(|| x / y)
     }
 
     /// pooled / unpooled throughput at `concurrency`.
@@ -173,22 +206,50 @@ impl BenchReport {
         out.push_str(&table.render());
         let mut levels: Vec<u32> = self.rows.iter().map(|r| r.concurrency).collect();
         levels.dedup();
-        let mut ratios = Table::new(&["concurrency", "pooled / unpooled", "pooled / pgbench"]);
+        let mut ratios = Table::new(&[
+            "concurrency",
+            "pooled / unpooled",
+            "pooled / pgbench",
+            "pooled / direct",
+        ]);
         let mut any = false;
         for c in levels {
             let s = self.speedup(c);
             let g = self.vs_pgbench(c);
-            any |= s.is_some() || g.is_some();
+            let d = self.ratio("pooled", "direct", c);
+            any |= s.is_some() || g.is_some() || d.is_some();
             ratios.row(vec![
                 c.to_string(),
                 s.map(|v| format!("{v:.1}x")).unwrap_or_else(|| "-".into()),
                 g.map(|v| format!("{:.1}%", v * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                d.map(|v| format!("{:.1}%", v * 100.0))
                     .unwrap_or_else(|| "-".into()),
             ]);
         }
         if any {
             out.push('\n');
             out.push_str(&ratios.render());
+        }
+        if self.repeat > 1 {
+            out.push_str(&format!(
+                "\nmedian of {} interleaved runs per cell; each run's queries/s:\n",
+                self.repeat
+            ));
+            for row in &self.rows {
+                let all: Vec<String> = self
+                    .runs
+                    .iter()
+                    .filter(|r| r.mode == row.mode && r.concurrency == row.concurrency)
+                    .map(|r| thousands(r.qps))
+                    .collect();
+                out.push_str(&format!(
+                    "  c={} {}: {}\n",
+                    row.concurrency,
+                    row.mode,
+                    all.join(", ")
+                ));
+            }
         }
         if let Some(cmd) = &self.pgbench_command {
             out.push_str(&format!(
@@ -222,6 +283,24 @@ fn row(mode: &'static str, concurrency: u32, r: &RunResult) -> BenchRow {
     }
 }
 
+/// For each concurrency and mode, the run with the median throughput.
+fn medians(runs: &[BenchRow], levels: &[u32]) -> Vec<BenchRow> {
+    let mut out = Vec::new();
+    for &c in levels {
+        for mode in ["pooled", "unpooled", "direct", "pgbench"] {
+            let mut cell: Vec<&BenchRow> = runs
+                .iter()
+                .filter(|r| r.mode == mode && r.concurrency == c)
+                .collect();
+            cell.sort_by(|a, b| a.qps.total_cmp(&b.qps));
+            if let Some(median) = cell.get(cell.len() / 2) {
+                out.push((*median).clone());
+            }
+        }
+    }
+    out
+}
+
 /// Threads of the runtime the binary builds for the tools.
 pub fn client_threads() -> u32 {
     std::thread::available_parallelism()
@@ -231,6 +310,7 @@ pub fn client_threads() -> u32 {
 
 /// Parsed options.
 struct Plan {
+    repeat: u32,
     levels: Vec<u32>,
     duration: Duration,
     query: Query,
@@ -274,6 +354,7 @@ fn plan(args: &BenchArgs, kind: Kind) -> Result<Plan, ToolsError> {
         None
     };
     Ok(Plan {
+        repeat: crate::args::parse_positive("--repeat", &args.repeat)?,
         levels,
         duration,
         query: Query {
@@ -301,53 +382,43 @@ async fn run_with<T: Target>(args: &BenchArgs) -> Result<BenchReport, ToolsError
     let unpooled_manager = Arc::new(T::open(&args.database_url, &tag)?);
     workload::check_query(&*unpooled_manager, &plan.query).await?;
 
-    let modes = 1 + u64::from(!args.no_unpooled) + u64::from(plan.pgbench.is_some());
+    let modes = 1
+        + u64::from(!args.no_unpooled)
+        + u64::from(args.direct)
+        + u64::from(plan.pgbench.is_some());
     let total_ms = u64::try_from(plan.duration.as_millis()).unwrap_or(u64::MAX)
         * plan.levels.len() as u64
-        * modes;
+        * modes
+        * u64::from(plan.repeat);
     let progress = Progress::timed(total_ms, args.quiet);
-    let threads = client_threads();
+    let threads = args.threads()?;
     let mut rows = Vec::new();
     let mut pgbench_command = None;
-    for &c in &plan.levels {
-        let label = format!("pooled c={c}");
-        progress.step(format!(
-            "bench: {label} for {:.1} s",
-            plan.duration.as_secs_f64()
-        ));
-        let mut builder = args.pool.builder()?.pool_timeout(Duration::from_secs(30));
-        builder = builder.name("bench").reset_on_return(plan.reset);
-        if args.pool.pool_size()?.is_none() {
-            builder = builder.pool_size(c);
-        }
-        if args.pool.max_overflow()?.is_none() {
-            builder = builder.max_overflow(0);
-        }
-        let config = build(builder)?;
-        let pool = Pool::new(T::open(&args.database_url, &tag)?, config)
-            .await
-            .map_err(|e| ToolsError::pool("could not start the pool", e))?;
-        let r = workload::pooled(
-            &pool,
-            &plan.query,
-            c as usize,
-            plan.duration,
-            &progress,
-            &label,
-        )
-        .await;
-        pool.close(Duration::from_secs(5)).await;
-        progress.println(format!("{label}: {} queries/s", thousands(r.qps())));
-        rows.push(row("pooled", c, &r));
-
-        if !args.no_unpooled {
-            let label = format!("unpooled c={c}");
+    for rep in 0..plan.repeat {
+        for &c in &plan.levels {
+            let label = if plan.repeat > 1 {
+                format!("pooled c={c} run {}/{}", rep + 1, plan.repeat)
+            } else {
+                format!("pooled c={c}")
+            };
             progress.step(format!(
                 "bench: {label} for {:.1} s",
                 plan.duration.as_secs_f64()
             ));
-            let r = workload::unpooled(
-                unpooled_manager.clone(),
+            let mut builder = args.pool.builder()?.pool_timeout(Duration::from_secs(30));
+            builder = builder.name("bench").reset_on_return(plan.reset);
+            if args.pool.pool_size()?.is_none() {
+                builder = builder.pool_size(c);
+            }
+            if args.pool.max_overflow()?.is_none() {
+                builder = builder.max_overflow(0);
+            }
+            let config = build(builder)?;
+            let pool = Pool::new(T::open(&args.database_url, &tag)?, config)
+                .await
+                .map_err(|e| ToolsError::pool("could not start the pool", e))?;
+            let r = workload::pooled(
+                &pool,
                 &plan.query,
                 c as usize,
                 plan.duration,
@@ -355,43 +426,84 @@ async fn run_with<T: Target>(args: &BenchArgs) -> Result<BenchReport, ToolsError
                 &label,
             )
             .await;
+            pool.close(Duration::from_secs(5)).await;
             progress.println(format!("{label}: {} queries/s", thousands(r.qps())));
-            rows.push(row("unpooled", c, &r));
-        }
+            rows.push(row("pooled", c, &r));
 
-        if let Some(binary) = &plan.pgbench {
-            progress.step(format!(
-                "bench: pgbench c={c} for {:.0} s",
-                plan.duration.as_secs_f64().ceil()
-            ));
-            let g: PgbenchResult = pgbench::run(
-                binary,
-                &args.database_url,
-                &plan.query.sql,
-                plan.query.protocol,
-                c,
-                threads,
-                plan.duration,
-            )
-            .await?;
-            progress.advance(u64::try_from(plan.duration.as_millis()).unwrap_or(0));
-            progress.println(format!("pgbench c={c}: {} tps", thousands(g.tps)));
-            rows.push(BenchRow {
-                mode: "pgbench",
-                concurrency: c,
-                queries: (g.tps * plan.duration.as_secs_f64()).round() as u64,
-                errors: 0,
-                qps: g.tps,
-                p50_ms: g.latency_avg_ms,
-                p99_ms: None,
-                max_ms: None,
-                connections_opened: Some(u64::from(c)),
-                first_error: None,
-            });
-            pgbench_command = Some(g.command);
+            if !args.no_unpooled {
+                let label = label.replacen("pooled", "unpooled", 1);
+                progress.step(format!(
+                    "bench: {label} for {:.1} s",
+                    plan.duration.as_secs_f64()
+                ));
+                let r = workload::unpooled(
+                    unpooled_manager.clone(),
+                    &plan.query,
+                    c as usize,
+                    plan.duration,
+                    &progress,
+                    &label,
+                )
+                .await;
+                progress.println(format!("{label}: {} queries/s", thousands(r.qps())));
+                rows.push(row("unpooled", c, &r));
+            }
+
+            if args.direct {
+                let label = label.replacen("pooled", "direct", 1);
+                progress.step(format!(
+                    "bench: {label} for {:.1} s",
+                    plan.duration.as_secs_f64()
+                ));
+                let r = workload::direct(
+                    unpooled_manager.clone(),
+                    &plan.query,
+                    c as usize,
+                    plan.duration,
+                    &progress,
+                    &label,
+                )
+                .await;
+                progress.println(format!("{label}: {} queries/s", thousands(r.qps())));
+                rows.push(row("direct", c, &r));
+            }
+
+            if let Some(binary) = &plan.pgbench {
+                progress.step(format!(
+                    "bench: pgbench c={c} for {:.0} s",
+                    plan.duration.as_secs_f64().ceil()
+                ));
+                let g: PgbenchResult = pgbench::run(
+                    binary,
+                    &args.database_url,
+                    &plan.query.sql,
+                    plan.query.protocol,
+                    c,
+                    threads,
+                    plan.duration,
+                )
+                .await?;
+                progress.advance(u64::try_from(plan.duration.as_millis()).unwrap_or(0));
+                progress.println(format!("pgbench c={c}: {} tps", thousands(g.tps)));
+                rows.push(BenchRow {
+                    mode: "pgbench",
+                    concurrency: c,
+                    queries: (g.tps * plan.duration.as_secs_f64()).round() as u64,
+                    errors: 0,
+                    qps: g.tps,
+                    p50_ms: g.latency_avg_ms,
+                    p99_ms: None,
+                    max_ms: None,
+                    connections_opened: Some(u64::from(c)),
+                    first_error: None,
+                });
+                pgbench_command = Some(g.command);
+            }
         }
     }
     progress.finish();
+    let runs = rows;
+    let rows = medians(&runs, &plan.levels);
     let report = BenchReport {
         backend: T::KIND,
         database: redact_url(&args.database_url),
@@ -400,7 +512,9 @@ async fn run_with<T: Target>(args: &BenchArgs) -> Result<BenchReport, ToolsError
         reset_on_return: args.reset_on_return.trim().to_owned(),
         duration_s: plan.duration.as_secs_f64(),
         client_threads: threads,
+        repeat: plan.repeat,
         rows,
+        runs,
         pgbench_command,
     };
     if let Some(path) = &args.json {
@@ -417,7 +531,7 @@ async fn run_with<T: Target>(args: &BenchArgs) -> Result<BenchReport, ToolsError
                 .filter_map(|r| pick(r).map(|v| (f64::from(r.concurrency), v)))
                 .collect(),
         };
-        let modes = ["pooled", "unpooled", "pgbench"];
+        let modes = ["pooled", "unpooled", "direct", "pgbench"];
         let throughput: Vec<Series> = modes
             .iter()
             .map(|m| series(m, &|r| Some(r.qps)))

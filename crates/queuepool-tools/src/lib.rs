@@ -69,7 +69,15 @@ pub enum Command {
 /// 0 on success, 1 when a check fails or the run fails, 2 for a bad argument. Errors
 /// are printed on stderr as one line starting with `error: `.
 pub fn main(command: Command) -> ExitCode {
+    let threads = match &command {
+        Command::Bench(args) => match args.threads() {
+            Ok(n) => n,
+            Err(e) => return fail(&e),
+        },
+        _ => bench::client_threads(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads as usize)
         .enable_all()
         .build()
     {

@@ -278,3 +278,70 @@ pub async fn unpooled<T: Target>(
     total.elapsed = started.elapsed();
     total
 }
+
+/// `concurrency` tasks each open one connection and run `query` on it until `duration`
+/// has passed, with no pool in between (what pgbench does): the driver's own cost,
+/// against which the pool's is measured.
+pub async fn direct<T: Target>(
+    manager: Arc<T>,
+    query: &Query,
+    concurrency: usize,
+    duration: Duration,
+    progress: &Progress,
+    label: &str,
+) -> RunResult {
+    let done = Arc::new(AtomicU64::new(0));
+    let mut conns = Vec::with_capacity(concurrency);
+    let mut setup = RunResult::empty();
+    for _ in 0..concurrency {
+        setup.connections_opened += 1;
+        match manager.connect().await {
+            Ok(conn) => conns.push(conn),
+            Err(e) => {
+                setup.errors += 1;
+                setup.first_error.get_or_insert_with(|| chain(&e));
+            }
+        }
+    }
+    let started = Instant::now();
+    let end = started + duration;
+    let mut tasks = Vec::with_capacity(concurrency);
+    for mut conn in conns {
+        let manager = manager.clone();
+        let query = query.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = RunResult::empty();
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                match T::run(&mut conn, &query).await {
+                    Ok(()) => {
+                        let t1 = Instant::now();
+                        r.queries += 1;
+                        done.fetch_add(1, Relaxed);
+                        let _ = r.latency.record(micros(t1 - t0));
+                        r.hold_sum_us += micros(t1 - t0);
+                    }
+                    Err(e) => {
+                        r.errors += 1;
+                        r.first_error.get_or_insert_with(|| chain(&e));
+                        if manager.is_disconnect(&e) {
+                            break;
+                        }
+                    }
+                }
+            }
+            manager.close(conn).await;
+            r
+        }));
+    }
+    tick(progress, label, &done, started, end).await;
+    let mut total = setup;
+    for task in tasks {
+        if let Ok(r) = task.await {
+            total.merge(r);
+        }
+    }
+    total.elapsed = started.elapsed();
+    total
+}

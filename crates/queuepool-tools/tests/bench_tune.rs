@@ -15,9 +15,12 @@ fn bench_args(url: &str, dir: &std::path::Path) -> BenchArgs {
         reset_on_return: "rollback".into(),
         pool: PoolArgs::default(),
         no_unpooled: false,
+        direct: false,
         compare_pgbench: false,
         json: Some(dir.join("bench.json")),
         plot: Some(dir.join("bench.svg")),
+        client_threads: None,
+        repeat: "1".into(),
         quiet: true,
     }
 }
