@@ -135,9 +135,10 @@ impl MySqlManager {
                         "rollback" => ResetMode::Rollback,
                         "connection" => ResetMode::ResetConnection,
                         _ => {
-                            return Err(invalid(format!(
-                                "invalid value `{value}` for `reset` (expected rollback or connection)"
-                            )));
+                            return Err(invalid(
+                                "invalid value for `reset` (expected rollback or connection)"
+                                    .to_owned(),
+                            ));
                         }
                     }
                 }
@@ -150,7 +151,7 @@ impl MySqlManager {
             parsed.query_pairs_mut().clear().extend_pairs(driver_params);
         }
         let prefer_socket_given = parsed.query_pairs().any(|(k, _)| k == "prefer_socket");
-        let mut opts = Opts::from_url(parsed.as_str()).map_err(|e| invalid(e.to_string()))?;
+        let mut opts = Opts::from_url(parsed.as_str()).map_err(driver_url_error)?;
         if !prefer_socket_given {
             opts = OptsBuilder::from_opts(opts).prefer_socket(false).into();
         }
@@ -303,12 +304,104 @@ fn parse_ssl_mode(value: &str) -> Result<SslMode, MySqlError> {
                 .to_owned(),
         }),
         _ => Err(MySqlError::InvalidUrl {
-            reason: format!(
-                "invalid value `{value}` for `ssl-mode` (expected DISABLED, REQUIRED, \
-                 VERIFY_CA or VERIFY_IDENTITY)"
-            ),
+            reason: "invalid value for `ssl-mode` (expected DISABLED, REQUIRED, VERIFY_CA or \
+                     VERIFY_IDENTITY)"
+                .to_owned(),
         }),
     }
+}
+
+/// The URL parameters mysql_async understands, and ours.
+const KNOWN_PARAMS: &[&str] = &[
+    "ssl-mode",
+    "ssl-ca",
+    "program_name",
+    "reset",
+    "pool_min",
+    "pool_max",
+    "inactive_connection_ttl",
+    "ttl_check_interval",
+    "conn_ttl",
+    "abs_conn_ttl",
+    "abs_conn_ttl_jitter",
+    "tcp_keepalive",
+    "max_allowed_packet",
+    "wait_timeout",
+    "enable_cleartext_plugin",
+    "reset_connection",
+    "tcp_nodelay",
+    "stmt_cache_size",
+    "prefer_socket",
+    "secure_auth",
+    "client_found_rows",
+    "socket",
+    "compression",
+    "require_ssl",
+    "verify_ca",
+    "verify_identity",
+    "built_in_roots",
+];
+
+/// mysql_async's URL error, restated without the input text it quotes: an unknown
+/// parameter's name or an invalid value can be a piece of a password when the URL is
+/// malformed (`mysql://u?:pw@h/db` has `:pw@h/db` as a parameter name for the url
+/// crate, while tokio-postgres and a reader take `pw` for the password).
+fn driver_url_error(error: mysql_async::UrlError) -> MySqlError {
+    use mysql_async::UrlError;
+    let reason = match error {
+        UrlError::UnknownParameter { param } => match suggest(&param) {
+            Some(known) => format!("unknown parameter (not shown); did you mean `{known}`?"),
+            None => "unknown parameter (not shown, as it may be part of a password; \
+                     percent-encode `?`, `@`, `:` and `/` in the user name and password)"
+                .to_owned(),
+        },
+        // `param` is one of the driver's own names (it matched); the value is not shown.
+        UrlError::InvalidParamValue { param, .. } if KNOWN_PARAMS.contains(&param.as_str()) => {
+            format!("invalid value for `{param}`")
+        }
+        UrlError::InvalidParamValue { .. } => "invalid parameter value".to_owned(),
+        UrlError::FeatureRequired { feature, param } if KNOWN_PARAMS.contains(&param.as_str()) => {
+            format!("`{param}` needs mysql_async's `{feature}` feature")
+        }
+        UrlError::UnsupportedScheme { .. } => {
+            "unsupported scheme (expected mysql:// or mariadb://)".to_owned()
+        }
+        // The driver's own static text (url::ParseError, pool sizes).
+        other @ (UrlError::Invalid
+        | UrlError::Parse(_)
+        | UrlError::InvalidPoolConstraints { .. }) => other.to_string(),
+        _ => "the URL could not be parsed".to_owned(),
+    };
+    MySqlError::InvalidUrl { reason }
+}
+
+/// The known parameter closest to `given` (edit distance at most 2), if any.
+fn suggest(given: &str) -> Option<&'static str> {
+    if given.chars().count() > 40 {
+        return None;
+    }
+    let given = given.to_ascii_lowercase();
+    KNOWN_PARAMS
+        .iter()
+        .map(|k| (edit_distance(&given, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance (inputs are at most 40 characters).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// Server error codes that mean the connection is gone.
@@ -417,5 +510,51 @@ impl fmt::Debug for MySqlManager {
             .field("program_name", &self.program_name)
             .field("reset_mode", &self.reset_mode)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_errors_never_show_the_password() {
+        for url in [
+            // The fuzzer's find: the url crate reads `:Hunter2pw@/?` as a parameter name.
+            "mysql://0?:Hunter2pw@/?",
+            "mysql://u?:Hunter2pw@h/db",
+            "mysql://u:pw@h/db?Hunter2pw=1",
+            "mysql://u:pw@h/db?pool_min=Hunter2pw",
+            "mysql://u:pw@h/db?ssl-mode=Hunter2pw",
+            "mysql://u:pw@h/db?reset=Hunter2pw",
+            "postgres://u:Hunter2pw@h/db",
+            "mysql://u:Hunter2pw@h:notaport/db",
+        ] {
+            let err = MySqlManager::from_url(url).map(drop).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains("Hunter2pw"), "{url}: {text}");
+            assert!(
+                matches!(err, MySqlError::InvalidUrl { .. }),
+                "{url}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_errors_name_what_is_wrong() {
+        let text = |url: &str| {
+            MySqlManager::from_url(url)
+                .map(drop)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = text("mysql://u@h/db?stmt_cache_sise=5");
+        assert!(e.contains("did you mean `stmt_cache_size`?"), "{e}");
+        let e = text("mysql://u@h/db?pool_min=many");
+        assert!(e.contains("invalid value for `pool_min`"), "{e}");
+        let e = text("mysql://u@h/db?reset=never");
+        assert!(e.contains("invalid value for `reset`"), "{e}");
+        let e = text("redis://u@h/db");
+        assert!(e.contains("expected mysql:// or mariadb://"), "{e}");
     }
 }
