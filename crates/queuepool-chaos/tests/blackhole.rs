@@ -6,11 +6,8 @@ use std::time::Duration;
 
 use queuepool_chaos::scenarios::blackhole;
 
+/// Fixed in c238db9 (query_timeout and a request bound in the service).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: queuepool serve has no bound on a query whose network path goes silent: \
-            requests in flight when the blackhole starts hang until the client gives up \
-            (crates/queuepool-cli/src/store/postgres.rs runs query_typed without \
-            PgConnection::timeout, and serve::routes has no request timeout layer)"]
 async fn service_blackhole_requests_end_within_their_timeouts_and_the_pool_recovers() {
     let ctx = common::ctx();
     let f = blackhole::run(&ctx, &blackhole::Params::short())

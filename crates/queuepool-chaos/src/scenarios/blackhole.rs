@@ -30,6 +30,8 @@ pub struct Params {
     pub pool_size: u32,
     /// `POOL_TIMEOUT`.
     pub pool_timeout: Duration,
+    /// The service's `QUERY_TIMEOUT` (the library variant bounds its queries at 1 s).
+    pub query_timeout: Duration,
 }
 
 impl Params {
@@ -42,6 +44,7 @@ impl Params {
             after: Duration::from_secs(5),
             pool_size: 5,
             pool_timeout: Duration::from_secs(2),
+            query_timeout: Duration::from_secs(3),
         }
     }
 
@@ -54,6 +57,7 @@ impl Params {
             after: Duration::from_secs(3),
             pool_size: 5,
             pool_timeout: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -65,7 +69,7 @@ pub struct Figures {
     pub params: Params,
     /// Requests by outcome.
     pub tally: Tally,
-    /// `pool_timeout + connect_timeout`.
+    /// `pool_timeout + connect_timeout + query_timeout`.
     pub bound: Duration,
     /// The slowest request that got an answer.
     pub slowest_answer: Option<Duration>,
@@ -91,10 +95,15 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
         ("POOL_SIZE", p.pool_size.to_string()),
         ("MAX_OVERFLOW", "0".to_owned()),
         ("POOL_TIMEOUT", format!("{}ms", p.pool_timeout.as_millis())),
+        (
+            "QUERY_TIMEOUT",
+            format!("{}ms", p.query_timeout.as_millis()),
+        ),
     ];
     let service = Service::start(&ctx.serve_bin, &env, &[]).await?;
     let base = service.base_url();
-    let bound = p.pool_timeout + SERVICE_CONNECT_TIMEOUT;
+    // A request waits for a slot, then for a connection, then for its query.
+    let bound = p.pool_timeout + SERVICE_CONNECT_TIMEOUT + p.query_timeout;
     let limit = bound + Duration::from_secs(2);
     let client = load::client(p.concurrency, limit)?;
     // The load lasts until every request sent during the blackhole has had its full
@@ -173,10 +182,11 @@ impl Figures {
         let mut r = Report::new(
             "3. Network blackhole",
             format!(
-                "`queuepool serve` → fault proxy → PostgreSQL (POOL_SIZE={} MAX_OVERFLOW=0 POOL_TIMEOUT={}), {} clients on `GET /health`; \
+                "`queuepool serve` → fault proxy → PostgreSQL (POOL_SIZE={} MAX_OVERFLOW=0 POOL_TIMEOUT={} QUERY_TIMEOUT={}), {} clients on `GET /health`; \
                  after {} the proxy drops every byte in both directions (open and new connections) for {}, then forwards again.",
                 p.pool_size,
                 secs(p.pool_timeout),
+                secs(p.query_timeout),
                 p.concurrency,
                 secs(p.before),
                 secs(p.blackhole)
@@ -198,7 +208,10 @@ impl Figures {
             .check(
                 "slowest answered request",
                 opt_ms(self.slowest_answer),
-                format!("<= pool_timeout + connect_timeout = {}", secs(self.bound)),
+                format!(
+                    "<= pool_timeout + connect_timeout + query_timeout = {}",
+                    secs(self.bound)
+                ),
                 self.slowest_answer.is_some_and(|d| d <= self.bound),
             )
             .check(
