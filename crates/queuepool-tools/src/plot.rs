@@ -51,6 +51,7 @@ fn draw_panel<DB: DrawingBackend>(
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc("concurrency")
         .y_desc(y_label)
         .x_label_formatter(&|v| format!("{v:.0}"))
