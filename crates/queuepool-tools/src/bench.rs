@@ -206,28 +206,30 @@ impl BenchReport {
         out.push_str(&table.render());
         let mut levels: Vec<u32> = self.rows.iter().map(|r| r.concurrency).collect();
         levels.dedup();
-        let mut ratios = Table::new(&[
-            "concurrency",
-            "pooled / unpooled",
-            "pooled / pgbench",
-            "pooled / direct",
-        ]);
-        let mut any = false;
-        for c in levels {
-            let s = self.speedup(c);
-            let g = self.vs_pgbench(c);
-            let d = self.ratio("pooled", "direct", c);
-            any |= s.is_some() || g.is_some() || d.is_some();
-            ratios.row(vec![
-                c.to_string(),
-                s.map(|v| format!("{v:.1}x")).unwrap_or_else(|| "-".into()),
-                g.map(|v| format!("{:.1}%", v * 100.0))
-                    .unwrap_or_else(|| "-".into()),
-                d.map(|v| format!("{:.1}%", v * 100.0))
-                    .unwrap_or_else(|| "-".into()),
-            ]);
-        }
-        if any {
+        // Only the ratios whose two modes ran.
+        let pairs: Vec<(&str, &str, &str, bool)> = [
+            ("pooled / unpooled", "pooled", "unpooled", false),
+            ("pooled / pgbench", "pooled", "pgbench", true),
+            ("pooled / direct", "pooled", "direct", true),
+        ]
+        .into_iter()
+        .filter(|(_, a, b, _)| levels.iter().any(|&c| self.ratio(a, b, c).is_some()))
+        .collect();
+        if !pairs.is_empty() {
+            let mut header = vec!["concurrency"];
+            header.extend(pairs.iter().map(|p| p.0));
+            let mut ratios = Table::new(&header);
+            for &c in &levels {
+                let mut cells = vec![c.to_string()];
+                for (_, a, b, percent) in &pairs {
+                    cells.push(match self.ratio(a, b, c) {
+                        Some(v) if *percent => format!("{:.1}%", v * 100.0),
+                        Some(v) => format!("{v:.1}x"),
+                        None => "-".into(),
+                    });
+                }
+                ratios.row(cells);
+            }
             out.push('\n');
             out.push_str(&ratios.render());
         }

@@ -390,7 +390,7 @@ fn recommend(
         _ => reasoning.push("SQLite has no connection limit; its writers serialize on one lock, so few connections serve best".to_owned()),
     }
     reasoning.push(format!(
-        "max_overflow {max_overflow}: lets a burst up to {}x the steady load through without \
+        "max_overflow {max_overflow}: lets a burst up to {:.1}x the steady load through without \
          waiting, within the per-instance cap",
         if pool_size > 0 {
             f64::from(pool_size + max_overflow) / f64::from(pool_size)
