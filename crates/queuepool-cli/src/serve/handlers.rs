@@ -3,6 +3,10 @@
 //! Handlers with a body check the connection out only after the body is read and
 //! validated: a slow client uploading a body does not hold a pooled connection, and an
 //! invalid request never touches the database.
+//!
+//! The reads (`GET /health`, `GET /items`, `GET /items/{id}`) run their query through
+//! `retry::read`, which runs it once more on another connection if the first one was
+//! lost; the writes run theirs once (a write whose connection died may have committed).
 
 use std::time::Duration;
 
@@ -18,6 +22,7 @@ use utoipa::ToSchema;
 use super::QUERY_GRACE;
 use super::error::{AppError, ErrorBody};
 use super::extract::{ItemId, JsonBody, QueryLimit, QueryParams};
+use super::retry::{self, Find, List, Ping};
 use crate::store::{Item, ItemIn, ListParams, Store};
 
 /// The body of `GET /health`.
@@ -33,7 +38,7 @@ pub struct HealthBody {
 /// a timeout, the backend's own (PostgreSQL) or the handler's (any backend), discards
 /// the connection and is a 503 `query_timeout`; another error is reported to the pool
 /// ([`Db::error`]).
-fn finish<M: Store, T>(
+pub(super) fn finish<M: Store, T>(
     outcome: Result<Result<T, M::Error>, tokio::time::error::Elapsed>,
     db: &mut Db<M>,
     limit: Duration,
@@ -54,7 +59,7 @@ fn finish<M: Store, T>(
 }
 
 /// `tokio::time::timeout` for a store query given `limit`.
-async fn bounded<F: std::future::Future>(
+pub(super) async fn bounded<F: std::future::Future>(
     limit: Duration,
     query: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
@@ -73,13 +78,10 @@ fn not_found(id: i64) -> AppError {
     ))]
 pub async fn health<M: Store>(
     QueryLimit(limit): QueryLimit,
-    mut db: Db<M>,
+    State(pool): State<Pool<M>>,
+    db: Db<M>,
 ) -> Result<Json<HealthBody>, AppError> {
-    finish(
-        bounded(limit, M::ping(&mut db, limit)).await,
-        &mut db,
-        limit,
-    )?;
+    retry::read(&pool, db, Ping, limit).await?;
     Ok(Json(HealthBody {
         status: "ok",
         database: M::BACKEND.name(),
@@ -99,12 +101,8 @@ pub async fn list_items<M: Store>(
     State(pool): State<Pool<M>>,
 ) -> Result<Json<Vec<Item>>, AppError> {
     let page = params.validate().map_err(AppError::Validation)?;
-    let mut db = Db::checkout(&pool).await?;
-    let items = finish(
-        bounded(limit, M::list(&mut db, page, limit)).await,
-        &mut db,
-        limit,
-    )?;
+    let db = Db::checkout(&pool).await?;
+    let items = retry::read(&pool, db, List(page), limit).await?;
     Ok(Json(items))
 }
 
@@ -149,13 +147,10 @@ pub async fn create_item<M: Store>(
 pub async fn get_item<M: Store>(
     ItemId(id): ItemId,
     QueryLimit(limit): QueryLimit,
-    mut db: Db<M>,
+    State(pool): State<Pool<M>>,
+    db: Db<M>,
 ) -> Result<Json<Item>, AppError> {
-    let item = finish(
-        bounded(limit, M::find(&mut db, id, limit)).await,
-        &mut db,
-        limit,
-    )?;
+    let item = retry::read(&pool, db, Find(id), limit).await?;
     item.map(Json).ok_or_else(|| not_found(id))
 }
 

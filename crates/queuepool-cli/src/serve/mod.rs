@@ -29,6 +29,7 @@ pub mod api;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+mod retry;
 
 /// Largest accepted request body: an item is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
@@ -43,9 +44,10 @@ const REQUEST_MARGIN: Duration = Duration::from_secs(1);
 
 /// The bounds on a request of the service.
 ///
-/// Every handler checks out at most one connection (bounded by `pool_timeout`, plus
+/// Every handler checks out one connection (bounded by `pool_timeout`, plus
 /// `connect_timeout` when it opens one) and runs one query on it (bounded by
-/// `query`). `request` bounds the whole request as a backstop for anything else (a
+/// `query`); a read whose connection is lost mid-query checks out a second one and
+/// runs the query again within what is left of `query`. `request` bounds the whole request as a backstop for anything else (a
 /// body trickling in, a bug): `pool_timeout + connect_timeout + query_timeout + 1.25
 /// s`. A request past it is answered 503 `request_timeout` and its handler dropped
 /// (with it any pooled connection, which the pool discards if a query was running).
