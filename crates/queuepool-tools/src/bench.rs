@@ -20,7 +20,7 @@ use crate::workload::{self, RunResult};
 /// Options of `queuepool bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Database to load: postgres://, mysql:// or sqlite:// URL [env: DATABASE_URL]
+    /// Database to load: postgres://, mysql:// or sqlite:// URL
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: String,
     /// Concurrent clients, comma-separated; one run per value and mode

@@ -18,7 +18,7 @@ use crate::workload;
 /// Options of `queuepool tune`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TuneArgs {
-    /// Database to size the pool for [env: DATABASE_URL]
+    /// Database to size the pool for
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: String,
     /// How many app instances share the database (each gets its own pool)

@@ -25,7 +25,7 @@ use crate::target::{Kind, Observer, Protocol, Query, Target};
 /// Options of `queuepool verify`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
-    /// Database to check: postgres://, mysql:// or sqlite:// URL [env: DATABASE_URL]
+    /// Database to check: postgres://, mysql:// or sqlite:// URL
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: String,
     /// Pool sizes to check.
