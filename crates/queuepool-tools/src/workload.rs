@@ -57,6 +57,31 @@ impl RunResult {
         }
     }
 
+    /// Records a successful query: it waited `wait` for its connection (none without a
+    /// pool) and held it from `held_from` to `end`, out of a latency from `t0` to `end`.
+    fn record_ok(
+        &mut self,
+        done: &AtomicU64,
+        t0: Instant,
+        held_from: Instant,
+        end: Instant,
+        wait: bool,
+    ) {
+        self.queries += 1;
+        done.fetch_add(1, Relaxed);
+        let _ = self.latency.record(micros(end - t0));
+        if wait {
+            let _ = self.wait.record(micros(held_from - t0));
+        }
+        self.hold_sum_us += micros(end - held_from);
+    }
+
+    /// Records a failed checkout, connect or query; the first error is kept.
+    fn record_err(&mut self, error: &dyn std::error::Error) {
+        self.errors += 1;
+        self.first_error.get_or_insert_with(|| chain(error));
+    }
+
     fn merge(&mut self, other: RunResult) {
         self.queries += other.queries;
         self.errors += other.errors;
@@ -172,24 +197,15 @@ pub async fn pooled<T: Target>(
                 let mut conn = match pool.get().await {
                     Ok(conn) => conn,
                     Err(e) => {
-                        r.errors += 1;
-                        r.first_error.get_or_insert_with(|| chain(&e));
+                        r.record_err(&e);
                         continue;
                     }
                 };
                 let t1 = Instant::now();
                 match T::run(&mut conn, &query).await {
-                    Ok(()) => {
-                        let t2 = Instant::now();
-                        r.queries += 1;
-                        done.fetch_add(1, Relaxed);
-                        let _ = r.latency.record(micros(t2 - t0));
-                        let _ = r.wait.record(micros(t1 - t0));
-                        r.hold_sum_us += micros(t2 - t1);
-                    }
+                    Ok(()) => r.record_ok(&done, t0, t1, Instant::now(), true),
                     Err(e) => {
-                        r.errors += 1;
-                        r.first_error.get_or_insert_with(|| chain(&e));
+                        r.record_err(&e);
                         PooledConn::report_error(&mut conn, &e);
                     }
                 }
@@ -197,14 +213,16 @@ pub async fn pooled<T: Target>(
             r
         }));
     }
-    tick(progress, label, &done, started, end).await;
-    let mut total = RunResult::empty();
-    for task in tasks {
-        if let Ok(r) = task.await {
-            total.merge(r);
-        }
-    }
-    total.elapsed = started.elapsed();
+    let mut total = gather(
+        tasks,
+        RunResult::empty(),
+        progress,
+        label,
+        &done,
+        started,
+        end,
+    )
+    .await;
     total.connections_opened = pool.stats().connections_created;
     total
 }
@@ -236,8 +254,7 @@ pub async fn unpooled<T: Target>(
                     match tokio::time::timeout(Duration::from_secs(10), manager.connect()).await {
                         Ok(Ok(conn)) => conn,
                         Ok(Err(e)) => {
-                            r.errors += 1;
-                            r.first_error.get_or_insert_with(|| chain(&e));
+                            r.record_err(&e);
                             continue;
                         }
                         Err(_) => {
@@ -248,35 +265,25 @@ pub async fn unpooled<T: Target>(
                         }
                     };
                 let t1 = Instant::now();
-                let result = T::run(&mut conn, &query).await;
-                let t2 = Instant::now();
-                match result {
-                    Ok(()) => {
-                        r.queries += 1;
-                        done.fetch_add(1, Relaxed);
-                        let _ = r.latency.record(micros(t2 - t0));
-                        let _ = r.wait.record(micros(t1 - t0));
-                        r.hold_sum_us += micros(t2 - t1);
-                    }
-                    Err(e) => {
-                        r.errors += 1;
-                        r.first_error.get_or_insert_with(|| chain(&e));
-                    }
+                match T::run(&mut conn, &query).await {
+                    Ok(()) => r.record_ok(&done, t0, t1, Instant::now(), true),
+                    Err(e) => r.record_err(&e),
                 }
                 manager.close(conn).await;
             }
             r
         }));
     }
-    tick(progress, label, &done, started, end).await;
-    let mut total = RunResult::empty();
-    for task in tasks {
-        if let Ok(r) = task.await {
-            total.merge(r);
-        }
-    }
-    total.elapsed = started.elapsed();
-    total
+    gather(
+        tasks,
+        RunResult::empty(),
+        progress,
+        label,
+        &done,
+        started,
+        end,
+    )
+    .await
 }
 
 /// `concurrency` tasks each open one connection and run `query` on it until `duration`
@@ -297,10 +304,7 @@ pub async fn direct<T: Target>(
         setup.connections_opened += 1;
         match manager.connect().await {
             Ok(conn) => conns.push(conn),
-            Err(e) => {
-                setup.errors += 1;
-                setup.first_error.get_or_insert_with(|| chain(&e));
-            }
+            Err(e) => setup.record_err(&e),
         }
     }
     let started = Instant::now();
@@ -315,16 +319,9 @@ pub async fn direct<T: Target>(
             while Instant::now() < end {
                 let t0 = Instant::now();
                 match T::run(&mut conn, &query).await {
-                    Ok(()) => {
-                        let t1 = Instant::now();
-                        r.queries += 1;
-                        done.fetch_add(1, Relaxed);
-                        let _ = r.latency.record(micros(t1 - t0));
-                        r.hold_sum_us += micros(t1 - t0);
-                    }
+                    Ok(()) => r.record_ok(&done, t0, t0, Instant::now(), false),
                     Err(e) => {
-                        r.errors += 1;
-                        r.first_error.get_or_insert_with(|| chain(&e));
+                        r.record_err(&e);
                         if manager.is_disconnect(&e) {
                             break;
                         }
@@ -335,8 +332,20 @@ pub async fn direct<T: Target>(
             r
         }));
     }
-    tick(progress, label, &done, started, end).await;
-    let mut total = setup;
+    gather(tasks, setup, progress, label, &done, started, end).await
+}
+
+/// Shows progress until `end`, then adds every client's result to `total`.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<RunResult>>,
+    mut total: RunResult,
+    progress: &Progress,
+    label: &str,
+    done: &AtomicU64,
+    started: Instant,
+    end: Instant,
+) -> RunResult {
+    tick(progress, label, done, started, end).await;
     for task in tasks {
         if let Ok(r) = task.await {
             total.merge(r);
