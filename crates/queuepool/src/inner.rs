@@ -499,12 +499,6 @@ impl<M: Manager> Inner<M> {
                 kept.push_back(conn);
             }
         }
-        if disconnected {
-            // The server went away under an idle connection: every other one is suspect.
-            self.generation.fetch_add(1, Relaxed);
-            self.counters.pool_invalidations.fetch_add(1, Relaxed);
-            tracing::warn!(target: LOG, pool = %self.config.name, "Disconnection detected on idle connection, invalidating all pooled connections prior to current timestamp");
-        }
         st.idle = kept;
         let pool_size = self.config.pool_size as usize;
         if now.saturating_duration_since(st.last_overflow_use) >= self.config.overflow_idle {
@@ -518,6 +512,11 @@ impl<M: Manager> Inner<M> {
             }
         }
         self.publish(&st);
+        drop(st);
+        if disconnected {
+            // The server went away under an idle connection: every other one is suspect.
+            self.invalidate_all(None);
+        }
         out
     }
 }
