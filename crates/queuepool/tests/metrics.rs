@@ -1,4 +1,4 @@
-//! The Prometheus names DESIGN.md lists, emitted through the `metrics` facade.
+//! The Prometheus names docs/DESIGN.md lists, emitted through the `metrics` facade.
 
 mod common;
 
