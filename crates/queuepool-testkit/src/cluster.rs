@@ -25,6 +25,9 @@ pub struct EphemeralCluster {
     port: u16,
     password: String,
     running: bool,
+    /// Settings appended to the generated configuration, in order (`key = value`,
+    /// value already quoted as the server expects).
+    extra: Vec<(String, String)>,
 }
 
 impl EphemeralCluster {
@@ -36,25 +39,10 @@ impl EphemeralCluster {
     }
 
     fn new_blocking() -> Result<EphemeralCluster, TestkitError> {
-        let bin = pg_bin_dir()?;
-        let dir = tempfile::Builder::new()
-            .prefix("queuepool-pg-")
-            .tempdir()
-            .map_err(TestkitError::io("creating the cluster directory"))?;
-        let password: String = format!("pw{:016x}", rand::random::<u64>());
-        let root = dir.path();
-        write(&root.join("pwfile"), &password)?;
-
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .map_err(|e| TestkitError::Cert(e.to_string()))?;
-        write(&root.join("server.crt"), &cert.cert.pem())?;
-        write(&root.join("server.key"), &cert.signing_key.serialize_pem())?;
-        set_mode(&root.join("server.key"), 0o600)?;
-        set_mode(root, 0o700)?;
-        chown_to_postgres(root)?;
-
+        let mut cluster = EphemeralCluster::prepare(None)?;
+        let root = cluster.dir.path().to_owned();
         let data = root.join("data");
-        let mut initdb = command_as_postgres(&bin.join("initdb"));
+        let mut initdb = command_as_postgres(&cluster.bin.join("initdb"));
         initdb
             .arg("-D")
             .arg(&data)
@@ -63,26 +51,120 @@ impl EphemeralCluster {
             .arg(format!("--pwfile={}", root.join("pwfile").display()));
         run(initdb, "initdb")?;
 
-        let mut cluster = EphemeralCluster {
+        // Local connections are trusted, replication included: standbys made by
+        // `ReplicaSet` stream from the primary over its Unix socket.
+        let hba = "local all all trust\n\
+                   local replication all trust\n\
+                   hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                   host all all 127.0.0.1/32 scram-sha-256\n";
+        write(&data.join("pg_hba.conf"), hba)?;
+        chown_to_postgres(&data.join("pg_hba.conf"))?;
+        cluster.start_on_free_port()?;
+        Ok(cluster)
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R` over the primary's Unix
+    /// socket, as the `postgres` user), started on a port of its own. It shares the
+    /// primary's password and certificate, and follows the newest timeline.
+    pub(crate) fn new_standby_blocking(
+        primary: &PrimarySource,
+        name: &str,
+    ) -> Result<EphemeralCluster, TestkitError> {
+        let basebackup = primary.bin.join("pg_basebackup");
+        if !basebackup.exists() {
+            return Err(TestkitError::Missing(
+                basebackup.display().to_string(),
+                "install the PostgreSQL server package (Debian: apt-get install postgresql) \
+                 or set PG_BIN"
+                    .into(),
+            ));
+        }
+        let mut cluster = EphemeralCluster::prepare(Some(primary))?;
+        let data = cluster.dir.path().join("data");
+        let mut c = command_as_postgres(&basebackup);
+        c.arg("-D")
+            .arg(&data)
+            .arg("-h")
+            .arg(&primary.root)
+            .args(["-p", &primary.port.to_string(), "-U", "postgres"])
+            .args(["-X", "stream", "-c", "fast", "--no-sync", "-R"]);
+        run(c, "pg_basebackup")?;
+        // `-R` wrote standby.signal and a primary_conninfo; ours (with a name, so the
+        // primary's pg_stat_replication shows which standby is which) replaces it with
+        // the rest of postgresql.auto.conf.
+        cluster.extra = vec![
+            (
+                "primary_conninfo".into(),
+                format!(
+                    "'host={} port={} user=postgres application_name={name}'",
+                    primary.root.display(),
+                    primary.port
+                ),
+            ),
+            ("recovery_target_timeline".into(), "'latest'".into()),
+        ];
+        cluster.start_on_free_port()?;
+        Ok(cluster)
+    }
+
+    /// A temporary directory owned by `postgres` holding the password file and the TLS
+    /// certificate (the primary's, for a standby), no data directory yet.
+    /// What a standby needs to know of this server (owned, for a blocking task).
+    pub(crate) fn source(&self) -> PrimarySource {
+        PrimarySource {
+            bin: self.bin.clone(),
+            root: self.dir.path().to_owned(),
+            port: self.port,
+            password: self.password.clone(),
+        }
+    }
+
+    fn prepare(primary: Option<&PrimarySource>) -> Result<EphemeralCluster, TestkitError> {
+        let bin = pg_bin_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("queuepool-pg-")
+            .tempdir()
+            .map_err(TestkitError::io("creating the cluster directory"))?;
+        let password = match primary {
+            Some(p) => p.password.clone(),
+            None => format!("pw{:016x}", rand::random::<u64>()),
+        };
+        let root = dir.path();
+        write(&root.join("pwfile"), &password)?;
+        let (cert, key) = match primary {
+            Some(p) => (
+                read(&p.root.join("server.crt"))?,
+                read(&p.root.join("server.key"))?,
+            ),
+            None => {
+                let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+                    .map_err(|e| TestkitError::Cert(e.to_string()))?;
+                (cert.cert.pem(), cert.signing_key.serialize_pem())
+            }
+        };
+        write(&root.join("server.crt"), &cert)?;
+        write(&root.join("server.key"), &key)?;
+        set_mode(&root.join("server.key"), 0o600)?;
+        set_mode(root, 0o700)?;
+        chown_to_postgres(root)?;
+        Ok(EphemeralCluster {
             dir,
             bin,
             port: 0,
             password,
             running: false,
-        };
-        let hba = "local all all trust\n\
-                   hostssl all all 127.0.0.1/32 scram-sha-256\n\
-                   host all all 127.0.0.1/32 scram-sha-256\n";
-        write(&data.join("pg_hba.conf"), hba)?;
-        chown_to_postgres(&data.join("pg_hba.conf"))?;
+            extra: Vec::new(),
+        })
+    }
 
-        // A port can be taken between probing and binding: try a few.
+    /// A port can be taken between probing and binding: tries a few.
+    fn start_on_free_port(&mut self) -> Result<(), TestkitError> {
         let mut last = None;
         for _ in 0..3 {
-            cluster.port = free_port()?;
-            cluster.write_conf()?;
-            match cluster.start_blocking() {
-                Ok(()) => return Ok(cluster),
+            self.port = free_port()?;
+            self.write_conf()?;
+            match self.start_blocking() {
+                Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
         }
@@ -103,10 +185,19 @@ impl EphemeralCluster {
              shared_buffers = 16MB\n\
              fsync = off\n\
              synchronous_commit = off\n\
-             full_page_writes = off\n",
+             full_page_writes = off\n\
+             wal_level = replica\n\
+             max_wal_senders = 10\n\
+             hot_standby = on\n\
+             hot_standby_feedback = on\n\
+             wal_receiver_status_interval = 1s\n",
             port = self.port,
             root = root.display(),
         );
+        let mut conf = conf;
+        for (key, value) in &self.extra {
+            conf.push_str(&format!("{key} = {value}\n"));
+        }
         let path = root.join("data").join("postgresql.auto.conf");
         write(&path, &conf)?;
         chown_to_postgres(&path)
@@ -155,9 +246,7 @@ impl EphemeralCluster {
     /// Stops the server (`pg_ctl stop -m fast`: sessions are terminated with 57P01).
     pub async fn stop(&mut self) -> Result<(), TestkitError> {
         let (bin, data) = (self.bin.clone(), self.dir.path().join("data"));
-        tokio::task::spawn_blocking(move || pg_ctl_stop(&bin, &data, "fast"))
-            .await
-            .map_err(|e| TestkitError::Db(format!("pg_ctl task failed: {e}")))??;
+        blocking(move || pg_ctl_stop(&bin, &data, "fast")).await?;
         self.running = false;
         Ok(())
     }
@@ -165,11 +254,71 @@ impl EphemeralCluster {
     /// Starts the server again on the same port.
     pub async fn start(&mut self) -> Result<(), TestkitError> {
         let (bin, root) = (self.bin.clone(), self.dir.path().to_owned());
-        tokio::task::spawn_blocking(move || pg_ctl_start(&bin, &root))
-            .await
-            .map_err(|e| TestkitError::Db(format!("pg_ctl task failed: {e}")))??;
+        blocking(move || pg_ctl_start(&bin, &root)).await?;
         self.running = true;
         Ok(())
+    }
+
+    /// Sets a server setting (`value` as it would appear in postgresql.conf, quoted
+    /// where the server wants quotes: `set_setting("recovery_min_apply_delay",
+    /// "'500ms'")`), written to the configuration and applied with `pg_ctl reload`
+    /// when the server runs. Settings that need a restart apply at the next
+    /// [`start`](Self::start).
+    pub async fn set_setting(&mut self, key: &str, value: &str) -> Result<(), TestkitError> {
+        match self.extra.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.to_owned(),
+            None => self.extra.push((key.to_owned(), value.to_owned())),
+        }
+        self.write_conf()?;
+        if self.running {
+            let (bin, data) = (self.bin.clone(), self.dir.path().join("data"));
+            blocking(move || {
+                let mut c = command_as_postgres(&bin.join("pg_ctl"));
+                c.arg("-D").arg(&data).arg("reload");
+                run(c, "pg_ctl reload").map(drop)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote -w`: returns once it accepts
+    /// writes, at most 30 s).
+    pub async fn promote(&self) -> Result<(), TestkitError> {
+        let (bin, data) = (self.bin.clone(), self.dir.path().join("data"));
+        blocking(move || {
+            let mut c = command_as_postgres(&bin.join("pg_ctl"));
+            c.arg("-D").arg(&data).args(["-w", "-t", "30", "promote"]);
+            run(c, "pg_ctl promote").map(drop)
+        })
+        .await
+    }
+
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`: no shutdown
+    /// checkpoint, every session cut at once). [`start`](Self::start) brings it back
+    /// (with crash recovery).
+    pub async fn kill(&mut self) -> Result<(), TestkitError> {
+        let (bin, data) = (self.bin.clone(), self.dir.path().join("data"));
+        blocking(move || pg_ctl_stop(&bin, &data, "immediate")).await?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// `postgres://postgres:<password>@127.0.0.1:<port>/postgres?sslmode=disable`: the
+    /// server itself, plaintext (no name to verify).
+    pub fn plain_url(&self) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.password, self.port
+        )
+    }
+
+    /// A connection straight to the server (not through any proxy), with the
+    /// `application_name` `queuepool_testkit_admin`, for setup and checks.
+    pub async fn admin(&self) -> Result<queuepool_postgres::PgConnection, TestkitError> {
+        let manager = queuepool_postgres::PgManager::from_url(&self.plain_url())?
+            .with_application_name("queuepool_testkit_admin");
+        Ok(manager.connect_one().await?)
     }
 
     fn start_blocking(&mut self) -> Result<(), TestkitError> {
@@ -177,6 +326,25 @@ impl EphemeralCluster {
         self.running = true;
         Ok(())
     }
+}
+
+/// Runs blocking work (a `pg_ctl` call) off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TestkitError> + Send + 'static,
+) -> Result<T, TestkitError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TestkitError::Db(format!("blocking task failed: {e}")))?
+}
+
+/// The primary's side of `pg_basebackup`: binaries, socket directory (the cluster's
+/// root, also holding its certificate), port and password.
+#[derive(Debug, Clone)]
+pub(crate) struct PrimarySource {
+    bin: PathBuf,
+    root: PathBuf,
+    port: u16,
+    password: String,
 }
 
 fn pg_ctl_start(bin: &Path, root: &Path) -> Result<(), TestkitError> {
@@ -213,6 +381,10 @@ impl Drop for EphemeralCluster {
         // Give a moment for the postmaster to release the directory before removal.
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+fn read(path: &Path) -> Result<String, TestkitError> {
+    std::fs::read_to_string(path).map_err(TestkitError::io(format!("reading {}", path.display())))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), TestkitError> {

@@ -8,6 +8,9 @@
 //!   restart tests.
 //! - [`FaultProxy`]: a TCP proxy that passes through, delays, refuses new connections,
 //!   resets open ones or blackholes, switched from the test while it runs.
+//! - [`ReplicaSet`]: an ephemeral primary and N streaming standbys (`pg_basebackup
+//!   -R`), each behind its own [`FaultProxy`]: promote, stop, kill, blackhole a node,
+//!   delay a standby's replay (`recovery_min_apply_delay`), wait for catch-up.
 //! - [`PgBouncer`]: PgBouncer in transaction mode on a free port.
 //!
 //! ```no_run
@@ -22,6 +25,7 @@ mod cluster;
 mod error;
 mod pgbouncer;
 mod proxy;
+mod replication;
 mod testdb;
 mod util;
 
@@ -29,5 +33,6 @@ pub use cluster::EphemeralCluster;
 pub use error::TestkitError;
 pub use pgbouncer::PgBouncer;
 pub use proxy::{FaultMode, FaultProxy};
+pub use replication::ReplicaSet;
 pub use testdb::{DEFAULT_DATABASE_URL, TestDb, database_url, with_params};
 pub use util::{free_port, pg_bin_dir, unique_name};
