@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use queuepool_chaos::error::chain;
 use queuepool_chaos::scenarios::{
-    bad_input, blackhole, cancel, latency, leak, restart, secrets, soak, terminate, writes,
+    bad_input, blackhole, cancel, latency, leak, pgbouncer, restart, secrets, soak, terminate,
+    writes,
 };
 use queuepool_chaos::{ChaosError, Ctx, Report};
 
@@ -17,8 +18,12 @@ use queuepool_chaos::{ChaosError, Ctx, Report};
 #[derive(Debug, Parser)]
 #[command(name = "queuepool-chaos", version)]
 struct Args {
+    /// Scenarios to run, as with --scenario (e.g. `queuepool-chaos pgbouncer --json out.json`)
+    #[arg(value_name = "SCENARIO")]
+    scenarios: Vec<String>,
     /// Scenarios to run, by number or name, comma separated (1,restart,2,terminate,3,
-    /// blackhole,4,latency,5,cancel,6,leak,7,writes,8,bad-input,9,secrets) [default: 1-9]
+    /// blackhole,4,latency,5,cancel,6,leak,7,writes,8,bad-input,9,secrets,10,soak,11,
+    /// pgbouncer) [default: 1-9]
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// The full durations (20 s loads, 5 s outage, 10 s blackhole, 10,000
@@ -28,6 +33,17 @@ struct Args {
     /// Also run scenario 10, the 10-minute soak
     #[arg(long)]
     soak: bool,
+    /// Also run scenario 11 (`pgbouncer`): 4 instances on a server with max_connections
+    /// = 50, straight and through PgBouncer (2 x --seconds)
+    #[arg(long)]
+    pgbouncer: bool,
+    /// Length of each phase of the pgbouncer scenario, in seconds [default: 60]
+    #[arg(long, value_name = "N")]
+    seconds: Option<u64>,
+    /// Write the pgbouncer scenario's figures as JSON to this file:
+    /// {"pgbouncer": {...}, "direct": {...}, "params": {...}}
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
     /// Write the tables as Markdown to this file
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
@@ -48,7 +64,8 @@ const ALL: [(&str, &str); 9] = [
     ("9", "secrets"),
 ];
 
-async fn run_one(ctx: &Ctx, name: &str, full: bool) -> Result<Vec<Report>, ChaosError> {
+async fn run_one(ctx: &Ctx, name: &str, args: &Args) -> Result<Vec<Report>, ChaosError> {
+    let full = args.full;
     Ok(match name {
         "restart" => {
             let p = if full {
@@ -111,6 +128,23 @@ async fn run_one(ctx: &Ctx, name: &str, full: bool) -> Result<Vec<Report>, Chaos
         }
         "secrets" => vec![secrets::run(ctx).await?.report()],
         "soak" => vec![soak::run(ctx, &soak::Params::full()).await?.report()],
+        "pgbouncer" => {
+            let mut p = pgbouncer::Params::full();
+            if let Some(s) = args.seconds {
+                p.duration = std::time::Duration::from_secs(s);
+            }
+            let figures = pgbouncer::run(ctx, &p).await?;
+            if let Some(path) = &args.json {
+                let text = serde_json::to_string_pretty(&figures.json())
+                    .map_err(|e| ChaosError::Unexpected(format!("JSON: {e}")))?;
+                std::fs::write(path, text + "\n").map_err(|source| ChaosError::Io {
+                    what: format!("writing {}", path.display()),
+                    source,
+                })?;
+                eprintln!("wrote {}", path.display());
+            }
+            vec![figures.report()]
+        }
         other => {
             return Err(ChaosError::Unexpected(format!(
                 "unknown scenario {other:?}"
@@ -123,13 +157,16 @@ fn main() -> ExitCode {
     let args = Args::parse();
     queuepool_chaos::capture::install();
     let mut names: Vec<&str> = Vec::new();
-    if args.scenario.is_empty() {
+    let asked: Vec<&String> = args.scenarios.iter().chain(&args.scenario).collect();
+    if asked.is_empty() && !args.pgbouncer {
         names.extend(ALL.iter().map(|(_, n)| *n));
     }
-    for s in &args.scenario {
+    let mut pgbouncer_asked = args.pgbouncer;
+    for s in asked {
         match ALL.iter().find(|(num, name)| s == num || s == name) {
             Some((_, name)) => names.push(name),
             None if s == "10" || s == "soak" => {}
+            None if s == "11" || s == "pgbouncer" => pgbouncer_asked = true,
             None => {
                 eprintln!("error: unknown scenario {s:?}; see --help");
                 return ExitCode::from(2);
@@ -138,6 +175,18 @@ fn main() -> ExitCode {
     }
     if args.soak {
         names.push("soak");
+    }
+    if pgbouncer_asked {
+        names.push("pgbouncer");
+    } else if args.json.is_some() || args.seconds.is_some() {
+        eprintln!(
+            "error: --json and --seconds belong to the pgbouncer scenario (11); add `pgbouncer`"
+        );
+        return ExitCode::from(2);
+    }
+    if args.seconds == Some(0) {
+        eprintln!("error: --seconds: expected a whole number >= 1");
+        return ExitCode::from(2);
     }
     let serve_bin = match args
         .serve_bin
@@ -167,7 +216,7 @@ fn main() -> ExitCode {
     let mut errors = Vec::new();
     for name in &names {
         ctx.phase(name, "start");
-        match runtime.block_on(run_one(&ctx, name, args.full)) {
+        match runtime.block_on(run_one(&ctx, name, &args)) {
             Ok(rs) => {
                 for r in rs {
                     println!("{}", r.text());

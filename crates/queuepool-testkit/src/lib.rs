@@ -11,7 +11,8 @@
 //! - [`ReplicaSet`]: an ephemeral primary and N streaming standbys (`pg_basebackup
 //!   -R`), each behind its own [`FaultProxy`]: promote, stop, kill, blackhole a node,
 //!   delay a standby's replay (`recovery_min_apply_delay`), wait for catch-up.
-//! - [`PgBouncer`]: PgBouncer in transaction mode on a free port.
+//! - [`PgBouncer`]: PgBouncer in transaction mode on a free port, sized by
+//!   [`PgBouncerConfig`], with its admin console.
 //!
 //! ```no_run
 //! # async fn t() -> Result<(), queuepool_testkit::TestkitError> {
@@ -31,7 +32,7 @@ mod util;
 
 pub use cluster::EphemeralCluster;
 pub use error::TestkitError;
-pub use pgbouncer::PgBouncer;
+pub use pgbouncer::{PgBouncer, PgBouncerConfig};
 pub use proxy::{FaultMode, FaultProxy};
 pub use replication::ReplicaSet;
 pub use testdb::{DEFAULT_DATABASE_URL, TestDb, database_url, with_params};

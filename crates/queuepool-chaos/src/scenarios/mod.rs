@@ -1,4 +1,4 @@
-//! The scenarios of issue 7. Each has `Params::short()` (for `cargo test`, well under a
+//! The scenarios of issue 7, and scenario 11 of issue 13 ([`pgbouncer`]). Each has `Params::short()` (for `cargo test`, well under a
 //! minute) and `Params::full()` (the issue's durations), a `run` function returning
 //! typed figures, and `Figures::report()`.
 
@@ -7,6 +7,7 @@ pub mod blackhole;
 pub mod cancel;
 pub mod latency;
 pub mod leak;
+pub mod pgbouncer;
 pub mod restart;
 pub mod secrets;
 pub mod soak;
