@@ -140,15 +140,9 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
         ),
     );
     let mut db = Cluster::start().await?;
-    {
-        let obs = db.observer().await?;
-        obs.batch_execute(&format!(
-            "ALTER SYSTEM SET max_connections = {}",
-            p.max_connections
-        ))
-        .await
-        .map_err(queuepool_postgres::PgError::from)?;
-    }
+    db.cluster
+        .set_setting("max_connections", &p.max_connections.to_string())
+        .await?;
     db.cluster.stop().await?;
     db.cluster.start().await?;
     let obs = db.observer().await?;
