@@ -44,7 +44,7 @@ fn url_errors_never_show_the_password_whatever_the_parser() {
 /// Fixed in c435185 (found by this suite).
 #[test]
 fn redact_url_hides_every_password_the_driver_uses() {
-    use queuepool_cli::config::redact_url;
+    use queuepool::url::redact_url;
     // Both found by the fuzzer: the url crate sees a path, or a query, where
     // tokio-postgres sees `user:password@`.
     for url in ["postgres:///:Sekr1tPw0rd@/?", "postgres://?:Sekr1tPw0rd@/?"] {

@@ -1,6 +1,9 @@
 //! The command line: `queuepool <COMMAND>`.
 
-use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::ServeArgs;
 
@@ -24,6 +27,107 @@ pub enum Command {
     /// `verify`, `bench`, `tune`, `status`.
     #[command(flatten)]
     Tools(queuepool_tools::Command),
+}
+
+/// Parses the process's arguments and environment, or exits with clap's message (status
+/// 2) as [`Parser::parse`] does; a bad value is one `error: ` line, like every other
+/// error of the binary. The matches tell a flag from an environment variable
+/// (`ServeConfig::load` tags each value with its source).
+pub fn parse() -> (Cli, ArgMatches) {
+    match try_parse_from(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(error) if error.kind() == ErrorKind::ValueValidation => {
+            let text = error.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or_default());
+            std::process::exit(2);
+        }
+        Err(error) => error.exit(),
+    }
+}
+
+/// [`parse`] on given arguments (the environment is still the process's).
+pub fn try_parse_from<I, T>(argv: I) -> Result<(Cli, ArgMatches), clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let mut command = empty_variables_unset(Cli::command());
+    let parsed = command
+        .try_get_matches_from_mut(&argv)
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    parsed.map_err(|error| name_the_variable(error, &command, &argv))
+}
+
+/// An environment variable set to the empty string counts as unset (`POOL_SIZE=` in a
+/// compose file leaves the preset's value), as shells and most tools treat it.
+fn empty_variables_unset(command: clap::Command) -> clap::Command {
+    fn unset_empty(arg: clap::Arg) -> clap::Arg {
+        let empty = arg
+            .get_env()
+            .is_some_and(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()));
+        if empty { arg.env(None::<&str>) } else { arg }
+    }
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    names
+        .iter()
+        .fold(command.mut_args(unset_empty), |command, name| {
+            command.mut_subcommand(name, |c| c.mut_args(unset_empty))
+        })
+}
+
+/// clap names the flag of a bad value even when the value came from the flag's
+/// environment variable (`POOL_SIZE=many queuepool verify` would say `--pool-size`):
+/// say which variable to fix instead.
+fn name_the_variable(
+    error: clap::Error,
+    command: &clap::Command,
+    argv: &[OsString],
+) -> clap::Error {
+    if error.kind() != ErrorKind::ValueValidation {
+        return error;
+    }
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let long = shown.split_whitespace().next().unwrap_or_default();
+    let given_as_flag = argv.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == long || a.starts_with(&format!("{long}=")))
+    });
+    let owner = std::iter::once(command)
+        .chain(command.get_subcommands())
+        .find_map(|c| {
+            c.get_arguments()
+                .find(|a| a.get_long().is_some_and(|l| long == format!("--{l}")))
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str())
+                .map(|variable| (c, variable))
+        });
+    match owner {
+        Some((owner, variable)) if !given_as_flag => {
+            let reason = std::error::Error::source(&error)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            let value = match error.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(v)) => format!(" {v:?}"),
+                _ => String::new(),
+            };
+            let mut owner = owner
+                .clone()
+                .bin_name(format!("queuepool {}", owner.get_name()));
+            owner.error(
+                ErrorKind::ValueValidation,
+                format!(
+                    "environment variable {variable} (for {long}): invalid value{value}{reason}"
+                ),
+            )
+        }
+        _ => error,
+    }
 }
 
 #[cfg(test)]
@@ -54,6 +158,8 @@ mod tests {
             "--echo-pool",
             "QUERY_TIMEOUT",
             "--query-timeout",
+            "--print-config",
+            "localhost:8000",
         ] {
             assert!(help.contains(needle), "{needle} missing from:\n{help}");
         }

@@ -2,27 +2,39 @@
 //! command-line flags, then environment variables, then the TOML file given with
 //! `--config`, then the pool preset, then the built-in defaults.
 //!
-//! Every value is parsed by the same functions whatever its layer, so an error names
-//! the key as the user wrote it (`--pool-size`, `POOL_SIZE` or `pool_size in
-//! queuepool.toml`). Unknown keys in the file are errors.
+//! clap reads the first two layers ([`ServeArgs`]: each flag declares its variable, and
+//! its typed value parser checks the value), and tells which of the two a value came
+//! from ([`clap::ArgMatches::value_source`]). [`ServeConfig::resolve`] then fills what
+//! they left unset from the file, the preset and the defaults. A TOML value goes through
+//! the same value parser as the flag, so `pool_timeout = "30s"` means what
+//! `--pool-timeout 30s` means; an error names the key as the user wrote it
+//! (`--pool-size`, `POOL_SIZE` or `pool_size in queuepool.toml`), and unknown keys in
+//! the file are errors.
+//!
+//! The pool flags are [`queuepool_tools::args::PoolArgs`], the same struct `verify` and
+//! `bench` flatten: one declaration of `POOL_SIZE` and its siblings for every command.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use queuepool::url::{Backend, check_url, redact_url};
 use queuepool::{ConfigError, Overflow, PoolConfig, Preset};
+use queuepool_tools::args::{self as parse, PoolArgs, Recycle};
 use serde::Deserialize;
 
 use crate::error::CliError;
-use crate::store::Backend;
 
 /// Default `DATABASE_URL`: an SQLite file in the working directory, so that the
 /// service runs with nothing installed.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://queuepool.db";
 /// Default listen address.
-pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+pub const DEFAULT_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8000);
 /// Default bound on the wait for running requests at shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on one database query of a request. The service's queries take
@@ -31,7 +43,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// gives up (often 30 s), and matches the pool's default `connect_timeout`.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The options of `queuepool serve`, as given on the command line.
+/// The options of `queuepool serve`, as clap reads them from the command line and the
+/// environment. `None` means "neither": the file, the preset or the default decides.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(after_long_help = PRECEDENCE_HELP, after_help = PRECEDENCE_HELP)]
 pub struct ServeArgs {
@@ -42,43 +55,21 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Database URL: postgres://user:pass@host:5432/db, mysql://user:pass@host:3306/db,
-    /// sqlite://file.db, sqlite:///abs/file.db or sqlite::memory: [env: DATABASE_URL]
-    /// [default: sqlite://queuepool.db]
-    #[arg(long, value_name = "URL")]
+    /// sqlite://file.db, sqlite:///abs/file.db or sqlite::memory: (percent-encode `@`,
+    /// `:` and `/` in a password) [default: sqlite://queuepool.db]
+    // A plain string: clap's own error would quote a rejected value, and this one may
+    // hold a password. `ServeConfig::resolve` checks it.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
 
-    /// Pool preset: dev (5/10/30 s), prod-low (10/20/30 s), high-load (20/20/60 s), as
-    /// pool_size/max_overflow/pool_timeout [env: POOL_PRESET] [default: dev]
-    #[arg(long, value_name = "NAME", visible_alias = "preset")]
-    pub pool_preset: Option<String>,
+    /// The pool's sizes and checks.
+    #[command(flatten)]
+    pub pool: PoolArgs,
 
-    /// Connections kept open and reused [env: POOL_SIZE] [default: from the preset, 5]
-    #[arg(long, value_name = "N")]
-    pub pool_size: Option<String>,
-
-    /// Extra connections above pool_size under load; -1 or "unlimited" for no limit
-    /// [env: MAX_OVERFLOW] [default: from the preset, 10]
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub max_overflow: Option<String>,
-
-    /// How long a request waits for a connection when all are in use, in seconds
-    /// (or with a unit: 500ms, 30s, 2m) [env: POOL_TIMEOUT] [default: from the preset, 30]
-    #[arg(long, value_name = "SECONDS")]
-    pub pool_timeout: Option<String>,
-
-    /// Maximum connection lifetime in seconds (or 30m, 1h); -1 or "off" keeps
-    /// connections forever [env: POOL_RECYCLE] [default: 1800]
-    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
-    pub pool_recycle: Option<String>,
-
-    /// Check a connection before lending it if it was idle for more than a second
-    /// [env: POOL_PRE_PING] [default: true]
-    #[arg(long, value_name = "BOOL")]
-    pub pool_pre_ping: Option<String>,
-
-    /// Address to listen on, IP:PORT [env: BIND] [default: 127.0.0.1:8000]
-    #[arg(long, value_name = "ADDR")]
-    pub bind: Option<String>,
+    /// Address to listen on: IP:PORT or HOST:PORT (localhost:8000) [default:
+    /// 127.0.0.1:8000]
+    #[arg(long, env = "BIND", value_name = "ADDR", value_parser = bind)]
+    pub bind: Option<SocketAddr>,
 
     /// Print the pool's log lines (checkouts, returns, connects, recycling), like
     /// SQLAlchemy's echo_pool="debug" [default: off]
@@ -86,22 +77,53 @@ pub struct ServeArgs {
     pub echo_pool: bool,
 
     /// At shutdown, how long running requests may take to finish, in seconds
-    /// [env: SHUTDOWN_TIMEOUT] [default: 10]
-    #[arg(long, value_name = "SECONDS")]
-    pub shutdown_timeout: Option<String>,
+    /// [default: 10]
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", value_name = "SECONDS",
+          value_parser = parse::duration)]
+    pub shutdown_timeout: Option<Duration>,
 
     /// Longest a database query of a request may take, in seconds (or 500ms, 1m): past
     /// it the request gets a 503 `query_timeout`, and the connection is discarded (on
     /// PostgreSQL a cancel request is sent). Bounds a query whose network path went
-    /// silent [env: QUERY_TIMEOUT] [default: 10]
-    #[arg(long, value_name = "SECONDS")]
-    pub query_timeout: Option<String>,
+    /// silent [default: 10]
+    #[arg(long, env = "QUERY_TIMEOUT", value_name = "SECONDS",
+          value_parser = parse::positive_duration)]
+    pub query_timeout: Option<Duration>,
+
+    /// Print the effective configuration, each value with where it came from, and exit
+    /// without opening the database
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 const PRECEDENCE_HELP: &str = "\
 Precedence: command-line flags > environment variables > --config TOML file > \
 pool preset > built-in defaults. Example: POOL_PRESET=prod-low POOL_SIZE=15 gives \
 pool_size 15 with the other prod-low values.";
+
+/// Value parser of `--bind` / `BIND`: `IP:PORT`, or `HOST:PORT` resolved now (the first
+/// IPv4 address of the host, else its first address).
+pub fn bind(raw: &str) -> Result<SocketAddr, String> {
+    let value = raw.trim();
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = "expected IP:PORT or HOST:PORT, like 127.0.0.1:8000, 0.0.0.0:8000 or \
+                    localhost:8000";
+    let addrs: Vec<SocketAddr> = match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => value
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+            .collect(),
+        _ => return Err(expected.to_owned()),
+    };
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| expected.to_owned())
+}
 
 /// The settings file given with `--config`.
 #[derive(Debug, Default, Deserialize)]
@@ -120,8 +142,8 @@ pub struct FileConfig {
     query_timeout: Option<Scalar>,
 }
 
-/// A TOML value given to a numeric or boolean key: parsed like the same key's
-/// environment variable, so `pool_timeout = 30` and `pool_timeout = "30s"` both work.
+/// A TOML value given to a numeric or boolean key: parsed like the same key's flag, so
+/// `pool_timeout = 30` and `pool_timeout = "30s"` both work.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum Scalar {
@@ -179,121 +201,6 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// The URL with any password replaced by `***`: the userinfo password of a URL, a
-/// `password` query parameter, or the `password=` of a libpq key-value string.
-///
-/// Deliberately conservative rather than a URL parser: drivers disagree on where the
-/// userinfo ends. tokio-postgres takes everything up to the *first* `@` (so in
-/// `postgres:///:pw@/db` or `postgres://?:pw@/` it reads `:pw` as the password), the
-/// url crate (mysql_async) the *last* `@` before the path. Everything between `://` and
-/// the later of those two is userinfo; it is shown as `user:***` only when it is a plain
-/// `user:password` (no `@`, `/`, `?` or `#`, so every parser agrees), else as `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some(sep) = url.find("://") else {
-        return redact_key_value(url);
-    };
-    let head = &url[..sep + 3];
-    let rest = &url[sep + 3..];
-    let first_at = rest.find('@');
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let last_at_in_authority = rest[..authority_end].rfind('@');
-    let (userinfo, after) = match first_at.max(last_at_in_authority) {
-        Some(at) => {
-            let info = &rest[..at];
-            let shown = match info.split_once(':') {
-                _ if info.contains(['@', '/', '?', '#']) => "***".to_owned(),
-                Some((user, _)) => format!("{user}:***"),
-                None => info.to_owned(),
-            };
-            (shown + "@", &rest[at + 1..])
-        }
-        None => (String::new(), rest),
-    };
-    let after = match after.split_once('?') {
-        Some((base, query)) => format!("{base}?{}", redact_query(query)),
-        None => after.to_owned(),
-    };
-    format!("{head}{userinfo}{after}")
-}
-
-/// `k=v&...` with the value of every key that decodes to something containing
-/// `password` replaced by `***` (values end at `&`, as every driver reads them).
-fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if is_password_key(key) => format!("{key}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn is_password_key(key: &str) -> bool {
-    let decoded = url::form_urlencoded::parse(format!("{key}=").as_bytes())
-        .next()
-        .map(|(k, _)| k.into_owned())
-        .unwrap_or_default();
-    decoded.to_ascii_lowercase().contains("password")
-        || key.to_ascii_lowercase().contains("password")
-}
-
-/// libpq `key=value` strings: values may be single-quoted with `\'` escapes, and a
-/// backslash escapes the next character of an unquoted value too (`pass\ word`).
-fn redact_key_value(conninfo: &str) -> String {
-    let mut out = String::with_capacity(conninfo.len());
-    let mut rest = conninfo;
-    while let Some(eq) = rest.find('=') {
-        let key = &rest[..eq];
-        out.push_str(key);
-        out.push('=');
-        let value_and_more = rest[eq + 1..].trim_start();
-        let (value_len, quoted) = if let Some(inner) = value_and_more.strip_prefix('\'') {
-            let mut escaped = false;
-            let mut end = inner.len();
-            for (i, c) in inner.char_indices() {
-                match c {
-                    '\\' if !escaped => escaped = true,
-                    '\'' if !escaped => {
-                        end = i;
-                        break;
-                    }
-                    _ => escaped = false,
-                }
-            }
-            ((end + 2).min(value_and_more.len()), true)
-        } else {
-            let mut escaped = false;
-            let mut end = value_and_more.len();
-            for (i, c) in value_and_more.char_indices() {
-                match c {
-                    '\\' if !escaped => escaped = true,
-                    c if c.is_whitespace() && !escaped => {
-                        end = i;
-                        break;
-                    }
-                    _ => escaped = false,
-                }
-            }
-            (end, false)
-        };
-        let value = &value_and_more[..value_len];
-        // The key is the last word before `=`: `junk password=x` still hides `x`.
-        let secret = key
-            .split_whitespace()
-            .next_back()
-            .is_some_and(|k| k.to_ascii_lowercase().contains("password"));
-        if secret {
-            out.push_str(if quoted { "'***'" } else { "***" });
-        } else {
-            out.push_str(value);
-        }
-        rest = &value_and_more[value_len..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -309,71 +216,29 @@ pub enum Origin {
     Default,
 }
 
-/// One setting: its names in each layer.
-#[derive(Debug, Clone, Copy)]
-struct Key {
-    /// The TOML key and the pool option name.
-    name: &'static str,
-    /// The environment variable, if the setting has one.
-    env: Option<&'static str>,
-}
+impl Origin {
+    /// The origin clap reports for the argument `id` of `matches` (flag or
+    /// environment variable), for [`ServeConfig::resolve`].
+    pub fn of(matches: &ArgMatches, id: &str) -> Origin {
+        match matches.value_source(id) {
+            Some(ValueSource::EnvVariable) => Origin::Env,
+            Some(ValueSource::CommandLine) => Origin::Flag,
+            _ => Origin::Default,
+        }
+    }
 
-impl Key {
-    fn label(self, origin: &Origin) -> String {
-        match origin {
-            Origin::Flag => format!("--{}", self.name.replace('_', "-")),
-            Origin::Env => self.env.unwrap_or(self.name).to_owned(),
-            Origin::File(path) => format!("{} in {}", self.name, path.display()),
-            Origin::Preset(p) => format!("{} (preset {p})", self.name),
-            Origin::Default => format!("{} (default)", self.name),
+    /// The key as written in this layer: `--pool-size`, `POOL_SIZE`, `pool_size in
+    /// FILE`, `pool_size (preset dev)` or `pool_size (default)`.
+    fn label(&self, key: &str) -> String {
+        match self {
+            Origin::Flag => format!("--{}", key.replace('_', "-")),
+            Origin::Env => key.to_ascii_uppercase(),
+            Origin::File(path) => format!("{key} in {}", path.display()),
+            Origin::Preset(p) => format!("{key} (preset {p})"),
+            Origin::Default => format!("{key} (default)"),
         }
     }
 }
-
-const DATABASE_URL: Key = Key {
-    name: "database_url",
-    env: Some("DATABASE_URL"),
-};
-const POOL_PRESET: Key = Key {
-    name: "pool_preset",
-    env: Some("POOL_PRESET"),
-};
-const POOL_SIZE: Key = Key {
-    name: "pool_size",
-    env: Some("POOL_SIZE"),
-};
-const MAX_OVERFLOW: Key = Key {
-    name: "max_overflow",
-    env: Some("MAX_OVERFLOW"),
-};
-const POOL_TIMEOUT: Key = Key {
-    name: "pool_timeout",
-    env: Some("POOL_TIMEOUT"),
-};
-const POOL_RECYCLE: Key = Key {
-    name: "pool_recycle",
-    env: Some("POOL_RECYCLE"),
-};
-const POOL_PRE_PING: Key = Key {
-    name: "pool_pre_ping",
-    env: Some("POOL_PRE_PING"),
-};
-const BIND: Key = Key {
-    name: "bind",
-    env: Some("BIND"),
-};
-const ECHO_POOL: Key = Key {
-    name: "echo_pool",
-    env: None,
-};
-const SHUTDOWN_TIMEOUT: Key = Key {
-    name: "shutdown_timeout",
-    env: Some("SHUTDOWN_TIMEOUT"),
-};
-const QUERY_TIMEOUT: Key = Key {
-    name: "query_timeout",
-    env: Some("QUERY_TIMEOUT"),
-};
 
 /// The effective configuration of `queuepool serve`.
 #[derive(Debug, Clone)]
@@ -394,294 +259,192 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// Bound on each database query of a request (503 `query_timeout` past it).
     pub query_timeout: Duration,
+    /// Print the configuration and exit (`--print-config`).
+    pub print_config: bool,
     /// Where each setting came from, by key name.
     pub origins: BTreeMap<&'static str, Origin>,
 }
 
-/// Picks the first value present among the layers.
+/// Fills each setting from the first layer that has it, recording where it came from.
 struct Layers<'a> {
-    env: &'a dyn Fn(&str) -> Option<String>,
-    file_path: Option<PathBuf>,
+    /// Flag or environment variable, for a value clap found.
+    cli_origin: &'a dyn Fn(&'static str) -> Origin,
+    file_path: PathBuf,
     origins: BTreeMap<&'static str, Origin>,
 }
 
 impl Layers<'_> {
-    fn pick(
+    /// The value clap found for `key`, else the file's parsed with `parser`; `None`
+    /// leaves the key to the preset or the default.
+    fn pick<T, F: fmt::Display>(
         &mut self,
-        key: Key,
-        flag: Option<&String>,
-        file: Option<String>,
-    ) -> Option<(String, String)> {
-        let env = key
-            .env
-            .and_then(|name| (self.env)(name))
-            .filter(|value| !value.is_empty());
-        let file_origin = || Origin::File(self.file_path.clone().unwrap_or_default());
-        let (value, origin) = if let Some(v) = flag {
-            (v.clone(), Origin::Flag)
-        } else if let Some(v) = env {
-            (v, Origin::Env)
-        } else if let Some(v) = file {
-            (v, file_origin())
-        } else {
-            return None;
-        };
-        let label = key.label(&origin);
-        self.origins.insert(key.name, origin);
-        Some((value, label))
+        key: &'static str,
+        cli: Option<T>,
+        file: Option<F>,
+        parser: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, CliError> {
+        if let Some(value) = cli {
+            self.origins.insert(key, (self.cli_origin)(key));
+            return Ok(Some(value));
+        }
+        let Some(raw) = file else { return Ok(None) };
+        let origin = Origin::File(self.file_path.clone());
+        let raw = raw.to_string();
+        let value = parser(&raw).map_err(|message| CliError::Config {
+            key: origin.label(key),
+            message: format!("invalid value {raw:?}: {message}"),
+        })?;
+        self.origins.insert(key, origin);
+        Ok(Some(value))
+    }
+
+    /// The key as written where its value came from.
+    fn label(&self, key: &str) -> String {
+        self.origins
+            .get(key)
+            .map_or_else(|| key.to_owned(), |o| o.label(key))
+    }
+
+    fn default<T>(&mut self, key: &'static str, value: T) -> T {
+        self.origins.insert(key, Origin::Default);
+        value
     }
 }
 
-fn invalid(label: &str, value: &str, expected: &str) -> CliError {
-    CliError::Config {
-        key: label.to_owned(),
-        message: format!("invalid value {value:?}: expected {expected}"),
-    }
-}
-
-fn parse_count(label: &str, raw: &str) -> Result<u32, CliError> {
-    raw.trim()
-        .parse::<u32>()
-        .map_err(|_| invalid(label, raw, "a whole number >= 0"))
-}
-
-fn parse_overflow(label: &str, raw: &str) -> Result<Overflow, CliError> {
-    let value = raw.trim();
-    if value == "-1" || value.eq_ignore_ascii_case("unlimited") {
-        return Ok(Overflow::Unlimited);
-    }
-    value
-        .parse::<u32>()
-        .map(Overflow::Limited)
-        .map_err(|_| invalid(label, raw, "a whole number >= 0, or -1 / unlimited"))
-}
-
-/// Seconds (`30`, `0.5`) or a number with a unit (`500ms`, `30s`, `2m`, `1h`).
-fn parse_duration(label: &str, raw: &str) -> Result<Duration, CliError> {
-    let value = raw.trim();
-    let split = value
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let scale = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => f64::NAN,
-    };
-    let seconds = number.trim().parse::<f64>().map(|n| n * scale);
-    match seconds {
-        Ok(s) if (0.0..=366.0 * 86400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
-        _ => Err(invalid(
-            label,
-            raw,
-            "a duration: seconds (30, 0.5) or with a unit (500ms, 30s, 2m, 1h)",
-        )),
-    }
-}
-
-fn parse_recycle(label: &str, raw: &str) -> Result<Option<Duration>, CliError> {
-    let value = raw.trim().to_ascii_lowercase();
-    if matches!(value.as_str(), "-1" | "off" | "none" | "never") {
-        return Ok(None);
-    }
-    parse_duration(label, raw)
-        .map(Some)
-        .map_err(|_| invalid(label, raw, "a duration (1800, 30m, 1h) or -1 / off"))
-}
-
-fn parse_bool(label: &str, raw: &str) -> Result<bool, CliError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(invalid(label, raw, "true or false")),
-    }
+fn text(raw: &str) -> Result<String, String> {
+    Ok(raw.to_owned())
 }
 
 impl ServeConfig {
-    /// Resolves the configuration from the flags, the environment (through `env`, so
-    /// tests need not touch the process environment) and the `--config` file.
-    pub fn load(
+    /// Resolves the configuration of `queuepool serve` from what clap parsed (the
+    /// `serve` subcommand's `matches` tell flags from environment variables), the
+    /// `--config` file, the preset and the defaults.
+    pub fn load(args: &ServeArgs, matches: &ArgMatches) -> Result<ServeConfig, CliError> {
+        ServeConfig::resolve(args, &|id| Origin::of(matches, id))
+    }
+
+    /// Resolves the configuration from `args` as clap would fill them, `cli_origin`
+    /// telling for each set field (by key name: `pool_size`) whether it came from a
+    /// flag or an environment variable. The entry point for callers that build
+    /// [`ServeArgs`] themselves (tests, the reliability suite).
+    pub fn resolve(
         args: &ServeArgs,
-        env: &dyn Fn(&str) -> Option<String>,
+        cli_origin: &dyn Fn(&'static str) -> Origin,
     ) -> Result<ServeConfig, CliError> {
         let file = match &args.config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let text = |s: &Option<Scalar>| s.as_ref().map(ToString::to_string);
         let mut layers = Layers {
-            env,
-            file_path: args.config.clone(),
+            cli_origin,
+            file_path: args.config.clone().unwrap_or_default(),
             origins: BTreeMap::new(),
         };
-        let (url, url_label) = layers
-            .pick(
-                DATABASE_URL,
-                args.database_url.as_ref(),
-                file.database_url.clone(),
-            )
-            .unwrap_or_else(|| {
-                layers.origins.insert(DATABASE_URL.name, Origin::Default);
-                (DEFAULT_DATABASE_URL.to_owned(), "database_url".to_owned())
-            });
-        let backend = Backend::from_url(&url).ok_or_else(|| {
-            // Only the scheme: the rest may hold a password.
-            let scheme = url
-                .split("://")
-                .next()
-                .filter(|_| url.contains("://"))
-                .unwrap_or("");
-            CliError::Config {
-                key: url_label.clone(),
-                message: format!(
-                    "unsupported database URL{}: expected postgres://, postgresql://, \
-                     mysql://, mariadb:// or sqlite://",
-                    if scheme.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" scheme {scheme:?}")
-                    }
-                ),
-            }
-        })?;
-
-        let mut builder = PoolConfig::builder().name("serve");
-        let preset = match layers.pick(
-            POOL_PRESET,
-            args.pool_preset.as_ref(),
-            file.pool_preset.clone(),
-        ) {
-            Some((raw, label)) => {
-                raw.trim()
-                    .parse::<Preset>()
-                    .map_err(|e: ConfigError| CliError::Config {
-                        key: label,
-                        message: e.to_string(),
-                    })?
-            }
-            None => {
-                layers.origins.insert(POOL_PRESET.name, Origin::Default);
-                Preset::Dev
-            }
+        let cli_url = args.database_url.clone().filter(|u| !u.trim().is_empty());
+        let url = match layers.pick("database_url", cli_url, file.database_url.clone(), text)? {
+            Some(url) => url,
+            None => layers.default("database_url", DEFAULT_DATABASE_URL.to_owned()),
         };
-        builder = builder.preset(preset);
-        for key in [POOL_SIZE, MAX_OVERFLOW, POOL_TIMEOUT, POOL_RECYCLE] {
-            layers.origins.insert(key.name, Origin::Preset(preset));
-        }
-        layers.origins.insert(POOL_PRE_PING.name, Origin::Default);
-
-        if let Some((raw, label)) =
-            layers.pick(POOL_SIZE, args.pool_size.as_ref(), text(&file.pool_size))
-        {
-            builder = builder.pool_size(parse_count(&label, &raw)?);
-        }
-        if let Some((raw, label)) = layers.pick(
-            MAX_OVERFLOW,
-            args.max_overflow.as_ref(),
-            text(&file.max_overflow),
-        ) {
-            builder = match parse_overflow(&label, &raw)? {
-                Overflow::Limited(n) => builder.max_overflow(n),
-                _ => builder.unlimited_overflow(),
-            };
-        }
-        if let Some((raw, label)) = layers.pick(
-            POOL_TIMEOUT,
-            args.pool_timeout.as_ref(),
-            text(&file.pool_timeout),
-        ) {
-            builder = builder.pool_timeout(parse_duration(&label, &raw)?);
-        }
-        if let Some((raw, label)) = layers.pick(
-            POOL_RECYCLE,
-            args.pool_recycle.as_ref(),
-            text(&file.pool_recycle),
-        ) {
-            builder = builder.pool_recycle(parse_recycle(&label, &raw)?);
-        }
-        if let Some((raw, label)) = layers.pick(
-            POOL_PRE_PING,
-            args.pool_pre_ping.as_ref(),
-            text(&file.pool_pre_ping),
-        ) {
-            builder = builder.pre_ping(parse_bool(&label, &raw)?);
-        }
-        let pool = builder.build().map_err(|error| {
-            let key = match &error {
-                ConfigError::Invalid { field, .. } => [
-                    POOL_SIZE,
-                    MAX_OVERFLOW,
-                    POOL_TIMEOUT,
-                    POOL_RECYCLE,
-                    POOL_PRE_PING,
-                ]
-                .into_iter()
-                .find(|k| k.name == *field || k.name == format!("pool_{field}"))
-                .and_then(|k| layers.origins.get(k.name).map(|o| k.label(o)))
-                .unwrap_or_else(|| (*field).to_owned()),
-                _ => "pool".to_owned(),
-            };
-            CliError::Config {
-                key,
-                message: error.to_string(),
-            }
+        let backend = check_url(&url).map_err(|e| CliError::Config {
+            key: layers.label("database_url"),
+            message: e.to_string(),
         })?;
 
-        let bind = match layers.pick(BIND, args.bind.as_ref(), file.bind.clone()) {
-            Some((raw, label)) => raw.trim().parse::<SocketAddr>().map_err(|_| {
-                invalid(&label, &raw, "IP:PORT, like 127.0.0.1:8000 or 0.0.0.0:8000")
-            })?,
-            None => {
-                layers.origins.insert(BIND.name, Origin::Default);
-                DEFAULT_BIND
-                    .parse()
-                    .map_err(|_| invalid("bind", DEFAULT_BIND, "IP:PORT"))?
-            }
+        let p = &args.pool;
+        let preset = match layers.pick(
+            "pool_preset",
+            p.pool_preset,
+            file.pool_preset.clone(),
+            parse::preset,
+        )? {
+            Some(preset) => preset,
+            None => layers.default("pool_preset", Preset::Dev),
+        };
+        let mut builder = PoolConfig::builder().name("serve").preset(preset);
+        for key in ["pool_size", "max_overflow", "pool_timeout", "pool_recycle"] {
+            layers.origins.insert(key, Origin::Preset(preset));
+        }
+        layers.origins.insert("pool_pre_ping", Origin::Default);
+        if let Some(n) = layers.pick(
+            "pool_size",
+            p.pool_size,
+            file.pool_size.clone(),
+            parse::count,
+        )? {
+            builder = builder.pool_size(n);
+        }
+        match layers.pick(
+            "max_overflow",
+            p.max_overflow,
+            file.max_overflow.clone(),
+            parse::overflow,
+        )? {
+            Some(Overflow::Limited(n)) => builder = builder.max_overflow(n),
+            Some(Overflow::Unlimited) => builder = builder.unlimited_overflow(),
+            None => {}
+        }
+        if let Some(t) = layers.pick(
+            "pool_timeout",
+            p.pool_timeout,
+            file.pool_timeout.clone(),
+            parse::duration,
+        )? {
+            builder = builder.pool_timeout(t);
+        }
+        if let Some(Recycle(r)) = layers.pick(
+            "pool_recycle",
+            p.pool_recycle,
+            file.pool_recycle.clone(),
+            parse::recycle,
+        )? {
+            builder = builder.pool_recycle(r);
+        }
+        if let Some(ping) = layers.pick(
+            "pool_pre_ping",
+            p.pool_pre_ping,
+            file.pool_pre_ping.clone(),
+            parse::boolean,
+        )? {
+            builder = builder.pre_ping(ping);
+        }
+        let pool = builder.build().map_err(|error| CliError::Config {
+            key: match &error {
+                ConfigError::Invalid { field, .. } => layers.label(field),
+                _ => "pool".to_owned(),
+            },
+            message: error.to_string(),
+        })?;
+
+        let bind = match layers.pick("bind", args.bind, file.bind.clone(), bind)? {
+            Some(addr) => addr,
+            None => layers.default("bind", DEFAULT_BIND),
         };
         let echo_pool = if args.echo_pool {
-            layers.origins.insert(ECHO_POOL.name, Origin::Flag);
+            layers.origins.insert("echo_pool", Origin::Flag);
             true
-        } else if let Some(echo) = file.echo_pool {
-            layers.origins.insert(
-                ECHO_POOL.name,
-                Origin::File(args.config.clone().unwrap_or_default()),
-            );
-            echo
         } else {
-            layers.origins.insert(ECHO_POOL.name, Origin::Default);
-            false
+            match layers.pick("echo_pool", None, file.echo_pool, parse::boolean)? {
+                Some(echo) => echo,
+                None => layers.default("echo_pool", false),
+            }
         };
         let shutdown_timeout = match layers.pick(
-            SHUTDOWN_TIMEOUT,
-            args.shutdown_timeout.as_ref(),
-            text(&file.shutdown_timeout),
-        ) {
-            Some((raw, label)) => parse_duration(&label, &raw)?,
-            None => {
-                layers
-                    .origins
-                    .insert(SHUTDOWN_TIMEOUT.name, Origin::Default);
-                DEFAULT_SHUTDOWN_TIMEOUT
-            }
+            "shutdown_timeout",
+            args.shutdown_timeout,
+            file.shutdown_timeout.clone(),
+            parse::duration,
+        )? {
+            Some(t) => t,
+            None => layers.default("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT),
         };
         let query_timeout = match layers.pick(
-            QUERY_TIMEOUT,
-            args.query_timeout.as_ref(),
-            text(&file.query_timeout),
-        ) {
-            Some((raw, label)) => {
-                let limit = parse_duration(&label, &raw)?;
-                if limit.is_zero() {
-                    return Err(invalid(&label, &raw, "a duration greater than zero"));
-                }
-                limit
-            }
-            None => {
-                layers.origins.insert(QUERY_TIMEOUT.name, Origin::Default);
-                DEFAULT_QUERY_TIMEOUT
-            }
+            "query_timeout",
+            args.query_timeout,
+            file.query_timeout.clone(),
+            parse::positive_duration,
+        )? {
+            Some(t) => t,
+            None => layers.default("query_timeout", DEFAULT_QUERY_TIMEOUT),
         };
         Ok(ServeConfig {
             database_url: DatabaseUrl(url),
@@ -692,6 +455,7 @@ impl ServeConfig {
             echo_pool,
             shutdown_timeout,
             query_timeout,
+            print_config: args.print_config,
             origins: layers.origins,
         })
     }
@@ -760,18 +524,9 @@ impl ServeConfig {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::io::Write;
 
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |key| map.get(key).cloned()
-    }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -779,12 +534,39 @@ mod tests {
         f
     }
 
-    fn load(args: &ServeArgs, pairs: &[(&str, &str)]) -> Result<ServeConfig, CliError> {
-        ServeConfig::load(args, &env(pairs))
+    /// Resolves `args` as if the keys in `from_env` came from environment variables
+    /// and the other set fields from flags.
+    fn load(args: &ServeArgs, from_env: &[&str]) -> Result<ServeConfig, CliError> {
+        let env: Vec<String> = from_env.iter().map(|k| (*k).to_owned()).collect();
+        ServeConfig::resolve(args, &move |key| {
+            if env.iter().any(|k| k == key) {
+                Origin::Env
+            } else {
+                Origin::Flag
+            }
+        })
     }
 
-    fn error(args: &ServeArgs, pairs: &[(&str, &str)]) -> String {
-        crate::error::chain(&load(args, pairs).unwrap_err())
+    fn error(args: &ServeArgs, from_env: &[&str]) -> String {
+        crate::error::chain(&load(args, from_env).unwrap_err())
+    }
+
+    fn with_file(f: &tempfile::NamedTempFile) -> ServeArgs {
+        ServeArgs {
+            config: Some(f.path().to_owned()),
+            ..ServeArgs::default()
+        }
+    }
+
+    /// What clap makes of `serve ARGS` (the process environment is not read: these
+    /// arguments have their `env` removed).
+    fn parse(argv: &[&str]) -> Result<(ServeArgs, ArgMatches), clap::Error> {
+        use clap::{Args, FromArgMatches};
+        let command =
+            ServeArgs::augment_args(clap::Command::new("serve")).mut_args(|a| a.env(None::<&str>));
+        let matches =
+            command.try_get_matches_from(std::iter::once("serve").chain(argv.iter().copied()))?;
+        Ok((ServeArgs::from_arg_matches(&matches)?, matches))
     }
 
     #[test]
@@ -797,73 +579,87 @@ mod tests {
         assert_eq!(c.pool.max_overflow, Overflow::Limited(10));
         assert_eq!(c.pool.pool_timeout, Duration::from_secs(30));
         assert_eq!(c.pool.pool_recycle, Some(Duration::from_secs(1800)));
+        assert!(c.pool.pre_ping);
         assert_eq!(c.bind, "127.0.0.1:8000".parse().unwrap());
         assert_eq!(c.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
         assert!(!c.echo_pool);
+        assert!(
+            c.origins
+                .values()
+                .all(|o| matches!(o, Origin::Default | Origin::Preset(Preset::Dev)))
+        );
     }
 
     #[test]
-    fn flags_beat_env_beat_file_beat_preset() {
+    fn flags_and_env_beat_file_beat_preset() {
         let f = file("pool_size = 7\npool_preset = \"prod-low\"\n");
-        let mut args = ServeArgs {
-            config: Some(f.path().to_owned()),
-            pool_size: Some("9".into()),
-            ..ServeArgs::default()
-        };
-        let both = [("POOL_SIZE", "8")];
-        assert_eq!(load(&args, &both).unwrap().pool.pool_size, 9);
+        let mut args = with_file(&f);
+        args.pool.pool_size = Some(9);
+        let c = load(&args, &[]).unwrap();
         assert_eq!(
-            load(&args, &both).unwrap().origins["pool_size"],
-            Origin::Flag
+            (c.pool.pool_size, &c.origins["pool_size"]),
+            (9, &Origin::Flag)
         );
-        args.pool_size = None;
-        assert_eq!(load(&args, &both).unwrap().pool.pool_size, 8);
+        let c = load(&args, &["pool_size"]).unwrap();
         assert_eq!(
-            load(&args, &both).unwrap().origins["pool_size"],
-            Origin::Env
+            (c.pool.pool_size, &c.origins["pool_size"]),
+            (9, &Origin::Env)
         );
+        args.pool.pool_size = None;
         let c = load(&args, &[]).unwrap();
         assert_eq!(c.pool.pool_size, 7);
+        assert_eq!(c.origins["pool_size"], Origin::File(f.path().to_owned()));
         // The file's preset gives the values the file does not set.
         assert_eq!(c.preset, Preset::ProdLow);
         assert_eq!(c.pool.max_overflow, Overflow::Limited(20));
+        assert_eq!(c.origins["max_overflow"], Origin::Preset(Preset::ProdLow));
         args.config = None;
         assert_eq!(load(&args, &[]).unwrap().pool.pool_size, 5);
-        // An empty variable counts as unset.
-        assert_eq!(load(&args, &[("POOL_SIZE", "")]).unwrap().pool.pool_size, 5);
     }
 
     #[test]
     fn explicit_values_override_the_preset_whatever_their_layer() {
         let f = file("max_overflow = 3\n");
-        let args = ServeArgs {
-            config: Some(f.path().to_owned()),
-            ..ServeArgs::default()
-        };
-        let c = load(&args, &[("POOL_PRESET", "high-load")]).unwrap();
+        let mut args = with_file(&f);
+        args.pool.pool_preset = Some(Preset::HighLoad);
+        let c = load(&args, &["pool_preset"]).unwrap();
         assert_eq!(c.pool.pool_size, 20);
         assert_eq!(c.pool.max_overflow, Overflow::Limited(3));
         assert_eq!(c.pool.pool_timeout, Duration::from_secs(60));
         assert_eq!(c.origins["pool_size"], Origin::Preset(Preset::HighLoad));
+        assert!(
+            c.describe()[1].contains("preset=high-load (POOL_PRESET)"),
+            "{:?}",
+            c.describe()
+        );
     }
 
     #[test]
-    fn every_env_variable_is_read() {
-        let c = load(
-            &ServeArgs::default(),
-            &[
-                ("DATABASE_URL", "postgres://app:pw@db:5432/shop"),
-                ("POOL_PRESET", "prod-low"),
-                ("POOL_SIZE", "12"),
-                ("MAX_OVERFLOW", "-1"),
-                ("POOL_TIMEOUT", "500ms"),
-                ("POOL_RECYCLE", "off"),
-                ("POOL_PRE_PING", "false"),
-                ("BIND", "0.0.0.0:9000"),
-                ("SHUTDOWN_TIMEOUT", "2m"),
-            ],
-        )
+    fn clap_reads_every_flag_with_its_typed_parser_and_tags_it_as_a_flag() {
+        let (args, matches) = parse(&[
+            "--database-url",
+            "postgres://app:pw@db:5432/shop",
+            "--preset",
+            "prod-low",
+            "--pool-size",
+            "12",
+            "--max-overflow",
+            "-1",
+            "--pool-timeout",
+            "500ms",
+            "--pool-recycle",
+            "off",
+            "--pool-pre-ping",
+            "false",
+            "--bind",
+            "0.0.0.0:9000",
+            "--shutdown-timeout",
+            "2m",
+            "--query-timeout",
+            "3s",
+        ])
         .unwrap();
+        let c = ServeConfig::load(&args, &matches).unwrap();
         assert_eq!(c.backend, Backend::Postgres);
         assert_eq!(c.preset, Preset::ProdLow);
         assert_eq!(c.pool.pool_size, 12);
@@ -873,34 +669,66 @@ mod tests {
         assert!(!c.pool.pre_ping);
         assert_eq!(c.bind, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(c.shutdown_timeout, Duration::from_secs(120));
+        assert_eq!(c.query_timeout, Duration::from_secs(3));
+        for key in [
+            "database_url",
+            "pool_preset",
+            "pool_size",
+            "max_overflow",
+            "pool_timeout",
+            "pool_recycle",
+            "pool_pre_ping",
+            "bind",
+            "shutdown_timeout",
+            "query_timeout",
+        ] {
+            assert_eq!(c.origins[key], Origin::Flag, "{key}");
+        }
+        let error = parse(&["--pool-size", "many"]).unwrap_err().to_string();
+        assert!(
+            error.contains("'many' for '--pool-size <N>': expected a whole number >= 0"),
+            "{error}"
+        );
+        assert!(parse(&["--query-timeout", "0"]).is_err());
+    }
+
+    #[test]
+    fn bind_takes_a_host_name() {
+        assert_eq!(
+            bind("localhost:8125"),
+            Ok("127.0.0.1:8125".parse().unwrap())
+        );
+        assert_eq!(bind(" [::1]:80 "), Ok("[::1]:80".parse().unwrap()));
+        for bad in ["localhost", ":80", "127.0.0.1:99999", "8000"] {
+            assert!(
+                bind(bad)
+                    .unwrap_err()
+                    .contains("expected IP:PORT or HOST:PORT"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
     fn file_accepts_numbers_and_strings_and_rejects_unknown_keys() {
         let f = file(
-            "pool_timeout = 2.5\npool_recycle = \"1h\"\necho_pool = true\nbind = \"127.0.0.1:0\"\n",
+            "pool_timeout = 2.5\npool_recycle = \"1h\"\necho_pool = true\nbind = \"localhost:0\"\npool_pre_ping = \"off\"\n",
         );
-        let args = ServeArgs {
-            config: Some(f.path().to_owned()),
-            ..ServeArgs::default()
-        };
-        let c = load(&args, &[]).unwrap();
+        let c = load(&with_file(&f), &[]).unwrap();
         assert_eq!(c.pool.pool_timeout, Duration::from_millis(2500));
         assert_eq!(c.pool.pool_recycle, Some(Duration::from_secs(3600)));
+        assert!(!c.pool.pre_ping);
         assert!(c.echo_pool);
+        assert_eq!(c.bind, "127.0.0.1:0".parse().unwrap());
 
         let f = file("pool_sise = 5\n");
-        let args = ServeArgs {
-            config: Some(f.path().to_owned()),
-            ..ServeArgs::default()
-        };
-        let message = error(&args, &[]);
+        let message = error(&with_file(&f), &[]);
         assert!(message.contains("pool_sise"), "{message}");
         assert!(message.contains("invalid config file"), "{message}");
     }
 
     #[test]
-    fn query_timeout_defaults_to_10_s_is_read_from_every_layer_and_must_be_positive() {
+    fn query_timeout_defaults_to_10_s_and_comes_from_every_layer() {
         let c = load(&ServeArgs::default(), &[]).unwrap();
         assert_eq!(c.query_timeout, DEFAULT_QUERY_TIMEOUT);
         assert_eq!(c.timeouts().query, DEFAULT_QUERY_TIMEOUT);
@@ -911,89 +739,99 @@ mod tests {
             "{:?}",
             c.describe()
         );
-
         let f = file("query_timeout = 3\n");
-        let from_file = ServeArgs {
-            config: Some(f.path().to_owned()),
-            ..ServeArgs::default()
-        };
+        let mut args = with_file(&f);
         assert_eq!(
-            load(&from_file, &[]).unwrap().query_timeout,
+            load(&args, &[]).unwrap().query_timeout,
             Duration::from_secs(3)
         );
-        let c = load(&from_file, &[("QUERY_TIMEOUT", "500ms")]).unwrap();
+        args.query_timeout = Some(Duration::from_millis(500));
+        let c = load(&args, &["query_timeout"]).unwrap();
         assert_eq!(c.query_timeout, Duration::from_millis(500));
-        assert_eq!(c.origins["query_timeout"], Origin::Env);
-        let flag = ServeArgs {
-            query_timeout: Some("2s".into()),
-            ..from_file
-        };
-        let c = load(&flag, &[("QUERY_TIMEOUT", "500ms")]).unwrap();
-        assert_eq!(c.query_timeout, Duration::from_secs(2));
-
-        let message = error(&ServeArgs::default(), &[("QUERY_TIMEOUT", "0")]);
-        assert!(message.starts_with("QUERY_TIMEOUT: "), "{message}");
-        assert!(message.contains("greater than zero"), "{message}");
-        let message = error(&ServeArgs::default(), &[("QUERY_TIMEOUT", "soon")]);
-        assert!(message.starts_with("QUERY_TIMEOUT: "), "{message}");
+        assert!(
+            c.describe()[2].contains("query_timeout=0.5s (QUERY_TIMEOUT)"),
+            "{:?}",
+            c.describe()
+        );
+        let f = file("query_timeout = 0\n");
+        let message = error(&with_file(&f), &[]);
+        assert!(message.starts_with("query_timeout in "), "{message}");
+        assert!(message.contains("above zero"), "{message}");
     }
 
     #[test]
     fn bad_values_name_the_key_as_written() {
-        let message = error(&ServeArgs::default(), &[("POOL_SIZE", "many")]);
-        assert!(message.starts_with("POOL_SIZE: "), "{message}");
-        let args = ServeArgs {
-            pool_timeout: Some("soon".into()),
-            ..ServeArgs::default()
-        };
-        assert!(error(&args, &[]).starts_with("--pool-timeout: "));
         let f = file("pool_recycle = \"weekly\"\n");
-        let args = ServeArgs {
-            config: Some(f.path().to_owned()),
-            ..ServeArgs::default()
-        };
-        let message = error(&args, &[]);
+        let message = error(&with_file(&f), &[]);
         assert!(message.starts_with("pool_recycle in "), "{message}");
-        assert!(error(&ServeArgs::default(), &[("BIND", "localhost")]).starts_with("BIND: "));
-        assert!(
-            error(&ServeArgs::default(), &[("POOL_PRESET", "huge")]).starts_with("POOL_PRESET: ")
-        );
+        assert!(message.contains("\"weekly\""), "{message}");
+        let f = file("pool_preset = \"huge\"\n");
+        assert!(error(&with_file(&f), &[]).starts_with("pool_preset in "));
         // Range checks of the pool builder are traced back to the key that set them.
-        let message = error(&ServeArgs::default(), &[("POOL_TIMEOUT", "0")]);
+        let mut args = ServeArgs::default();
+        args.pool.pool_timeout = Some(Duration::ZERO);
+        let message = error(&args, &["pool_timeout"]);
         assert!(message.starts_with("POOL_TIMEOUT: "), "{message}");
+        assert!(error(&args, &[]).starts_with("--pool-timeout: "));
+        let f = file("pool_timeout = 0\n");
+        assert!(error(&with_file(&f), &[]).starts_with("pool_timeout in "));
     }
 
     #[test]
     fn unsupported_url_names_the_key_and_not_the_password() {
-        let message = error(
-            &ServeArgs::default(),
-            &[("DATABASE_URL", "redis://u:s3cret@h/0")],
-        );
+        let args = ServeArgs {
+            database_url: Some("redis://u:s3cret@h/0".into()),
+            ..ServeArgs::default()
+        };
+        let message = error(&args, &["database_url"]);
         assert!(message.starts_with("DATABASE_URL: "), "{message}");
         assert!(message.contains("\"redis\""), "{message}");
         assert!(!message.contains("s3cret"), "{message}");
     }
 
     #[test]
-    fn redact_url_hides_the_userinfo_wherever_a_driver_ends_it() {
-        for (url, shown) in [
-            // tokio-postgres reads `:s3cret` as the password: userinfo ends at the
-            // first `@`, even after what the url crate calls a path or a query.
-            ("postgres:///:s3cret@/db", "postgres://***@/db"),
-            ("postgres://?:s3cret@/?", "postgres://***@/?"),
-            ("postgres://#:s3cret@h/d", "postgres://***@h/d"),
-            // The url crate (mysql_async) reads up to the last `@` of the authority.
-            ("mysql://u:p@s3cret@h/db", "mysql://***@h/db"),
-            (
-                "postgres://u:s3cret@h/d?application_name=a@b",
-                "postgres://u:***@h/d?application_name=a@b",
-            ),
-            ("postgres://app@db/shop", "postgres://app@db/shop"),
-            ("postgres://db/shop", "postgres://db/shop"),
-            ("postgres://:s3cret@/", "postgres://:***@/"),
-        ] {
-            assert_eq!(redact_url(url), shown, "{url}");
+    fn an_unencoded_at_in_the_password_is_refused_without_quoting_the_url() {
+        let url = "postgres://postgres:S3c:ret@PW@127.0.0.1:5432/db";
+        let args = ServeArgs {
+            database_url: Some(url.into()),
+            ..ServeArgs::default()
+        };
+        let message = error(&args, &["database_url"]);
+        assert!(message.starts_with("DATABASE_URL: "), "{message}");
+        assert!(message.contains("%40"), "{message}");
+        for piece in ["S3c", "ret", "PW"] {
+            assert!(!message.contains(piece), "{message}");
         }
+        let f = file(&format!("database_url = {url:?}\n"));
+        let message = error(&with_file(&f), &[]);
+        assert!(message.starts_with("database_url in "), "{message}");
+        assert!(!message.contains("PW"), "{message}");
+        // Encoded, the driver and the redaction read the same password.
+        let args = ServeArgs {
+            database_url: Some("postgres://postgres:S3c:ret%40PW@127.0.0.1:5432/db".into()),
+            ..ServeArgs::default()
+        };
+        let c = load(&args, &[]).unwrap();
+        let m = queuepool_postgres::PgManager::from_url(c.database_url.expose()).unwrap();
+        assert_eq!(m.pg_config().get_password(), Some(&b"S3c:ret@PW"[..]));
+        assert_eq!(
+            c.database_url.to_string(),
+            "postgres://postgres:***@127.0.0.1:5432/db"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_debug_and_the_startup_lines() {
+        let args = ServeArgs {
+            database_url: Some("postgres://app:s3cret@db/shop".into()),
+            ..ServeArgs::default()
+        };
+        let c = load(&args, &["database_url"]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let lines = c.describe().join("\n");
+        assert!(!lines.contains("s3cret"), "{lines}");
+        assert!(lines.contains("postgres://app:***@db/shop"), "{lines}");
+        assert!(lines.contains("(DATABASE_URL)"), "{lines}");
     }
 
     #[test]
@@ -1012,48 +850,5 @@ mod tests {
             let shown = redact_url(url);
             assert!(!shown.contains("s3cret"), "{url} is shown as {shown}");
         }
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/shop?sslmode=require"),
-            "postgres://app:***@db:5432/shop?sslmode=require"
-        );
-        assert_eq!(
-            redact_url("postgres://db/shop?user=app&password=s3cret"),
-            "postgres://db/shop?user=app&password=***"
-        );
-        assert_eq!(
-            redact_url("mysql://root@127.0.0.1:3306/test"),
-            "mysql://root@127.0.0.1:3306/test"
-        );
-        assert_eq!(
-            redact_url("host=db user=app password=s3cret dbname=shop"),
-            "host=db user=app password=*** dbname=shop"
-        );
-        assert_eq!(
-            redact_url("host=db password = 'se cret\\'x' dbname=shop"),
-            "host=db password ='***' dbname=shop"
-        );
-        assert_eq!(redact_url("sqlite://queuepool.db"), "sqlite://queuepool.db");
-        assert_eq!(
-            redact_url("postgres://db/shop?user=app&pass%77ord=s3cret"),
-            "postgres://db/shop?user=app&pass%77ord=***"
-        );
-        assert_eq!(
-            redact_url("host=db password=se\\ cret dbname=shop"),
-            "host=db password=*** dbname=shop"
-        );
-        let c = load(
-            &ServeArgs::default(),
-            &[("DATABASE_URL", "postgres://app:s3cret@db/shop")],
-        )
-        .unwrap();
-        assert!(!format!("{c:?}").contains("s3cret"));
-        let lines = c.describe().join("\n");
-        assert!(!lines.contains("s3cret"), "{lines}");
-        assert!(lines.contains("postgres://app:***@db/shop"), "{lines}");
-        assert!(lines.contains("(DATABASE_URL)"), "{lines}");
     }
 }

@@ -9,11 +9,24 @@ use std::time::Duration;
 use common::*;
 use queuepool_cli::serve::router;
 
+/// The variables every command reads.
+const CONFIG_ENV: [&str; 8] = [
+    "DATABASE_URL",
+    "POOL_PRESET",
+    "POOL_SIZE",
+    "MAX_OVERFLOW",
+    "POOL_TIMEOUT",
+    "POOL_RECYCLE",
+    "POOL_PRE_PING",
+    "RUST_LOG",
+];
+
 fn queuepool(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_queuepool"));
-    cmd.env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .args(args);
+    for key in CONFIG_ENV {
+        cmd.env_remove(key);
+    }
+    cmd.args(args);
     cmd
 }
 
@@ -50,7 +63,7 @@ fn bad_arguments_give_one_line_and_a_non_zero_exit() {
         (
             &["verify", "--database-url", sqlite, "--pool-size", "-3"],
             2,
-            "--pool-size: invalid value \"-3\"",
+            "invalid value '-3' for '--pool-size <N>': expected a whole number >= 0",
         ),
         (
             &["verify", "--database-url", sqlite, "--preset", "huge"],
@@ -86,6 +99,97 @@ fn bad_arguments_give_one_line_and_a_non_zero_exit() {
     ];
     for (args, code, needle) in cases {
         assert_one_error_line(&run(args), code, needle);
+    }
+}
+
+#[test]
+fn verify_reads_the_pool_variables_serve_reads() {
+    let db = SqliteDb::new();
+    let env = [
+        ("POOL_PRESET", "prod-low"),
+        ("POOL_SIZE", "3"),
+        ("MAX_OVERFLOW", "1"),
+        ("POOL_TIMEOUT", "300ms"),
+    ];
+    let verify = queuepool(&[
+        "verify",
+        "--database-url",
+        &db.url,
+        "--overflow-idle",
+        "300ms",
+        "--json",
+    ])
+    .envs(env)
+    .output()
+    .expect("run");
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).expect("JSON on stdout");
+    assert_eq!(report["pool_size"], 3, "{}", text(&verify.stderr));
+    assert_eq!(report["max_overflow"], 1);
+    assert_eq!(report["pool_timeout_s"], 0.3);
+    assert_eq!(report["passed"], true);
+    // The same variables, read by serve.
+    let serve = queuepool(&["serve", "--print-config"])
+        .envs(env)
+        .output()
+        .expect("run");
+    let lines = text(&serve.stdout);
+    assert_eq!(serve.status.code(), Some(0), "{}", text(&serve.stderr));
+    assert!(
+        lines.contains(
+            "preset=prod-low (POOL_PRESET) pool_size=3 (POOL_SIZE) max_overflow=1 (MAX_OVERFLOW) \
+             pool_timeout=0.3s (POOL_TIMEOUT)"
+        ),
+        "{lines}"
+    );
+    // A flag still beats its variable.
+    let flagged = queuepool(&["serve", "--print-config", "--pool-size", "4"])
+        .envs(env)
+        .output()
+        .expect("run");
+    assert!(text(&flagged.stdout).contains("pool_size=4 (--pool-size)"));
+}
+
+#[test]
+fn a_bad_variable_is_named_by_every_command_and_an_empty_one_is_unset() {
+    let sqlite = "sqlite::memory:";
+    for args in [
+        &["verify", "--database-url", sqlite][..],
+        &["bench", "--database-url", sqlite],
+        &["serve", "--print-config"],
+    ] {
+        let out = queuepool(args)
+            .env("MAX_OVERFLOW", "oops")
+            .output()
+            .expect("run");
+        assert_one_error_line(
+            &out,
+            2,
+            "environment variable MAX_OVERFLOW (for --max-overflow): invalid value \"oops\"",
+        );
+    }
+    let out = queuepool(&["serve", "--print-config"])
+        .env("POOL_SIZE", "")
+        .env("BIND", "localhost:8125")
+        .output()
+        .expect("run");
+    let lines = text(&out.stdout);
+    assert!(lines.contains("pool_size=5 (preset dev)"), "{lines}");
+    assert!(lines.contains("bind=127.0.0.1:8125 (BIND)"), "{lines}");
+}
+
+#[test]
+fn an_unencoded_at_in_the_password_is_refused_by_serve_and_verify_without_showing_it() {
+    let url = "postgres://postgres:S3c:ret@PW@127.0.0.1:5432/db";
+    for args in [&["serve"][..], &["verify"]] {
+        let out = queuepool(args)
+            .env("DATABASE_URL", url)
+            .output()
+            .expect("run");
+        assert_one_error_line(&out, 2, "percent-encode `@`");
+        let all = text(&out.stderr) + &text(&out.stdout);
+        for piece in ["S3c", "ret@", "PW"] {
+            assert!(!all.contains(piece), "{args:?} shows {piece}: {all}");
+        }
     }
 }
 

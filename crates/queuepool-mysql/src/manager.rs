@@ -377,31 +377,7 @@ fn driver_url_error(error: mysql_async::UrlError) -> MySqlError {
 
 /// The known parameter closest to `given` (edit distance at most 2), if any.
 fn suggest(given: &str) -> Option<&'static str> {
-    if given.chars().count() > 40 {
-        return None;
-    }
-    let given = given.to_ascii_lowercase();
-    KNOWN_PARAMS
-        .iter()
-        .map(|k| (edit_distance(&given, k), *k))
-        .filter(|(d, _)| *d <= 2)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-/// Levenshtein distance (inputs are at most 40 characters).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    queuepool::text::suggest(given, KNOWN_PARAMS)
 }
 
 /// Server error codes that mean the connection is gone.

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use percent_encoding::percent_decode_str;
+// Errors name the closest known key instead of echoing what was given: a malformed
+// connection string can put a piece of the password where a key is expected.
+use queuepool::text::suggest;
 
 use crate::error::PgError;
 
@@ -198,38 +201,6 @@ const KNOWN_KEYS: &[&str] = &[
     "channel_binding",
     "load_balance_hosts",
 ];
-
-/// The closest known name to `given` (edit distance at most 2), if any. Errors name
-/// this instead of echoing what was given: a malformed connection string can put a
-/// piece of the password where a key or a value is expected, so no error repeats input
-/// text (see `errors_never_contain_the_password`).
-fn suggest(given: &str, known: &[&'static str]) -> Option<&'static str> {
-    let given = given.to_ascii_lowercase();
-    if given.chars().count() > 40 {
-        return None;
-    }
-    known
-        .iter()
-        .map(|k| (edit_distance(&given, k), *k))
-        .filter(|(d, _)| *d <= 2)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-/// Levenshtein distance (inputs are short: keys of at most 40 characters).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
 
 /// A URL of another scheme (`mysql://...`) would otherwise be read as a key-value
 /// string whose first key is the whole URL, and named in the error.

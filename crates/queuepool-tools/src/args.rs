@@ -1,78 +1,161 @@
-//! Command-line values shared by the tools, parsed by hand so that a bad value gives
-//! one line naming the flag (`--pool-size: invalid value "-3": expected ...`).
+//! Command-line values shared by the tools and `queuepool serve`: the pool flags
+//! ([`PoolArgs`], read from the same `POOL_*` environment variables everywhere) and the
+//! value parsers, which clap calls for a flag or a variable and the service's config
+//! calls for a TOML value, so a value means the same wherever it is written.
 
 use std::time::Duration;
 
-use queuepool::{ConfigBuilder, PoolConfig, Preset};
+use queuepool::text::{DURATION_FORMS, parse_duration as duration_text};
+use queuepool::{ConfigBuilder, Overflow, PoolConfig, Preset};
 
 use crate::error::ToolsError;
 
-/// Pool sizing flags, as `queuepool serve` spells them.
+/// The pool flags, as `queuepool serve`, `verify` and `bench` spell them, each with its
+/// environment variable: `POOL_SIZE=10 queuepool verify` checks a pool of 10, like
+/// `POOL_SIZE=10 queuepool serve` serves one.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PoolArgs {
     /// Pool preset: dev (5/10/30 s), prod-low (10/20/30 s), high-load (20/20/60 s), as
     /// pool_size/max_overflow/pool_timeout [default: dev]
-    #[arg(long, value_name = "NAME", visible_alias = "preset")]
-    pub pool_preset: Option<String>,
-    /// Connections kept open and reused [default: from the preset]
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub pool_size: Option<String>,
-    /// Extra connections above pool_size under load [default: from the preset]
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub max_overflow: Option<String>,
-    /// How long a checkout waits at the limit, in seconds or with a unit (500ms, 2s)
-    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
-    pub pool_timeout: Option<String>,
+    #[arg(long, env = "POOL_PRESET", value_name = "NAME", visible_alias = "preset",
+          value_parser = preset)]
+    pub pool_preset: Option<Preset>,
+    /// Connections kept open and reused [default: from the preset, 5]
+    #[arg(long, env = "POOL_SIZE", value_name = "N", allow_hyphen_values = true,
+          value_parser = count)]
+    pub pool_size: Option<u32>,
+    /// Extra connections above pool_size under load; -1 or "unlimited" for no limit
+    /// [default: from the preset, 10]
+    #[arg(long, env = "MAX_OVERFLOW", value_name = "N", allow_hyphen_values = true,
+          value_parser = overflow)]
+    pub max_overflow: Option<Overflow>,
+    /// How long a checkout waits when every connection is in use, in seconds (or with a
+    /// unit: 500ms, 30s, 2m) [default: from the preset, 30]
+    #[arg(long, env = "POOL_TIMEOUT", value_name = "SECONDS", allow_hyphen_values = true,
+          value_parser = duration)]
+    pub pool_timeout: Option<Duration>,
+    /// Maximum connection lifetime in seconds (or 30m, 1h); -1 or "off" keeps
+    /// connections forever [default: 1800]
+    #[arg(long, env = "POOL_RECYCLE", value_name = "SECONDS", allow_hyphen_values = true,
+          value_parser = recycle)]
+    pub pool_recycle: Option<Recycle>,
+    /// Check a connection before lending it if it was idle for more than a second
+    /// [default: true]
+    #[arg(long, env = "POOL_PRE_PING", value_name = "BOOL", value_parser = boolean)]
+    pub pool_pre_ping: Option<bool>,
 }
+
+/// A `pool_recycle` value: a lifetime, or `None` for "keep connections forever".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recycle(pub Option<Duration>);
 
 impl PoolArgs {
     /// The preset named by `--pool-preset` (default `dev`).
     pub fn preset(&self) -> Result<Preset, ToolsError> {
-        match &self.pool_preset {
-            None => Ok(Preset::Dev),
-            Some(name) => name
-                .parse::<Preset>()
-                .map_err(|e| ToolsError::arg("--pool-preset", e.to_string())),
-        }
+        Ok(self.pool_preset.unwrap_or(Preset::Dev))
     }
 
     /// `--pool-size`, if given.
     pub fn pool_size(&self) -> Result<Option<u32>, ToolsError> {
-        self.pool_size
-            .as_deref()
-            .map(|v| parse_count("--pool-size", v))
-            .transpose()
+        Ok(self.pool_size)
     }
 
     /// `--max-overflow`, if given.
-    pub fn max_overflow(&self) -> Result<Option<u32>, ToolsError> {
-        self.max_overflow
-            .as_deref()
-            .map(|v| parse_count("--max-overflow", v))
-            .transpose()
+    pub fn max_overflow(&self) -> Result<Option<Overflow>, ToolsError> {
+        Ok(self.max_overflow)
     }
 
     /// `--pool-timeout`, if given.
     pub fn pool_timeout(&self) -> Result<Option<Duration>, ToolsError> {
-        self.pool_timeout
-            .as_deref()
-            .map(|v| parse_duration("--pool-timeout", v))
-            .transpose()
+        Ok(self.pool_timeout)
     }
 
-    /// A builder with the preset and every size flag applied.
+    /// A builder with the preset and every given flag applied.
     pub fn builder(&self) -> Result<ConfigBuilder, ToolsError> {
         let mut builder = PoolConfig::builder().preset(self.preset()?);
-        if let Some(n) = self.pool_size()? {
+        if let Some(n) = self.pool_size {
             builder = builder.pool_size(n);
         }
-        if let Some(n) = self.max_overflow()? {
-            builder = builder.max_overflow(n);
+        match self.max_overflow {
+            Some(Overflow::Limited(n)) => builder = builder.max_overflow(n),
+            Some(Overflow::Unlimited) => builder = builder.unlimited_overflow(),
+            None => {}
         }
-        if let Some(t) = self.pool_timeout()? {
+        if let Some(t) = self.pool_timeout {
             builder = builder.pool_timeout(t);
         }
+        if let Some(Recycle(r)) = self.pool_recycle {
+            builder = builder.pool_recycle(r);
+        }
+        if let Some(p) = self.pool_pre_ping {
+            builder = builder.pre_ping(p);
+        }
         Ok(builder)
+    }
+}
+
+/// Value parser: a pool preset name.
+pub fn preset(raw: &str) -> Result<Preset, String> {
+    raw.trim().parse::<Preset>().map_err(|e| e.to_string())
+}
+
+/// Value parser: a whole number >= 0.
+pub fn count(raw: &str) -> Result<u32, String> {
+    raw.trim()
+        .parse::<u32>()
+        .map_err(|_| "expected a whole number >= 0".to_owned())
+}
+
+/// Value parser: a whole number >= 1.
+pub fn positive(raw: &str) -> Result<u32, String> {
+    match raw.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number >= 1".to_owned()),
+    }
+}
+
+/// Value parser: `max_overflow`, a whole number >= 0, or -1 / `unlimited`.
+pub fn overflow(raw: &str) -> Result<Overflow, String> {
+    let value = raw.trim();
+    if value == "-1" || value.eq_ignore_ascii_case("unlimited") {
+        return Ok(Overflow::Unlimited);
+    }
+    value
+        .parse::<u32>()
+        .map(Overflow::Limited)
+        .map_err(|_| "expected a whole number >= 0, or -1 / unlimited".to_owned())
+}
+
+/// Value parser: a duration ([`queuepool::text::parse_duration`]: 0 to 366 days).
+pub fn duration(raw: &str) -> Result<Duration, String> {
+    duration_text(raw).ok_or_else(|| format!("expected a duration: {DURATION_FORMS}"))
+}
+
+/// Value parser: a duration above zero.
+pub fn positive_duration(raw: &str) -> Result<Duration, String> {
+    match duration(raw)? {
+        d if d.is_zero() => Err(format!("expected a duration above zero: {DURATION_FORMS}")),
+        d => Ok(d),
+    }
+}
+
+/// Value parser: `pool_recycle`, a duration or -1 / `off` / `none` / `never`.
+pub fn recycle(raw: &str) -> Result<Recycle, String> {
+    let value = raw.trim().to_ascii_lowercase();
+    if matches!(value.as_str(), "-1" | "off" | "none" | "never") {
+        return Ok(Recycle(None));
+    }
+    duration_text(raw)
+        .map(|d| Recycle(Some(d)))
+        .ok_or_else(|| format!("expected -1 / off, or a duration: {DURATION_FORMS}"))
+}
+
+/// Value parser: true/false, 1/0, yes/no, on/off.
+pub fn boolean(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
     }
 }
 
@@ -90,22 +173,17 @@ pub(crate) fn build(builder: ConfigBuilder) -> Result<PoolConfig, ToolsError> {
 }
 
 fn invalid(key: &str, value: &str, expected: &str) -> ToolsError {
-    ToolsError::arg(key, format!("invalid value {value:?}: expected {expected}"))
+    ToolsError::arg(key, format!("invalid value {value:?}: {expected}"))
 }
 
 /// A whole number >= 0.
 pub(crate) fn parse_count(key: &str, raw: &str) -> Result<u32, ToolsError> {
-    raw.trim()
-        .parse::<u32>()
-        .map_err(|_| invalid(key, raw, "a whole number >= 0"))
+    count(raw).map_err(|e| invalid(key, raw, &e))
 }
 
 /// A whole number >= 1.
 pub(crate) fn parse_positive(key: &str, raw: &str) -> Result<u32, ToolsError> {
-    match raw.trim().parse::<u32>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(invalid(key, raw, "a whole number >= 1")),
-    }
+    positive(raw).map_err(|e| invalid(key, raw, &e))
 }
 
 /// A comma-separated list of whole numbers >= 1 (`1,8,32`), at most `max` each.
@@ -118,86 +196,41 @@ pub(crate) fn parse_list(key: &str, raw: &str, max: u32) -> Result<Vec<u32>, Too
                 return Err(invalid(
                     key,
                     raw,
-                    &format!("comma-separated whole numbers from 1 to {max}, like 1,8,32"),
+                    &format!("expected comma-separated whole numbers from 1 to {max}, like 1,8,32"),
                 ));
             }
         }
     }
     if out.is_empty() {
-        return Err(invalid(key, raw, "at least one number, like 1,8,32"));
+        return Err(invalid(
+            key,
+            raw,
+            "expected at least one number, like 1,8,32",
+        ));
     }
     out.sort_unstable();
     out.dedup();
     Ok(out)
 }
 
-/// Seconds (`30`, `0.5`) or a number with a unit (`500ms`, `30s`, `2m`); above zero.
+/// A duration above zero ([`positive_duration`]), naming `key` in the error.
 pub(crate) fn parse_duration(key: &str, raw: &str) -> Result<Duration, ToolsError> {
-    let value = raw.trim();
-    let split = value
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let scale = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => f64::NAN,
-    };
-    match number.trim().parse::<f64>().map(|n| n * scale) {
-        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
-        _ => Err(invalid(
-            key,
-            raw,
-            "a duration above zero: seconds (30, 0.5) or with a unit (500ms, 30s, 2m)",
-        )),
-    }
+    positive_duration(raw).map_err(|e| invalid(key, raw, &e))
 }
 
 /// Milliseconds (`50`, `2.5`) above zero.
 pub(crate) fn parse_millis(key: &str, raw: &str) -> Result<Duration, ToolsError> {
     match raw.trim().trim_end_matches("ms").trim().parse::<f64>() {
         Ok(ms) if ms > 0.0 && ms <= 3_600_000.0 => Ok(Duration::from_secs_f64(ms / 1000.0)),
-        _ => Err(invalid(key, raw, "milliseconds above zero, like 50 or 2.5")),
+        _ => Err(invalid(
+            key,
+            raw,
+            "expected milliseconds above zero, like 50 or 2.5",
+        )),
     }
 }
 
-/// The URL with any password replaced by `***` (URL userinfo, a `password` query
-/// parameter, or libpq's `password=`).
-pub fn redact_url(raw: &str) -> String {
-    if raw.contains("://") {
-        return match url::Url::parse(raw) {
-            Ok(mut parsed) => {
-                if parsed.password().is_some() {
-                    let _ = parsed.set_password(Some("***"));
-                }
-                if parsed.query().is_some() {
-                    let pairs: Vec<(String, String)> = parsed
-                        .query_pairs()
-                        .map(|(k, v)| {
-                            let secret = k.to_ascii_lowercase().contains("password");
-                            (
-                                k.into_owned(),
-                                if secret { "***".into() } else { v.into_owned() },
-                            )
-                        })
-                        .collect();
-                    parsed.query_pairs_mut().clear().extend_pairs(pairs);
-                }
-                parsed.to_string()
-            }
-            Err(_) => format!("{}://***", raw.split("://").next().unwrap_or_default()),
-        };
-    }
-    raw.split_whitespace()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use queuepool::url::redact_url;
 
 #[cfg(test)]
 mod tests {
@@ -241,28 +274,49 @@ mod tests {
 
     #[test]
     fn unknown_preset_lists_the_choices() {
-        let args = PoolArgs {
-            pool_preset: Some("huge".into()),
-            ..PoolArgs::default()
-        };
-        let err = args.preset().unwrap_err().to_string();
-        assert!(
-            err.starts_with("--pool-preset: unknown pool preset \"huge\""),
-            "{err}"
-        );
+        let err = preset("huge").unwrap_err();
+        assert!(err.starts_with("unknown pool preset \"huge\""), "{err}");
         assert!(err.contains("dev, prod-low, high-load"), "{err}");
     }
 
     #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5/db?sslmode=require"),
-            "postgres://u:***@h:5/db?sslmode=require"
+    fn pool_flags_parse_to_typed_values_and_reach_the_builder() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            pool: PoolArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--preset",
+            "prod-low",
+            "--pool-size",
+            "3",
+            "--max-overflow",
+            "-1",
+            "--pool-timeout",
+            "500ms",
+            "--pool-recycle",
+            "off",
+            "--pool-pre-ping",
+            "no",
+        ])
+        .unwrap();
+        let config = cli.pool.builder().unwrap().build().unwrap();
+        assert_eq!(config.pool_size, 3);
+        assert_eq!(config.max_overflow, Overflow::Unlimited);
+        assert_eq!(config.pool_timeout, Duration::from_millis(500));
+        assert_eq!(config.pool_recycle, None);
+        assert!(!config.pre_ping);
+        let error = Cli::try_parse_from(["x", "--pool-size", "-3"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error
+                .contains("invalid value '-3' for '--pool-size <N>': expected a whole number >= 0"),
+            "{error}"
         );
-        assert_eq!(
-            redact_url("host=h password=secret user=u"),
-            "host=h password=*** user=u"
-        );
-        assert!(!redact_url("mysql://root:pw@127.0.0.1/x?password=pw").contains("pw"));
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
 use queuepool::Manager;
+use queuepool::url::Backend;
 use queuepool_mysql::MySqlManager;
 use queuepool_postgres::PgManager;
 use queuepool_sqlite::SqliteManager;
@@ -27,24 +28,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The backend a URL selects.
+    /// The backend a URL selects ([`queuepool::url::check_url`]: the service reads
+    /// `DATABASE_URL` the same way); the error never quotes the URL.
     pub fn from_url(url: &str) -> Result<Kind, ToolsError> {
-        let lower = url.trim_start().to_ascii_lowercase();
-        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            Ok(Kind::Postgres)
-        } else if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
-            Ok(Kind::MySql)
-        } else if lower.starts_with("sqlite:") {
-            Ok(Kind::Sqlite)
-        } else if !lower.contains("://") && lower.contains('=') {
-            Ok(Kind::Postgres)
-        } else {
-            Err(ToolsError::arg(
-                "--database-url",
-                "unsupported database URL: expected postgres://, postgresql://, mysql://, \
-                 mariadb:// or sqlite://",
-            ))
-        }
+        queuepool::url::check_url(url)
+            .map(Kind::from)
+            .map_err(|e| ToolsError::arg("--database-url", e.to_string()))
     }
 
     /// What is counted, as a report row says it.
@@ -66,12 +55,22 @@ impl Kind {
     }
 }
 
+impl From<Backend> for Kind {
+    fn from(backend: Backend) -> Kind {
+        match backend {
+            Backend::Postgres => Kind::Postgres,
+            Backend::MySql => Kind::MySql,
+            Backend::Sqlite => Kind::Sqlite,
+        }
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Kind::Postgres => "postgres",
-            Kind::MySql => "mysql",
-            Kind::Sqlite => "sqlite",
+            Kind::Postgres => Backend::Postgres.name(),
+            Kind::MySql => Backend::MySql.name(),
+            Kind::Sqlite => Backend::Sqlite.name(),
         })
     }
 }

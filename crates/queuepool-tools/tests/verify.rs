@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use queuepool::{Overflow, Preset};
 use queuepool_tools::args::PoolArgs;
 use queuepool_tools::verify::{self, VerifyArgs};
 
@@ -9,10 +10,11 @@ fn args(url: &str, app: Option<&str>) -> VerifyArgs {
     VerifyArgs {
         database_url: url.to_owned(),
         pool: PoolArgs {
-            pool_preset: Some("dev".into()),
-            pool_size: Some("2".into()),
-            max_overflow: Some("3".into()),
-            pool_timeout: Some("500ms".into()),
+            pool_preset: Some(Preset::Dev),
+            pool_size: Some(2),
+            max_overflow: Some(Overflow::Limited(3)),
+            pool_timeout: Some(Duration::from_millis(500)),
+            ..PoolArgs::default()
         },
         overflow_idle: Some("500ms".into()),
         application_name: app.map(str::to_owned),
@@ -128,22 +130,10 @@ async fn sqlite_pool_open_handles_follow_the_pool() {
 #[tokio::test]
 async fn bad_arguments_name_the_flag() {
     let mut a = args("sqlite::memory:", None);
-    a.pool.pool_size = Some("-3".into());
+    a.pool.pool_timeout = Some(Duration::ZERO);
     let err = verify::run(&a).await.unwrap_err();
     assert!(err.is_usage());
-    assert_eq!(
-        err.to_string(),
-        "--pool-size: invalid value \"-3\": expected a whole number >= 0"
-    );
-    let mut b = args("sqlite::memory:", None);
-    b.pool.pool_preset = Some("huge".into());
-    assert!(
-        verify::run(&b)
-            .await
-            .unwrap_err()
-            .to_string()
-            .contains("unknown pool preset \"huge\"")
-    );
+    assert!(err.to_string().starts_with("--pool-timeout: "), "{err}");
     let c = args("redis://localhost", None);
     assert!(
         verify::run(&c)

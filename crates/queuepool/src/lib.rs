@@ -60,6 +60,8 @@ mod manager;
 mod pool;
 mod rt;
 mod stats;
+pub mod text;
+pub mod url;
 
 pub use config::{
     ConfigBuilder, MAX_POOL_SIZE, Order, Overflow, PoolConfig, Preset, ResetOnReturn,

@@ -146,10 +146,11 @@ fn no_secret(what: &str, text: &str) -> Result<(), TestCaseError> {
 
 /// The parser properties.
 pub fn parser_properties(cases: u32) -> Vec<(String, Option<String>)> {
-    use queuepool_cli::config::{ServeArgs, ServeConfig, redact_url};
+    use queuepool::url::redact_url;
+    use queuepool_cli::config::ServeConfig;
     let mut out = Vec::new();
     out.push(check("database URLs of each backend's own schemes: the parser returns (no panic); PostgreSQL and MySQL errors never show the password", cases, |runner| {
-        use queuepool_cli::store::Backend;
+        use queuepool::url::Backend;
         runner
             .run(&url_strategy(), |url| {
                 // Only a password in the place the URL grammar gives it (userinfo, or
@@ -230,38 +231,45 @@ pub fn parser_properties(cases: u32) -> Vec<(String, Option<String>)> {
         "SHUTDOWN_TIMEOUT",
     ];
     out.push(check(
-        "queuepool serve settings: any environment value and flag loads or fails naming its key",
+        "queuepool serve settings: any flag values load or fail naming their key (environment variables go through the same value parsers)",
         cases,
         |runner| {
             let strat = (
                 proptest::collection::vec(value.clone(), keys.len()),
-                value.clone(),
-                proptest::bool::ANY,
+                proptest::collection::vec(proptest::bool::ANY, keys.len()),
             );
             runner
-                .run(&strat, |(env_values, flag, use_flag)| {
-                    let env = |k: &str| {
-                        keys.iter()
-                            .position(|x| *x == k)
-                            .map(|i| env_values[i].clone())
-                    };
-                    let args = ServeArgs {
-                        pool_size: use_flag.then(|| flag.clone()),
-                        database_url: Some(format!("postgres://u:{SECRET}@127.0.0.1/db")),
-                        ..ServeArgs::default()
-                    };
-                    match ServeConfig::load(&args, &env) {
-                        Ok(c) => no_secret("ServeConfig Debug", &format!("{c:?}"))?,
-                        Err(e) => {
-                            let text = crate::error::chain(&e);
-                            no_secret("config error", &text)?;
-                            let names = keys.iter().any(|k| text.contains(k))
-                                || text.contains("--pool-size")
-                                || text.contains("pool_size")
-                                || text.contains("max_overflow");
-                            prop_assert!(names, "error names no key: {}", text);
+                .run(&strat, |(values, given)| {
+                    let url = format!("postgres://u:{SECRET}@127.0.0.1/db");
+                    let mut argv = vec![
+                        "queuepool".to_owned(),
+                        "serve".to_owned(),
+                        format!("--database-url={url}"),
+                    ];
+                    for ((key, value), given) in keys.iter().zip(&values).zip(&given) {
+                        if *given {
+                            argv.push(format!("--{}={value}", key.to_ascii_lowercase().replace('_', "-")));
                         }
                     }
+                    let text = match queuepool_cli::cli::try_parse_from(&argv) {
+                        Err(e) => e.to_string(),
+                        Ok((queuepool_cli::cli::Cli { command: queuepool_cli::cli::Command::Serve(args), .. }, matches)) => {
+                            let matches = matches.subcommand_matches("serve").unwrap_or(&matches);
+                            match ServeConfig::load(&args, matches) {
+                                Ok(c) => {
+                                    no_secret("ServeConfig Debug", &format!("{c:?}"))?;
+                                    return Ok(());
+                                }
+                                Err(e) => crate::error::chain(&e),
+                            }
+                        }
+                        Ok(_) => return Err(TestCaseError::fail("not parsed as serve")),
+                    };
+                    no_secret("config error", &text)?;
+                    let names = keys.iter().any(|k| {
+                        text.contains(&format!("--{}", k.to_ascii_lowercase().replace('_', "-")))
+                    }) || text.contains("pool_size");
+                    prop_assert!(names, "error names no key: {}", text);
                     Ok(())
                 })
                 .map_err(|e| e.to_string())

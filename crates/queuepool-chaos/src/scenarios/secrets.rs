@@ -195,10 +195,13 @@ pub async fn run(ctx: &Ctx) -> Result<Figures, ChaosError> {
         .err()
         .and_then(|p| p.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    let cfg_debug = queuepool_cli::config::ServeConfig::load(
-        &queuepool_cli::config::ServeArgs::default(),
-        &|k| (k == "DATABASE_URL").then(|| url.clone()),
-    )
+    let serve_args = queuepool_cli::config::ServeArgs {
+        database_url: Some(url.clone()),
+        ..Default::default()
+    };
+    let cfg_debug = queuepool_cli::config::ServeConfig::resolve(&serve_args, &|_| {
+        queuepool_cli::config::Origin::Env
+    })
     .map(|c| format!("{c:?} {}", c.database_url))
     .unwrap_or_else(|e| e.to_string());
     let events = capture.events();

@@ -1,7 +1,6 @@
 //! The items table: the model, its validation, and one [`Store`] implementation per
 //! backend (the SQL differs, the HTTP layer does not).
 
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -20,49 +19,7 @@ pub const NAME_MAX_CHARS: usize = 200;
 pub const LIST_MAX_LIMIT: i64 = 100;
 
 /// The database behind the service, chosen by the scheme of `DATABASE_URL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// `postgres://`, `postgresql://` or a libpq `key=value` string.
-    Postgres,
-    /// `mysql://` or `mariadb://`.
-    MySql,
-    /// `sqlite://path`, `sqlite:///abs/path` or `sqlite::memory:`.
-    Sqlite,
-}
-
-impl Backend {
-    /// The backend a database URL selects, or `None` for an unknown scheme.
-    pub fn from_url(url: &str) -> Option<Backend> {
-        let lower = url.trim_start().to_ascii_lowercase();
-        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            Some(Backend::Postgres)
-        } else if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
-            Some(Backend::MySql)
-        } else if lower.starts_with("sqlite:") {
-            Some(Backend::Sqlite)
-        } else if !lower.contains("://") && lower.contains('=') {
-            // libpq's key-value form: `host=db user=app dbname=shop`.
-            Some(Backend::Postgres)
-        } else {
-            None
-        }
-    }
-
-    /// Lower-case name, as in logs and `/health`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Postgres => "postgres",
-            Backend::MySql => "mysql",
-            Backend::Sqlite => "sqlite",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use queuepool::url::Backend;
 
 /// A stored item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
