@@ -62,6 +62,14 @@ pub enum PgError {
     /// Any other driver error (parameter conversion, unexpected row count, ...).
     #[error("PostgreSQL client error: {0}")]
     Client(String),
+
+    /// A WAL position (the read-your-writes token of
+    /// [`ReadWrite`](crate::ReadWrite)) is not of the form `16/B374D848`.
+    #[error(
+        "invalid WAL position: expected two hexadecimal numbers separated by `/`, as \
+         PostgreSQL shows them (16/B374D848)"
+    )]
+    InvalidLsn,
 }
 
 struct ServerDisplay<'a>(&'a PgError);

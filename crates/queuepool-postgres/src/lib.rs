@@ -61,6 +61,7 @@ mod connect;
 mod connection;
 mod error;
 mod manager;
+mod routing;
 mod socket;
 mod tls;
 mod wire;
@@ -69,6 +70,7 @@ pub use config::{DEFAULT_APPLICATION_NAME, SslMode};
 pub use connection::PgConnection;
 pub use error::PgError;
 pub use manager::{PgManager, ResetMode};
+pub use routing::{Lsn, ReadConn, ReadWrite, Route, RoutingConfig, RoutingStats, StandbyStats};
 pub use wire::TxStatus;
 
 pub use tokio_postgres;
