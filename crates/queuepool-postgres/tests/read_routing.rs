@@ -26,9 +26,13 @@ const QUERY_LIMIT: Duration = Duration::from_secs(5);
 /// A primary and two standbys, `synchronous_commit = on` on the primary (the server's
 /// default; the testkit turns it off for speed), a table, and a [`ReadWrite`] whose
 /// standbys both get reads.
-async fn setup(routing: RoutingConfig) -> Result<(ReplicaSet, ReadWrite), Box<dyn std::error::Error + Send + Sync>> {
+async fn setup(
+    routing: RoutingConfig,
+) -> Result<(ReplicaSet, ReadWrite), Box<dyn std::error::Error + Send + Sync>> {
     let mut set = ReplicaSet::new(2).await?;
-    set.cluster_mut(0).set_setting("synchronous_commit", "on").await?;
+    set.cluster_mut(0)
+        .set_setting("synchronous_commit", "on")
+        .await?;
     let config = PoolConfig::builder()
         .pool_size(4)
         .max_overflow(4)
@@ -101,7 +105,10 @@ async fn read_count(
 
 /// Inserts a row on the primary and returns its id and the write's token.
 async fn write_row(rw: &ReadWrite, writer: i32) -> Result<(i64, Lsn), PgError> {
-    let conn = rw.write().await.map_err(|e| PgError::Client(e.to_string()))?;
+    let conn = rw
+        .write()
+        .await
+        .map_err(|e| PgError::Client(e.to_string()))?;
     let params: &[(&(dyn tokio_postgres::types::ToSql + Sync), Type)] = &[(&writer, Type::INT4)];
     let query = conn.query_typed("INSERT INTO rr (writer) VALUES ($1) RETURNING id", params);
     let rows = conn.timeout(QUERY_LIMIT, query).await?;
@@ -153,9 +160,12 @@ async fn load(rw: &ReadWrite, writers: i32, readers: usize, run: Duration) -> Ta
                 match read {
                     Ok((n, route)) => {
                         t.readbacks += 1;
-                        *t.readback_routes.entry(route.label().to_owned()).or_default() += 1;
+                        *t.readback_routes
+                            .entry(route.label().to_owned())
+                            .or_default() += 1;
                         if n != 1 {
-                            t.misses.push(format!("row {id} (token {token}) not seen on {route}"));
+                            t.misses
+                                .push(format!("row {id} (token {token}) not seen on {route}"));
                         }
                     }
                     Err(e) => t.failed_reads.push(e),
@@ -197,11 +207,21 @@ async fn reads_after_own_write_see_it_and_reads_spread_over_both_standbys() -> T
         let (_set, rw) = setup(RoutingConfig::default()).await?;
         let started = Instant::now();
         let t = load(&rw, 4, 4, Duration::from_secs(4)).await;
-        println!("mixed load, 4 writers reading back at once + 4 readers, {:?}: {t:#?}", started.elapsed());
+        println!(
+            "mixed load, 4 writers reading back at once + 4 readers, {:?}: {t:#?}",
+            started.elapsed()
+        );
         println!("router: {:#?}", rw.stats());
-        assert!(t.misses.is_empty(), "reads that missed their own write: {:?}", t.misses);
+        assert!(
+            t.misses.is_empty(),
+            "reads that missed their own write: {:?}",
+            t.misses
+        );
         assert!(t.failed_reads.is_empty(), "failed: {:?}", t.failed_reads);
-        assert!(t.readbacks > 100, "too few read-backs to mean anything: {t:?}");
+        assert!(
+            t.readbacks > 100,
+            "too few read-backs to mean anything: {t:?}"
+        );
         for i in 0..2 {
             let label = standby_label(&rw, i);
             let n = t.plain_routes.get(&label).copied().unwrap_or(0);
@@ -243,7 +263,10 @@ async fn standby_killed_mid_run_costs_no_failed_read() -> TestResult {
             after.standbys[1].reads, before.standbys[1].reads,
             "reads went to the dead standby more than 0.5 s after it was killed"
         );
-        assert!(after.standbys[0].reads > before.standbys[0].reads, "{after:?}");
+        assert!(
+            after.standbys[0].reads > before.standbys[0].reads,
+            "{after:?}"
+        );
         assert!(killed_at.elapsed() > Duration::from_secs(3));
         rw.close(Duration::from_secs(2)).await;
         Ok(())
@@ -266,7 +289,10 @@ async fn delayed_standby_gets_no_read_that_would_be_stale() -> TestResult {
         assert!(t.misses.is_empty(), "stale reads: {:?}", t.misses);
         assert!(t.failed_reads.is_empty(), "failed: {:?}", t.failed_reads);
         let plain = t.plain_routes.get(&delayed).copied().unwrap_or(0);
-        assert!(plain > 50, "the delayed standby got {plain} token-less reads: {t:?}");
+        assert!(
+            plain > 50,
+            "the delayed standby got {plain} token-less reads: {t:?}"
+        );
         Ok(())
     })
     .await
@@ -289,8 +315,17 @@ async fn standby_lagging_past_the_bound_gets_no_reads_until_it_catches_up() -> T
         println!("standby {lagging} 3 s behind: {t:#?}");
         println!("router: {after:#?}");
         assert!(t.misses.is_empty(), "stale reads: {:?}", t.misses);
-        assert_eq!(t.plain_routes.get(&lagging), None, "the lagging standby got reads: {t:?}");
-        assert!(after.standbys[1].lag.is_some_and(|l| l > Duration::from_secs(1)), "{after:?}");
+        assert_eq!(
+            t.plain_routes.get(&lagging),
+            None,
+            "the lagging standby got reads: {t:?}"
+        );
+        assert!(
+            after.standbys[1]
+                .lag
+                .is_some_and(|l| l > Duration::from_secs(1)),
+            "{after:?}"
+        );
         // Delay removed, writes stopped: it catches up and gets reads again.
         set.set_apply_delay(2, Duration::ZERO).await?;
         let back = eventually(Duration::from_secs(10), || {

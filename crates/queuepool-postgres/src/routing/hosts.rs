@@ -133,12 +133,17 @@ mod tests {
 
     #[test]
     fn one_port_applies_to_every_host_and_key_value_strings_split_too() {
-        let m = PgManager::from_url("host=a,b,c port=6000 user=u hostaddr=10.0.0.1,10.0.0.2,10.0.0.3")
-            .unwrap();
+        let m =
+            PgManager::from_url("host=a,b,c port=6000 user=u hostaddr=10.0.0.1,10.0.0.2,10.0.0.3")
+                .unwrap();
         let labels: Vec<_> = m.split_hosts().iter().map(PgManager::host_label).collect();
         assert_eq!(labels, ["10.0.0.1:6000", "10.0.0.2:6000", "10.0.0.3:6000"]);
         let single = PgManager::from_url("postgres://u@db/x").unwrap();
-        let labels: Vec<_> = single.split_hosts().iter().map(PgManager::host_label).collect();
+        let labels: Vec<_> = single
+            .split_hosts()
+            .iter()
+            .map(PgManager::host_label)
+            .collect();
         assert_eq!(labels, ["db:5432"]);
     }
 }

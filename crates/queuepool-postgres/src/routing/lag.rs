@@ -220,7 +220,10 @@ mod tests {
 
         let fresh = standby_at(200);
         assert_eq!(judge(&fresh, &h, None, max_lag, now), Verdict::Fresh);
-        assert_eq!(judge(&fresh, &h, Some(Lsn(200)), max_lag, now), Verdict::Fresh);
+        assert_eq!(
+            judge(&fresh, &h, Some(Lsn(200)), max_lag, now),
+            Verdict::Fresh
+        );
         assert_eq!(
             judge(&fresh, &h, Some(Lsn(201)), max_lag, now),
             Verdict::Behind(Lsn(200))
@@ -228,7 +231,10 @@ mod tests {
 
         let mut down = standby_at(200);
         down.down();
-        assert_eq!(judge(&down, &h, None, max_lag, now), Verdict::Out(Out::Down));
+        assert_eq!(
+            judge(&down, &h, None, max_lag, now),
+            Verdict::Out(Out::Down)
+        );
 
         let mut primary = HostState::default();
         primary.seen(false, Some(Lsn(200)));

@@ -81,6 +81,12 @@ mod tests {
             assert!(matches!(err, PgError::InvalidLsn), "{bad:?}: {err}");
         }
         let secret = "s3cret/x";
-        assert!(!secret.parse::<Lsn>().unwrap_err().to_string().contains("s3cret"));
+        assert!(
+            !secret
+                .parse::<Lsn>()
+                .unwrap_err()
+                .to_string()
+                .contains("s3cret")
+        );
     }
 }

@@ -53,7 +53,7 @@ use crate::wire::TxStatus;
 
 pub use lsn::Lsn;
 
-use lag::{HostState, History, Out, Verdict, judge};
+use lag::{History, HostState, Out, Verdict, judge};
 
 /// How [`ReadWrite`] routes reads. Build it with [`RoutingConfig::default`] and the
 /// `with_*` methods.
@@ -654,7 +654,9 @@ impl Shared {
                     max_lag_ms = self.config.max_lag.as_millis() as u64,
                     "standby lags behind the primary; it gets no reads until it catches up");
             }
-            (_, Verdict::Out(Out::NotStandby)) if !standby && (was_standby || before == Verdict::Out(Out::Down)) => {
+            (_, Verdict::Out(Out::NotStandby))
+                if !standby && (was_standby || before == Verdict::Out(Out::Down)) =>
+            {
                 warn!(target: LOG_TARGET, standby = %s.route,
                     "read host is not in recovery (pg_is_in_recovery() = false): not a standby, it gets no reads");
             }

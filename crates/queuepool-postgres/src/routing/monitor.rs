@@ -105,7 +105,9 @@ async fn probe(
         Watch::Primary => {
             let query = one_text(&open, "SELECT pg_current_wal_flush_lsn()::text");
             match tokio::time::timeout(limit, query).await {
-                Ok(text) => text.and_then(|t| parse_lsn(t.as_deref())).map(Answer::Flushed),
+                Ok(text) => text
+                    .and_then(|t| parse_lsn(t.as_deref()))
+                    .map(Answer::Flushed),
                 Err(_) => Err(PgError::Timeout(limit)),
             }
         }
