@@ -224,10 +224,8 @@ impl PgManager {
             let tls = tls.clone();
             let target = target.clone();
             let tls_name = tls_name.clone();
-            let Ok(handle) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            handle.spawn(async move {
+            let handle = tokio::runtime::Handle::try_current().ok()?;
+            Some(handle.spawn(async move {
                 let sent = tokio::time::timeout(limit, async move {
                     let raw = match &target {
                         Target::Tcp(addr) => socket::connect_tcp(*addr, &socket).await,
@@ -237,7 +235,7 @@ impl PgManager {
                     let wire = Arc::new(WireState::default());
                     match (tls, ssl, &target) {
                         (Some(make), mode, Target::Tcp(_)) if mode != SslMode::Disable => {
-                            let stream = Sniff::new(raw, wire.clone(), crate::wire::Mode::Off);
+                            let stream = Sniff::for_cancel(raw, wire.clone());
                             let connector = tls::connector(&make, &tls_name, wire)
                                 .map_err(|e| e.to_string())?;
                             token
@@ -246,7 +244,7 @@ impl PgManager {
                                 .map_err(|e| e.to_string())
                         }
                         _ => {
-                            let stream = Sniff::new(raw, wire, crate::wire::Mode::Off);
+                            let stream = Sniff::for_cancel(raw, wire);
                             token
                                 .cancel_query_raw(stream, NoTls)
                                 .await
@@ -260,7 +258,7 @@ impl PgManager {
                     Ok(Err(e)) => debug!(target: LOG_TARGET, error = %e, "cancel request failed"),
                     Err(_) => debug!(target: LOG_TARGET, "cancel request timed out"),
                 }
-            });
+            }))
         })
     }
 }

@@ -8,20 +8,42 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bytes::Buf;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::types::{BorrowToSql, ToSql, Type};
+use tokio_postgres::{CancelToken, Client, Error, Row, SimpleQueryMessage, Statement, ToStatement};
 
 use crate::error::PgError;
+use crate::tracked::{
+    Pending, PgCopyInSink, PgCopyOutStream, PgRowStream, PgSimpleQueryStream, PgTransaction, Track,
+};
 use crate::wire::{TxStatus, WireState};
 
-/// Sends a cancel request for the query running on one backend (best effort).
-pub(crate) type Canceller = Arc<dyn Fn(tokio_postgres::CancelToken) + Send + Sync>;
+/// Sends a cancel request for the query running on one backend (best effort, bounded
+/// by the manager's `ping_timeout`), in a task whose handle it returns (`None` without
+/// a runtime).
+pub(crate) type Canceller =
+    Arc<dyn Fn(tokio_postgres::CancelToken) -> Option<JoinHandle<()>> + Send + Sync>;
 
 /// One PostgreSQL connection, as lent by the pool.
 ///
-/// Derefs to [`tokio_postgres::Client`], so every driver method is there. What it adds:
-/// the server-reported [`TxStatus`] (read from the wire, see
-/// [`transaction_status`](Self::transaction_status)), a [`timeout`](Self::timeout)
+/// It has the query methods of [`tokio_postgres::Client`], with the same signatures,
+/// each *tracked*: counted from the moment it is sent until the server's
+/// `ReadyForQuery` for it was read. When every request of a borrower completed, the
+/// connection goes back to the pool with **no round trip** (the transaction status is
+/// read from the wire; an open transaction gets a `ROLLBACK`). A request future or
+/// stream dropped before its end leaves the connection *abandoned*: on return a
+/// cancel request is sent and the connection is settled (one empty query, bounded)
+/// or discarded. A request that failed costs one empty query on return (its
+/// `ReadyForQuery` may still be on its way). See [`PgTransaction`] for transactions.
+///
+/// It also derefs to the [`Client`] for everything else (`build_transaction`,
+/// `query_scalar`, ...): that escape hatch marks the connection *untracked*, and its
+/// return costs one empty-query round trip (plus a `ROLLBACK` if a transaction is
+/// open), as before this tracking existed.
+///
+/// What else it adds: the server-reported [`TxStatus`]
+/// ([`transaction_status`](Self::transaction_status)), a [`timeout`](Self::timeout)
 /// helper that bounds a query and discards the connection when it does not answer
 /// (blackholed network, stuck server), and an opt-in statement cache for direct
 /// connections ([`prepare_cached`](Self::prepare_cached)).
@@ -36,7 +58,7 @@ pub(crate) type Canceller = Arc<dyn Fn(tokio_postgres::CancelToken) + Send + Syn
 pub struct PgConnection {
     client: Client,
     wire: Arc<WireState>,
-    touched: AtomicBool,
+    track: Track,
     broken: AtomicBool,
     driver: Option<JoinHandle<()>>,
     cache: StatementCache,
@@ -54,7 +76,7 @@ impl PgConnection {
         PgConnection {
             client,
             wire,
-            touched: AtomicBool::new(false),
+            track: Track::default(),
             broken: AtomicBool::new(false),
             driver: Some(driver),
             cache: StatementCache::new(cache_capacity),
@@ -101,7 +123,7 @@ impl PgConnection {
             Ok(result) => result.map_err(PgError::from),
             Err(_) => {
                 self.mark_broken();
-                (self.canceller)(self.client.cancel_token());
+                drop((self.canceller)(self.client.cancel_token()));
                 Err(PgError::Timeout(limit))
             }
         }
@@ -112,16 +134,16 @@ impl PgConnection {
     /// For direct connections only: the cache holds named server-side statements that
     /// PgBouncer in transaction mode does not keep. With the cache disabled (the
     /// default, see [`PgManager::statement_cache_capacity`](crate::PgManager::statement_cache_capacity))
-    /// this prepares a new statement on every call. A reset with `DISCARD ALL` empties it.
+    /// this prepares a new statement on every call. [`ResetMode::DiscardAll`](crate::ResetMode::DiscardAll) keeps it (it does not
+    /// deallocate statements).
     ///
     /// # Cancel safety
     /// Cancel safe: a statement is cached only once prepared.
     pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, PgError> {
-        self.touched.store(true, Ordering::Relaxed);
         if let Some(stmt) = self.cache.get(sql) {
             return Ok(stmt);
         }
-        let stmt = self.client.prepare(sql).await?;
+        let stmt = self.track.run(self.client.prepare(sql)).await?;
         self.cache.insert(sql, stmt.clone());
         Ok(stmt)
     }
@@ -131,30 +153,40 @@ impl PgConnection {
         self.cache.map.len()
     }
 
-    /// The client, without marking the connection as used: for looking at it from
-    /// code that does not run queries for the borrower (tests, tools).
+    /// The raw client: the escape hatch, like `Deref`. The connection is marked
+    /// untracked (its return costs one empty-query round trip).
     pub fn client_ref(&self) -> &Client {
+        self.track.mark_untracked();
         &self.client
     }
 
+    /// The pool's own requests (ping, reset), which must not count as the borrower's.
     pub(crate) fn client_untracked(&self) -> &Client {
         &self.client
     }
 
+    pub(crate) fn pending(&self) -> Pending {
+        self.track.pending()
+    }
+
     pub(crate) fn was_used(&self) -> bool {
-        self.touched.load(Ordering::Relaxed)
+        self.track.used()
     }
 
     pub(crate) fn mark_clean(&self) {
-        self.touched.store(false, Ordering::Relaxed);
+        self.track.clear();
+    }
+
+    /// Sends a cancel request for whatever runs on this connection's backend and
+    /// waits until the server took it (or the attempt failed or timed out).
+    pub(crate) async fn cancel(&self) {
+        if let Some(task) = (self.canceller)(self.client.cancel_token()) {
+            let _ = task.await;
+        }
     }
 
     pub(crate) fn mark_broken(&self) {
         self.broken.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn clear_cache(&mut self) {
-        self.cache.clear();
     }
 
     pub(crate) fn into_parts(mut self) -> (Client, Option<JoinHandle<()>>) {
@@ -164,19 +196,246 @@ impl PgConnection {
     }
 }
 
+/// The tracked query methods: the same signatures as [`Client`]'s, each counted until
+/// the server's `ReadyForQuery` for it was read (see the type's documentation).
+///
+/// # Cancel safety
+/// Like tokio-postgres: dropping a future does not stop its request, which still runs
+/// on the server. The connection then counts as abandoned, and its return sends a
+/// cancel request and waits for the request to end (bounded), or discards it; it is
+/// never lent with the request pending.
+impl PgConnection {
+    /// See [`Client::prepare`].
+    pub async fn prepare(&self, query: &str) -> Result<Statement, Error> {
+        self.track.run(self.client.prepare(query)).await
+    }
+
+    /// See [`Client::prepare_typed`].
+    pub async fn prepare_typed(
+        &self,
+        query: &str,
+        parameter_types: &[Type],
+    ) -> Result<Statement, Error> {
+        self.track
+            .run(self.client.prepare_typed(query, parameter_types))
+            .await
+    }
+
+    /// See [`Client::query`].
+    pub async fn query<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.track.run(self.client.query(statement, params)).await
+    }
+
+    /// See [`Client::query_one`].
+    pub async fn query_one<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.track
+            .run(self.client.query_one(statement, params))
+            .await
+    }
+
+    /// See [`Client::query_opt`].
+    pub async fn query_opt<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.track
+            .run(self.client.query_opt(statement, params))
+            .await
+    }
+
+    /// See [`Client::query_raw`]. The stream borrows the connection and keeps the
+    /// request open until it ends.
+    pub async fn query_raw<T, P, I>(
+        &self,
+        statement: &T,
+        params: I,
+    ) -> Result<PgRowStream<'_>, Error>
+    where
+        T: ?Sized + ToStatement,
+        P: BorrowToSql,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        self.track
+            .run_stream(self.client.query_raw(statement, params))
+            .await
+    }
+
+    /// See [`Client::query_typed`]: one round trip, unnamed statement (PgBouncer-safe).
+    pub async fn query_typed(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, Error> {
+        self.track.run(self.client.query_typed(query, params)).await
+    }
+
+    /// See [`Client::query_typed_one`].
+    pub async fn query_typed_one(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Row, Error> {
+        self.track
+            .run(self.client.query_typed_one(query, params))
+            .await
+    }
+
+    /// See [`Client::query_typed_opt`].
+    pub async fn query_typed_opt(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Option<Row>, Error> {
+        self.track
+            .run(self.client.query_typed_opt(query, params))
+            .await
+    }
+
+    /// See [`Client::query_typed_raw`]. The stream keeps the request open until it ends.
+    pub async fn query_typed_raw<P, I>(
+        &self,
+        query: &str,
+        params: I,
+    ) -> Result<PgRowStream<'_>, Error>
+    where
+        P: BorrowToSql,
+        I: IntoIterator<Item = (P, Type)>,
+    {
+        self.track
+            .run_stream(self.client.query_typed_raw(query, params))
+            .await
+    }
+
+    /// See [`Client::execute`].
+    pub async fn execute<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.track.run(self.client.execute(statement, params)).await
+    }
+
+    /// See [`Client::execute_typed`].
+    pub async fn execute_typed(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64, Error> {
+        self.track
+            .run(self.client.execute_typed(query, params))
+            .await
+    }
+
+    /// See [`Client::execute_raw`].
+    pub async fn execute_raw<T, P, I>(&self, statement: &T, params: I) -> Result<u64, Error>
+    where
+        T: ?Sized + ToStatement,
+        P: BorrowToSql,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        self.track
+            .run(self.client.execute_raw(statement, params))
+            .await
+    }
+
+    /// See [`Client::copy_in`]. The copy stays open until
+    /// [`finish`](crate::Tracked::finish) completes.
+    pub async fn copy_in<T, U>(&self, statement: &T) -> Result<PgCopyInSink<'_, U>, Error>
+    where
+        T: ?Sized + ToStatement,
+        U: Buf + 'static + Send,
+    {
+        self.track.run_stream(self.client.copy_in(statement)).await
+    }
+
+    /// See [`Client::copy_out`]. The copy stays open until the stream ends.
+    pub async fn copy_out<T>(&self, statement: &T) -> Result<PgCopyOutStream<'_>, Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.track.run_stream(self.client.copy_out(statement)).await
+    }
+
+    /// See [`Client::simple_query`].
+    pub async fn simple_query(&self, query: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
+        self.track.run(self.client.simple_query(query)).await
+    }
+
+    /// See [`Client::simple_query_raw`]. The stream keeps the request open until it ends.
+    pub async fn simple_query_raw(&self, query: &str) -> Result<PgSimpleQueryStream<'_>, Error> {
+        self.track
+            .run_stream(self.client.simple_query_raw(query))
+            .await
+    }
+
+    /// See [`Client::batch_execute`].
+    pub async fn batch_execute(&self, query: &str) -> Result<(), Error> {
+        self.track.run(self.client.batch_execute(query)).await
+    }
+
+    /// Starts a transaction (`BEGIN`); see [`PgTransaction`].
+    pub async fn transaction(&mut self) -> Result<PgTransaction<'_>, Error> {
+        let PgConnection { client, track, .. } = self;
+        track.begin();
+        match client.transaction().await {
+            Ok(tx) => {
+                // The transaction takes over the count of its `BEGIN`.
+                Ok(PgTransaction::new(tx, track))
+            }
+            Err(e) => {
+                track.end(true);
+                Err(e)
+            }
+        }
+    }
+
+    /// See [`Client::cancel_token`] (not a request: nothing is tracked).
+    pub fn cancel_token(&self) -> CancelToken {
+        self.client.cancel_token()
+    }
+
+    /// See [`Client::is_closed`].
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
 impl Deref for PgConnection {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        // Any use may open a transaction: the next return must check.
-        self.touched.store(true, Ordering::Relaxed);
+        // The escape hatch: anything may be sent, the next return must settle.
+        self.track.mark_untracked();
         &self.client
     }
 }
 
 impl DerefMut for PgConnection {
     fn deref_mut(&mut self) -> &mut Client {
-        self.touched.store(true, Ordering::Relaxed);
+        self.track.mark_untracked();
         &mut self.client
     }
 }

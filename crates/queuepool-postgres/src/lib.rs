@@ -30,14 +30,17 @@
 //! # What the pool gets
 //! - `is_valid`: the empty query (one round trip), bounded by
 //!   [`PgManager::ping_timeout`].
-//! - `reset`: `ROLLBACK` only when the server says a transaction is open. The status
-//!   comes from the protocol itself (each `ReadyForQuery` message), read by a
-//!   pass-through wrapper under the driver; see [`TxStatus`]. A connection that was used
-//!   first gets one empty-query round trip, because a query whose future was dropped may
-//!   still sit in the driver's queue (a `BEGIN`, say) and requests run in order; an
-//!   unused one skips the reset. So no needless `ROLLBACK` (and no server log line
-//!   `WARNING: there is no transaction in progress` per return).
-//!   [`ResetMode::DiscardAll`] also runs `DISCARD ALL`.
+//! - `reset`: nothing at all when the borrower's requests all completed and the server
+//!   reported no open transaction: [`PgConnection`] counts each request from send to
+//!   the server's `ReadyForQuery`, and the status byte of that message is read from the
+//!   wire by a pass-through wrapper under the driver ([`TxStatus`]). An open or failed
+//!   transaction gets `ROLLBACK` only. A request whose future was dropped before its
+//!   end (abandoned) gets a cancel request, then one empty query that drains the
+//!   driver's queue (requests run in order), bounded by [`PgManager::ping_timeout`];
+//!   if it does not settle, the connection is discarded. A failed request, or use of
+//!   the raw client through `Deref`, costs that one empty query (no cancel).
+//!   [`ResetMode::DiscardAll`] also resets the session (all of `DISCARD ALL` except
+//!   `DEALLOCATE ALL`).
 //! - `health`: [`Health::Disconnected`](queuepool::Health) when the socket is closed,
 //!   `Broken` after a [`PgConnection::timeout`].
 //! - `is_disconnect`: closed connections, SQLSTATE class 08, 57P01 (admin shutdown),
@@ -64,6 +67,7 @@ mod manager;
 mod routing;
 mod socket;
 mod tls;
+mod tracked;
 mod wire;
 
 pub use config::{DEFAULT_APPLICATION_NAME, SslMode};
@@ -71,6 +75,9 @@ pub use connection::PgConnection;
 pub use error::PgError;
 pub use manager::{PgManager, ResetMode};
 pub use routing::{Lsn, ReadConn, ReadWrite, Route, RoutingConfig, RoutingStats, StandbyStats};
+pub use tracked::{
+    PgCopyInSink, PgCopyOutStream, PgRowStream, PgSimpleQueryStream, PgTransaction, Tracked,
+};
 pub use wire::TxStatus;
 
 pub use tokio_postgres;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use queuepool::{Health, Manager};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
@@ -14,7 +15,14 @@ use crate::connection::PgConnection;
 use crate::error::PgError;
 use crate::socket::SocketOptions;
 use crate::tls;
+use crate::tracked::Pending;
 use crate::wire::TxStatus;
+
+/// What `DISCARD ALL` does, except `DEALLOCATE ALL` (PostgreSQL 15 documentation of
+/// `DISCARD`). Sent as one simple query: an implicit transaction, which all of these
+/// accept (`DISCARD ALL` itself does not).
+const DISCARD_ALL_BUT_STATEMENTS: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+     UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES";
 
 pub(crate) const LOG_TARGET: &str = "queuepool::postgres";
 
@@ -26,8 +34,12 @@ pub enum ResetMode {
     /// Session settings (`SET`), temp tables and prepared statements survive.
     #[default]
     Rollback,
-    /// Roll back, then `DISCARD ALL`: a fresh session for every borrower, at the cost of
-    /// a round trip per return and of the statement cache.
+    /// Roll back, then what `DISCARD ALL` does except deallocating prepared statements
+    /// (`CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *;`
+    /// advisory locks released, `DISCARD PLANS, TEMP, SEQUENCES`): a fresh session
+    /// for every borrower, at the cost of a round trip per return. Prepared
+    /// statements are kept, because tokio-postgres caches its own (for custom type
+    /// lookups) and would not know they were gone.
     DiscardAll,
 }
 
@@ -164,6 +176,19 @@ impl PgManager {
             .await
     }
 
+    /// One empty query: once it completes, every request queued before it has, and
+    /// the wire status is exact. A cancel request that arrives late may hit it
+    /// (SQLSTATE 57014): it is then run once more.
+    async fn settle(&self, conn: &PgConnection) -> Result<(), PgError> {
+        let client = conn.client_untracked();
+        match self.bounded(conn, client.simple_query("")).await {
+            Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => {
+                self.bounded(conn, client.simple_query("")).await.map(drop)
+            }
+            other => other.map(drop),
+        }
+    }
+
     async fn bounded<T>(
         &self,
         conn: &PgConnection,
@@ -207,24 +232,31 @@ impl Manager for PgManager {
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), PgError> {
         let client = conn.client_untracked();
-        if conn.transaction_status() == TxStatus::Idle {
-            // The last answer said idle, but a request whose future was dropped may
-            // still be queued in the driver (a `BEGIN`, say). Requests run in order,
-            // so one empty round trip settles what the status really is, without the
-            // server warning an unneeded ROLLBACK would log.
-            self.bounded(conn, client.simple_query("")).await?;
+        let pending = conn.pending();
+        if pending == Pending::Abandoned {
+            // A request of the borrower was dropped before its end: it may be queued
+            // or running (a `pg_sleep`, a lock wait, a `BEGIN` not yet sent). Stop it,
+            // then let the queue drain: requests run in order, so once an empty query
+            // completes, everything before it has, and the wire status is exact.
+            debug!(target: LOG_TARGET, "abandoned request: cancelling, then settling");
+            conn.cancel().await;
+            self.settle(conn).await?;
+        } else if pending == Pending::Settle || conn.transaction_status() == TxStatus::Unknown {
+            self.settle(conn).await?;
         }
         if conn.transaction_status() != TxStatus::Idle {
             debug!(target: LOG_TARGET, status = ?conn.transaction_status(), "rolling back");
             self.bounded(conn, client.simple_query("ROLLBACK")).await?;
         }
         if self.reset_mode == ResetMode::DiscardAll {
-            self.bounded(conn, client.simple_query("DISCARD ALL"))
+            // `DISCARD ALL` minus its `DEALLOCATE ALL`: tokio-postgres keeps the named
+            // statements of its type lookups (`typeinfo`) per connection and does not
+            // know they were deallocated, so a later custom type would fail with
+            // `prepared statement "s1" does not exist`. Statements prepared by the
+            // borrower survive with them (and the statement cache stays valid).
+            self.bounded(conn, client.batch_execute(DISCARD_ALL_BUT_STATEMENTS))
                 .await?;
-            conn.clear_cache();
         }
-        // `Unknown` (status not readable on this stream) got its ROLLBACK above; only a
-        // status the server reported as still open is an error.
         if matches!(
             conn.transaction_status(),
             TxStatus::InTransaction | TxStatus::Failed
@@ -239,7 +271,9 @@ impl Manager for PgManager {
     }
 
     fn needs_reset(&self, conn: &PgConnection) -> bool {
-        conn.was_used() || conn.transaction_status() != TxStatus::Idle
+        conn.pending() != Pending::Nothing
+            || conn.transaction_status() != TxStatus::Idle
+            || (self.reset_mode == ResetMode::DiscardAll && conn.was_used())
     }
 
     fn health(&self, conn: &mut PgConnection) -> Health {

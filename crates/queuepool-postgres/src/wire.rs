@@ -76,6 +76,9 @@ pub(crate) struct Sniff<S> {
     header_len: usize,
     body_left: usize,
     in_ready: bool,
+    /// For cancel requests: `shutdown` completes only at the server's end of stream.
+    drain_on_shutdown: bool,
+    shut: bool,
 }
 
 impl<S> Sniff<S> {
@@ -88,7 +91,20 @@ impl<S> Sniff<S> {
             header_len: 0,
             body_left: 0,
             in_ready: false,
+            drain_on_shutdown: false,
+            shut: false,
         }
+    }
+
+    /// A stream for a cancel request. tokio-postgres writes the request and shuts the
+    /// stream down without waiting for the server; the server closes the connection
+    /// only once it has signalled the backend. So here `shutdown` also reads (and
+    /// drops) until the end of stream: when the cancel request's future completes,
+    /// the cancel has reached the backend, and a query sent after it is not hit by it.
+    pub(crate) fn for_cancel(inner: S, state: Arc<WireState>) -> Self {
+        let mut sniff = Sniff::new(inner, state, Mode::Off);
+        sniff.drain_on_shutdown = true;
+        sniff
     }
 
     fn observe(&mut self, mut bytes: &[u8]) {
@@ -159,7 +175,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniff<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Sniff<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Sniff<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -173,7 +189,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniff<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if !this.shut {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.shut = true;
+        }
+        if !this.drain_on_shutdown {
+            return Poll::Ready(Ok(()));
+        }
+        let mut scratch = [0u8; 64];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Ok(()) => {}
+                // A reset is an end of stream too.
+                Err(_) => return Poll::Ready(Ok(())),
+            }
+        }
     }
 
     fn poll_write_vectored(
