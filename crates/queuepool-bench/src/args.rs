@@ -17,8 +17,9 @@ usage: queuepool-bench core [--json FILE] [--reps N] [--secs S] [--warmup S]
   --reps N        repetitions per (scenario, pool), interleaved; median reported (default 3)
   --secs S        measured duration of one repetition, seconds (default 2)
   --warmup S      warm-up before each repetition, seconds (default 0.5)
-  --pool LIST     pools to run: queuepool, deadpool, bb8 (default: these three), or the
-                  diagnostics queuepool-noreset (manager reports connections clean) and
+  --pool LIST     pools to run: queuepool (manager reports returned connections clean),
+                  queuepool-reset (manager asks for a no-op reset on every return),
+                  deadpool, bb8 (default: these four), or the diagnostic
                   tokio-semaphore (bare semaphore, no connections: the fair-handoff ceiling)
   --scenario LIST scenarios to run: 1-task, 64-tasks-pool-8, 8-tasks-pool-8 (default all)";
 
@@ -192,12 +193,9 @@ mod tests {
         assert_eq!(c.pools, vec![PoolKind::Bb8, PoolKind::Queuepool]);
         assert_eq!(c.scenarios, vec![Scenario::Single]);
         // The diagnostic pool is selectable but not part of a default run.
-        let c = core(&["--pool", "queuepool-noreset,deadpool"]).unwrap();
-        assert_eq!(
-            c.pools,
-            vec![PoolKind::QueuepoolNoReset, PoolKind::Deadpool]
-        );
-        assert!(!PoolKind::ALL.contains(&PoolKind::QueuepoolNoReset));
+        let c = core(&["--pool", "tokio-semaphore,deadpool"]).unwrap();
+        assert_eq!(c.pools, vec![PoolKind::TokioSemaphore, PoolKind::Deadpool]);
+        assert!(!PoolKind::ALL.contains(&PoolKind::TokioSemaphore));
     }
 
     #[test]

@@ -26,16 +26,17 @@ pub trait BenchPool: Clone + Send + Sync + 'static {
 /// Which pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolKind {
-    /// This project's pool.
+    /// This project's pool, with a manager that reports returned connections as clean
+    /// (`needs_reset` false), as the PostgreSQL, MySQL and SQLite managers do when no
+    /// transaction is open.
     Queuepool,
+    /// queuepool with a manager that asks for a (no-op, async) reset on every return:
+    /// what a borrower that leaves a transaction open costs.
+    QueuepoolReset,
     /// deadpool 0.12, `managed`.
     Deadpool,
     /// bb8 0.9.
     Bb8,
-    /// Diagnostic, only with `--pool`: queuepool whose manager reports connections as
-    /// clean (`needs_reset` false), so no reset runs on return. Compare it with
-    /// `queuepool` to see what reset-on-return costs.
-    QueuepoolNoReset,
     /// Diagnostic, only with `--pool`: a bare `tokio::sync::Semaphore` with `size`
     /// permits and no connections at all. The fair-handoff ceiling: no pool that lends
     /// in arrival order through tokio wakers can do much better.
@@ -44,14 +45,19 @@ pub enum PoolKind {
 
 impl PoolKind {
     /// The pools of a default run, in the order they are interleaved and printed.
-    pub const ALL: [PoolKind; 3] = [PoolKind::Queuepool, PoolKind::Deadpool, PoolKind::Bb8];
+    pub const ALL: [PoolKind; 4] = [
+        PoolKind::Queuepool,
+        PoolKind::QueuepoolReset,
+        PoolKind::Deadpool,
+        PoolKind::Bb8,
+    ];
 
     /// Every pool `--pool` accepts.
     pub const SELECTABLE: [PoolKind; 5] = [
         PoolKind::Queuepool,
+        PoolKind::QueuepoolReset,
         PoolKind::Deadpool,
         PoolKind::Bb8,
-        PoolKind::QueuepoolNoReset,
         PoolKind::TokioSemaphore,
     ];
 
@@ -61,7 +67,7 @@ impl PoolKind {
             PoolKind::Queuepool => "queuepool",
             PoolKind::Deadpool => "deadpool",
             PoolKind::Bb8 => "bb8",
-            PoolKind::QueuepoolNoReset => "queuepool-noreset",
+            PoolKind::QueuepoolReset => "queuepool-reset",
             PoolKind::TokioSemaphore => "tokio-semaphore",
         }
     }
@@ -85,11 +91,12 @@ fn pool_error(pool: PoolKind, err: impl std::fmt::Display) -> BenchError {
 
 // ---------------------------------------------------------------------------- queuepool
 
-/// queuepool's no-op manager. With `clean: false` (the `queuepool` row) `needs_reset`
-/// keeps its default (`true`): the reset hook runs on every return, the counterpart of
-/// deadpool's `recycle` on every checkout and bb8's `is_valid` (`test_on_check_out`, on
-/// by default). With `clean: true` (`queuepool-noreset`) it reports every connection as
-/// clean and no reset runs.
+/// queuepool's no-op manager. With `clean: true` (the `queuepool` row) it reports every
+/// returned connection as clean, as the real managers do when no transaction is open,
+/// and no reset runs. With `clean: false` (`queuepool-reset`) `needs_reset` keeps its
+/// default (`true`): the reset hook runs on every return, the counterpart of deadpool's
+/// `recycle` on every checkout and bb8's `is_valid` (`test_on_check_out`, on by
+/// default).
 #[derive(Debug)]
 pub struct QueuepoolNoop {
     clean: bool,

@@ -75,8 +75,8 @@ pub fn measure(
     .map_err(BenchError::Runtime)?;
     let size = scenario.pool_size();
     match kind {
-        PoolKind::Queuepool | PoolKind::QueuepoolNoReset => {
-            let clean = kind == PoolKind::QueuepoolNoReset;
+        PoolKind::Queuepool | PoolKind::QueuepoolReset => {
+            let clean = kind == PoolKind::Queuepool;
             let pool = rt.block_on(pools::queuepool(size, clean))?;
             run(&rt, pool, scenario, warmup, secs)
         }

@@ -96,11 +96,14 @@ impl FromStr for Preset {
     }
 }
 
-/// A validated pool configuration. Build one with [`PoolConfig::builder`].
+/// A pool configuration. Build one with [`PoolConfig::builder`], which validates it;
+/// [`Pool::new`](crate::Pool::new) validates it again, so a field changed after
+/// `build()` (the fields stay public for reading) cannot make an invalid pool.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct PoolConfig {
-    /// Connections kept open and reused.
+    /// Connections kept open and reused (at least 1; for no limit use
+    /// [`ConfigBuilder::unlimited_overflow`]).
     pub pool_size: u32,
     /// Extra connections allowed above `pool_size` under load.
     pub max_overflow: Overflow,
@@ -195,21 +198,19 @@ impl PoolConfig {
                 allowed,
             })
         };
-        if self.pool_size > MAX_POOL_SIZE {
-            return invalid("pool_size", self.pool_size.to_string(), "0..=10000");
+        if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
+            // SQLAlchemy reads pool_size=0 as "no limit"; a pool that silently capped
+            // at max_overflow instead would surprise those users, so say it.
+            return invalid(
+                "pool_size",
+                self.pool_size.to_string(),
+                "1..=10000; SQLAlchemy's pool_size=0 (no limit) is written unlimited_overflow() here",
+            );
         }
-        match self.max_overflow {
-            Overflow::Limited(n) if n > MAX_POOL_SIZE => {
-                return invalid("max_overflow", n.to_string(), "0..=10000 or unlimited");
-            }
-            Overflow::Limited(0) if self.pool_size == 0 => {
-                return invalid(
-                    "pool_size",
-                    "0 with max_overflow 0".to_owned(),
-                    "pool_size + max_overflow >= 1",
-                );
-            }
-            _ => {}
+        if let Overflow::Limited(n) = self.max_overflow
+            && n > MAX_POOL_SIZE
+        {
+            return invalid("max_overflow", n.to_string(), "0..=10000 or unlimited");
         }
         for (field, value) in [
             ("pool_timeout", self.pool_timeout),
@@ -381,10 +382,7 @@ mod tests {
     #[test]
     fn invalid_values_name_the_field_and_range() {
         let cases: Vec<(ConfigBuilder, &str)> = vec![
-            (
-                PoolConfig::builder().pool_size(0).max_overflow(0),
-                "pool_size",
-            ),
+            (PoolConfig::builder().pool_size(0), "pool_size"),
             (PoolConfig::builder().pool_size(20_000), "pool_size"),
             (PoolConfig::builder().max_overflow(20_000), "max_overflow"),
             (
@@ -417,13 +415,18 @@ mod tests {
     }
 
     #[test]
-    fn zero_pool_size_with_overflow_is_valid() {
-        let c = PoolConfig::builder()
-            .pool_size(0)
-            .max_overflow(3)
-            .build()
-            .unwrap();
-        assert_eq!(c.max_connections(), 3);
+    fn zero_pool_size_is_rejected_naming_unlimited_overflow() {
+        for builder in [
+            PoolConfig::builder().pool_size(0),
+            PoolConfig::builder().pool_size(0).max_overflow(3),
+            PoolConfig::builder().pool_size(0).unlimited_overflow(),
+        ] {
+            let msg = builder.build().unwrap_err().to_string();
+            assert!(
+                msg.contains("pool_size: 0") && msg.contains("unlimited_overflow()"),
+                "{msg}"
+            );
+        }
         let u = PoolConfig::builder().unlimited_overflow().build().unwrap();
         assert_eq!(u.max_connections(), usize::MAX);
         assert_eq!(u.max_overflow.to_string(), "-1");

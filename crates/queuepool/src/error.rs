@@ -56,6 +56,18 @@ pub enum PoolError {
     /// The pool was closed.
     #[error("the pool is closed")]
     Closed,
+    /// The configuration given to [`Pool::new`](crate::Pool::new) is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The manager panicked while opening a connection. The pool contained the panic:
+    /// no slot was lost and the pool goes on.
+    #[error("the database manager panicked in {method}: {message}")]
+    ManagerPanic {
+        /// The [`Manager`](crate::Manager) method that panicked.
+        method: &'static str,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl PoolError {
@@ -69,7 +81,10 @@ impl PoolError {
 
     /// Whether the database could not be reached.
     pub fn is_connect(&self) -> bool {
-        matches!(self, PoolError::Connect(_) | PoolError::ConnectTimeout(_))
+        matches!(
+            self,
+            PoolError::Connect(_) | PoolError::ConnectTimeout(_) | PoolError::ManagerPanic { .. }
+        )
     }
 
     /// Whether the pool was closed.

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::panic::Location;
+use std::panic::{AssertUnwindSafe, Location};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use crate::config::ResetOnReturn;
@@ -86,7 +87,7 @@ impl<M: Manager> PooledConn<M> {
     /// failed request per stale connection. Returns whether it was a disconnect.
     pub fn report_error(this: &mut Self, error: &M::Error) -> bool {
         let inner = this.inner.as_ref().expect(HELD);
-        let disconnect = inner.manager.is_disconnect(error);
+        let disconnect = inner.is_disconnect(error);
         if disconnect && !this.broken {
             this.broken = true;
             inner.invalidate_all(this.conn.as_ref());
@@ -198,7 +199,7 @@ impl<M: Manager> Drop for PooledConn<M> {
         if self.broken || std::thread::panicking() {
             return lease.discard(conn, CloseReason::Invalidated);
         }
-        match inner.manager.health(&mut conn.raw) {
+        match inner.health(&mut conn) {
             Health::Ok => {}
             Health::Broken => return lease.discard(conn, CloseReason::Invalidated),
             Health::Disconnected => {
@@ -207,8 +208,8 @@ impl<M: Manager> Drop for PooledConn<M> {
             }
         }
         tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection being returned to pool");
-        let needs_reset = inner.config.reset_on_return == ResetOnReturn::Rollback
-            && inner.manager.needs_reset(&conn.raw);
+        let needs_reset =
+            inner.config.reset_on_return == ResetOnReturn::Rollback && inner.needs_reset(&conn);
         if !needs_reset || inner.is_closed() {
             return lease.put_back(conn);
         }
@@ -229,15 +230,17 @@ impl<M: Manager> Drop for PooledConn<M> {
         let deadline = now + inner.config.connect_timeout;
         let (pool, id) = (Arc::downgrade(&lease.inner), conn.id);
         let mut op = Box::pin(async move {
-            let result = lease.inner.manager.reset(&mut conn.raw).await;
+            // A panicking reset is contained: the connection is discarded, the slot freed.
+            let reset = AssertUnwindSafe(lease.inner.manager.reset(&mut conn.raw));
+            let result = reset.catch_unwind().await;
             (lease, conn, result)
         });
         let mut cx = Context::from_waker(Waker::noop());
         match op.as_mut().poll(&mut cx) {
-            Poll::Ready((lease, conn, result)) => finish_reset(lease, conn, Some(result)),
+            Poll::Ready((lease, conn, result)) => finish_reset(lease, conn, result),
             Poll::Pending => rt::spawn(async move {
                 match rt::deadline(deadline, op).await {
-                    Ok((lease, conn, result)) => finish_reset(lease, conn, Some(result)),
+                    Ok((lease, conn, result)) => finish_reset(lease, conn, result),
                     // The reset hung: the connection was dropped with the future, its
                     // slot freed by the lease inside.
                     Err(_) => {
@@ -251,29 +254,41 @@ impl<M: Manager> Drop for PooledConn<M> {
     }
 }
 
-/// Puts a connection back after its reset, or closes it if the reset failed.
+/// Puts a connection back after its reset, or closes it if the reset failed or
+/// panicked.
 fn finish_reset<M: Manager>(
     lease: Lease<M>,
     mut conn: Conn<M::Connection>,
-    result: Option<Result<(), M::Error>>,
+    result: std::thread::Result<Result<(), M::Error>>,
 ) {
+    let result = result
+        .map_err(|panic| lease.inner.note_panic("reset", &*panic))
+        .ok();
     match reset_outcome(&lease.inner, &mut conn, result) {
         Ok(()) => lease.put_back(conn),
         Err(()) => lease.discard(conn, CloseReason::Invalidated),
     }
 }
 
-/// Resets a connection (rollback), bounded by `connect_timeout`. A disconnect error
-/// invalidates the pool.
+/// Resets a connection (rollback) at checkout, bounded by `connect_timeout` and by the
+/// checkout's `deadline`. A disconnect error invalidates the pool; a panic is contained.
 pub(crate) async fn reset<M: Manager>(
     inner: &Arc<Inner<M>>,
     conn: &mut Conn<M::Connection>,
-    now: Instant,
+    deadline: Instant,
 ) -> Result<(), ()> {
     tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection rollback-on-return");
-    let deadline = now + inner.config.connect_timeout;
-    let result = rt::deadline(deadline, inner.manager.reset(&mut conn.raw)).await;
-    reset_outcome(inner, conn, result.ok())
+    let bound = deadline.min(Instant::now() + inner.config.connect_timeout);
+    let reset = AssertUnwindSafe(inner.manager.reset(&mut conn.raw)).catch_unwind();
+    let result = match rt::deadline(bound, reset).await {
+        Ok(Ok(result)) => Some(result),
+        Ok(Err(panic)) => {
+            inner.note_panic("reset", &*panic);
+            None
+        }
+        Err(_) => None,
+    };
+    reset_outcome(inner, conn, result)
 }
 
 /// What a reset's result (`None`: it timed out) means: `Ok` the connection is clean,
@@ -290,7 +305,7 @@ fn reset_outcome<M: Manager>(
         }
         Some(Err(e)) => {
             tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, error = %e, "Connection reset failed");
-            if inner.manager.is_disconnect(&e) {
+            if inner.is_disconnect(&e) {
                 inner.invalidate_all(Some(conn));
             }
             Err(())

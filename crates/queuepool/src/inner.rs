@@ -1,20 +1,30 @@
 //! The shared state of a pool and its accounting: every connection is either idle or
-//! belongs to one *slot*, and `idle + slots <= pool_size + max_overflow` always.
+//! belongs to one *slot*, and `idle + slots <= limit` always.
 //!
-//! A slot is held by a checkout from the moment it is granted until its connection is
-//! back in the idle queue (or closed); it is represented by a [`Lease`], whose `Drop`
-//! gives the slot (and the connection, if any) back, so a cancelled future or a dropped
-//! guard can never leak one. At the limit, checkouts queue in arrival order and a freed
-//! slot is handed to the first one directly, with its connection: nobody can overtake
-//! a waiter.
+//! Slots are the permits of a tokio [`Semaphore`]. A checkout takes one with
+//! `try_acquire` (no await, no timer); at the limit it waits in the semaphore's own FIFO
+//! queue, bounded by its own `pool_timeout` timer. A freed permit goes to the oldest
+//! waiter, never to a newcomer: nobody can overtake a waiter. The connections live in
+//! the idle queue under a mutex, which also counts the slots for `status()`; a return
+//! puts its connection into the idle queue *before* it frees the permit, so the waiter
+//! that receives the permit finds the connection there.
+//!
+//! A slot is held from the moment its permit is taken until its connection is back in
+//! the idle queue (or closed); it is represented by a [`Lease`] (or a guard), whose
+//! `Drop` gives the slot (and the connection, if any) back, so a cancelled future or a
+//! dropped guard can never leak one.
+//!
+//! The number of slots can be lowered at run time without taking a connection away
+//! from its borrower (`set_lend_limit`): the permits still free are withdrawn at once,
+//! the others as their slots are released.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::{Order, PoolConfig};
@@ -41,51 +51,50 @@ pub(crate) struct Conn<C> {
     pub(crate) usage: Option<Duration>,
 }
 
-/// What a checkout gets from the state machine without waiting.
-pub(crate) enum Acquire<M: Manager> {
-    /// An idle connection that needs no check, with a slot, counted as a checkout
-    /// that waited 0 (same ownership rule as `Idle`).
-    Ready(Conn<M::Connection>),
-    /// An idle connection, with a slot: the caller owns the slot from here on and
-    /// must wrap it (in a [`Lease`] or a guard) before its next await.
-    Idle(Conn<M::Connection>),
-    /// A slot and the right to open a connection (same ownership rule).
+/// What a checkout that holds a permit finds.
+pub(crate) enum Take<C> {
+    /// An idle connection that needs no check, counted as a served checkout. The caller
+    /// owns the slot from here on and must wrap it (in a [`Lease`] or a guard) before
+    /// its next await.
+    Ready(Conn<C>),
+    /// An idle connection to check before lending it (same ownership rule).
+    Idle(Conn<C>),
+    /// No idle connection: the right to open one (same ownership rule).
     Connect,
-    /// The limit is reached: wait for a slot in arrival order.
-    Wait(oneshot::Receiver<Lease<M>>),
-    /// The pool is closed.
+    /// The pool is closed (the permit was given back).
     Closed,
 }
 
-/// A checkout waiting at the limit. Deadlines are `arrival + pool_timeout`, so the
-/// queue is sorted by deadline and one timer (the reaper's) serves every waiter.
-struct Waiter<M: Manager> {
-    #[cfg_attr(feature = "model-check", allow(dead_code))]
-    deadline: Instant,
-    tx: oneshot::Sender<Lease<M>>,
-}
-
-pub(crate) struct State<M: Manager> {
-    idle: VecDeque<Conn<M::Connection>>,
-    /// Slots held: checkouts (lent, connecting, pinging, resetting, being handed over)
-    /// and background refills.
+pub(crate) struct State<C> {
+    idle: VecDeque<Conn<C>>,
+    /// Slots held: checkouts (lent, connecting, pinging, resetting) and background
+    /// refills.
     slots: usize,
     /// Slots held by the background refill.
     refilling: usize,
     /// Slot holders waiting for a `max_connecting` permit.
     connect_waiting: usize,
-    waiters: VecDeque<Waiter<M>>,
     closed: bool,
     /// Last time more than `pool_size` connections were needed at once.
     last_overflow_use: Instant,
     loans: LoanStats,
+    /// The current number of slots (`limit` unless lowered by `set_lend_limit`).
+    lend_limit: usize,
+    /// Permits to withhold as slots are released: the lend limit was lowered below the
+    /// slots in use.
+    debt: usize,
 }
 
 pub(crate) struct Inner<M: Manager> {
     pub(crate) manager: M,
     pub(crate) config: PoolConfig,
+    /// `pool_size + max_overflow` (capped at the semaphore's maximum when unlimited).
     pub(crate) limit: usize,
-    state: Mutex<State<M>>,
+    /// One permit per slot; its queue is the checkouts waiting at the limit.
+    slots: Semaphore,
+    state: Mutex<State<M::Connection>>,
+    /// Checkouts waiting for a slot (kept beside the semaphore so `status()` is O(1)).
+    waiting: AtomicUsize,
     pub(crate) counters: Counters,
     pub(crate) metrics: MetricHandles,
     pub(crate) connect_sem: Semaphore,
@@ -93,24 +102,27 @@ pub(crate) struct Inner<M: Manager> {
     pub(crate) idle_notify: Notify,
     /// Wakes the maintenance task (refill needed, pool dropped).
     pub(crate) maintenance: Arc<Notify>,
-    /// Wakes the reaper (a waiter arrived in an empty queue, pool dropped).
-    pub(crate) reaper: Arc<Notify>,
     /// Signalled when the last slot is released after `close()`.
     pub(crate) drained: Notify,
+    /// Signalled by `close()`: checkouts that are connecting, pinging or resetting stop.
+    pub(crate) closing: Notify,
     /// Bumped by every pool-wide invalidation: connections of an older generation
     /// were opened before it and are suspect. (A counter, not a timestamp: it orders
     /// events exactly even when the clock does not move between them.)
     generation: AtomicU64,
     next_id: AtomicU64,
-    /// `state.closed`, readable without the lock on the return path.
+    /// `state.closed`, readable without the lock.
     closed_flag: std::sync::atomic::AtomicBool,
 }
 
 impl<M: Manager> Inner<M> {
     pub(crate) fn new(manager: M, config: PoolConfig) -> Self {
         let now = Instant::now();
+        let limit = config.max_connections().min(Semaphore::MAX_PERMITS);
         Inner {
-            limit: config.max_connections(),
+            limit,
+            slots: Semaphore::new(limit),
+            waiting: AtomicUsize::new(0),
             connect_sem: Semaphore::new(config.max_connecting as usize),
             metrics: MetricHandles::new(&config.name),
             manager,
@@ -120,60 +132,91 @@ impl<M: Manager> Inner<M> {
                 slots: 0,
                 refilling: 0,
                 connect_waiting: 0,
-                waiters: VecDeque::new(),
                 closed: false,
                 last_overflow_use: now,
                 loans: LoanStats::new(),
+                lend_limit: limit,
+                debt: 0,
             }),
             counters: Counters::new(),
             idle_notify: Notify::new(),
             maintenance: Arc::new(Notify::new()),
-            reaper: Arc::new(Notify::new()),
             drained: Notify::new(),
+            closing: Notify::new(),
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             closed_flag: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Takes an idle connection, or a slot to open one, or a place in the queue.
-    pub(crate) fn acquire(self: &Arc<Self>, now: Instant) -> Acquire<M> {
+    /// Takes a permit without waiting: `Some(true)` taken, `Some(false)` none free,
+    /// `None` the pool is closed. A taken permit must be passed to [`Inner::take`]
+    /// before the next await.
+    pub(crate) fn try_permit(&self) -> Option<bool> {
+        match self.slots.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                Some(true)
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => Some(false),
+            Err(tokio::sync::TryAcquireError::Closed) => None,
+        }
+    }
+
+    /// Waits for a permit in arrival order, until `deadline`. `Ok(true)`: taken (same
+    /// rule as [`Inner::try_permit`]); `Ok(false)`: timed out; `Err`: closed.
+    ///
+    /// Cancel safe: a permit granted to a dropped wait goes to the next waiter.
+    pub(crate) async fn wait_permit(&self, deadline: Instant) -> Result<bool, ()> {
+        struct Waiting<'a>(&'a AtomicUsize, &'a MetricHandles);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                let n = self.0.fetch_sub(1, Relaxed) - 1;
+                self.1.pending.set(n as f64);
+            }
+        }
+        let n = self.waiting.fetch_add(1, Relaxed) + 1;
+        self.metrics.pending.set(n as f64);
+        let _waiting = Waiting(&self.waiting, &self.metrics);
+        match rt::wait_deadline(deadline, self.slots.acquire()).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                Ok(true)
+            }
+            Ok(Err(_)) => Err(()),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Gives back a permit that [`Inner::take`] did not count as a slot.
+    fn return_permit(&self) {
+        self.slots.add_permits(1);
+    }
+
+    /// For a checkout holding a permit: takes an idle connection, or the right to open
+    /// one. A ready connection is counted as served with a wait of `now - start`.
+    pub(crate) fn take(&self, start: Instant, now: Instant) -> Take<M::Connection> {
         let mut st = lock(&self.state);
         if st.closed {
-            return Acquire::Closed;
-        }
-        if let Some(mut conn) = self.pop_idle(&mut st) {
-            st.slots += 1;
-            self.note_usage(&mut st);
-            if self.ready(&mut conn, now) {
-                st.loans.checkouts += 1;
-                st.loans.wait.record(Duration::ZERO);
-                return Acquire::Ready(conn);
-            }
-            return Acquire::Idle(conn);
-        }
-        if st.idle.len() + st.slots < self.limit {
-            st.slots += 1;
-            self.note_usage(&mut st);
             drop(st);
-            return Acquire::Connect;
+            self.return_permit();
+            return Take::Closed;
         }
-        let (tx, rx) = oneshot::channel();
-        // Prune abandoned places (cancelled waiters) only when the queue doubles:
-        // amortized O(1); `put_back` skips closed senders anyway.
-        let n = st.waiters.len();
-        if n >= 16 && n.is_power_of_two() {
-            st.waiters.retain(|w| !w.tx.is_closed());
+        let conn = self.pop_idle(&mut st);
+        st.slots += 1;
+        self.note_usage(&mut st);
+        match conn {
+            Some(mut conn) => {
+                if self.ready(&mut conn, now) {
+                    st.loans.checkouts += 1;
+                    st.loans.wait.record(now - start);
+                    Take::Ready(conn)
+                } else {
+                    Take::Idle(conn)
+                }
+            }
+            None => Take::Connect,
         }
-        if st.waiters.is_empty() {
-            self.reaper.notify_one();
-        }
-        st.waiters.push_back(Waiter {
-            deadline: now + self.config.pool_timeout,
-            tx,
-        });
-        self.publish(&st);
-        Acquire::Wait(rx)
     }
 
     /// Whether an idle connection can be lent as it is: no reset, ping or replacement.
@@ -181,11 +224,52 @@ impl<M: Manager> Inner<M> {
     /// while it sat idle (a terminated backend) for free, even within `PING_SKIP`.
     pub(crate) fn ready(&self, conn: &mut Conn<M::Connection>, now: Instant) -> bool {
         let stale = now.saturating_duration_since(conn.last_used) >= PING_SKIP;
-        self.manager.health(&mut conn.raw) == Health::Ok
-            && !conn.needs_reset
+        !conn.needs_reset
             && conn.expires.is_none_or(|e| e > now)
             && !self.is_suspect(conn)
             && (!self.config.pre_ping || !stale)
+            && self.health(conn) == Health::Ok
+    }
+
+    /// [`Manager::health`], with a panic contained: a manager that panics says the
+    /// connection is broken.
+    pub(crate) fn health(&self, conn: &mut Conn<M::Connection>) -> Health {
+        let raw = &mut conn.raw;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.manager.health(raw))) {
+            Ok(health) => health,
+            Err(panic) => {
+                self.note_panic("health", &*panic);
+                Health::Broken
+            }
+        }
+    }
+
+    /// [`Manager::is_disconnect`], with a panic contained (then: not a disconnect).
+    pub(crate) fn is_disconnect(&self, error: &M::Error) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.manager.is_disconnect(error)
+        }))
+        .unwrap_or_else(|panic| {
+            self.note_panic("is_disconnect", &*panic);
+            false
+        })
+    }
+
+    /// [`Manager::needs_reset`], with a panic contained (then: reset it).
+    pub(crate) fn needs_reset(&self, conn: &Conn<M::Connection>) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.manager.needs_reset(&conn.raw)
+        }))
+        .unwrap_or_else(|panic| {
+            self.note_panic("needs_reset", &*panic);
+            true
+        })
+    }
+
+    /// Logs and counts a panic of the manager that the pool contained.
+    pub(crate) fn note_panic(&self, method: &'static str, panic: &(dyn std::any::Any + Send)) {
+        self.counters.manager_panics.fetch_add(1, Relaxed);
+        tracing::error!(target: LOG, pool = %self.config.name, method, panic = %rt::panic_message(panic), "Manager panicked; the connection is discarded and the pool goes on");
     }
 
     /// Counts a checkout that went through the slow path.
@@ -228,7 +312,7 @@ impl<M: Manager> Inner<M> {
         }
     }
 
-    fn pop_idle(&self, st: &mut State<M>) -> Option<Conn<M::Connection>> {
+    fn pop_idle(&self, st: &mut State<M::Connection>) -> Option<Conn<M::Connection>> {
         match self.config.order {
             Order::Fifo => st.idle.pop_front(),
             Order::Lifo => st.idle.pop_back(),
@@ -238,84 +322,95 @@ impl<M: Manager> Inner<M> {
     /// Notes when more than `pool_size` connections are lent at once: overflow is
     /// still needed. (Open but idle overflow connections do not count, or light
     /// traffic would keep every one of them alive.)
-    fn note_usage(&self, st: &mut State<M>) {
+    fn note_usage(&self, st: &mut State<M::Connection>) {
         if st.slots - st.refilling > self.config.pool_size as usize {
             st.last_overflow_use = Instant::now();
         }
         self.publish(st);
     }
 
-    /// Gives back a clean connection: to the first waiter, else to the idle queue (or
-    /// closes it if it is overflow no longer needed, or the pool is closed).
+    /// Frees one slot under the lock; returns whether its permit goes back to the
+    /// semaphore (not when the lend limit was lowered below the slots in use).
+    fn free_slot(&self, st: &mut State<M::Connection>) -> bool {
+        st.slots -= 1;
+        if st.closed && st.slots == 0 {
+            self.drained.notify_waiters();
+        }
+        if st.debt > 0 {
+            st.debt -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a clean connection through its slot: into the idle queue for the next
+    /// checkout (the oldest waiter receives the freed permit), or closes it if the pool
+    /// is closed or, with `overflow_idle` zero, the idle queue already holds
+    /// `pool_size` connections (SQLAlchemy's rule).
     pub(crate) fn put_back(self: &Arc<Self>, mut conn: Conn<M::Connection>) {
         let mut st = lock(&self.state);
         if let Some(held) = conn.usage.take() {
             st.loans.usage.record(held);
         }
-        if !st.closed {
-            while let Some(waiter) = st.waiters.pop_front() {
-                let mut lease = Lease::new(self.clone());
-                lease.conn = Some(conn);
-                match waiter.tx.send(lease) {
-                    Ok(()) => {
-                        self.publish(&st);
-                        return;
-                    }
-                    Err(mut lease) => {
-                        conn = lease
-                            .disarm()
-                            .expect("the lease was just given a connection")
-                    }
-                }
-            }
-        }
-        st.slots -= 1;
-        let surplus = st.idle.len() + st.slots >= self.config.pool_size as usize
-            && self.config.overflow_idle.is_zero();
-        if st.closed || surplus {
-            self.after_release(&st);
-            drop(st);
-            let reason = if surplus {
-                CloseReason::Overflow
-            } else {
-                CloseReason::PoolClosed
-            };
-            self.close_conn(conn, reason);
-            return;
-        }
-        st.idle.push_back(conn);
-        if st.connect_waiting > 0 {
+        let surplus =
+            self.config.overflow_idle.is_zero() && st.idle.len() >= self.config.pool_size as usize;
+        let close = if st.closed {
+            Some((conn, CloseReason::PoolClosed))
+        } else if surplus {
+            Some((conn, CloseReason::Overflow))
+        } else {
+            st.idle.push_back(conn);
+            None
+        };
+        let permit = self.free_slot(&mut st);
+        if close.is_none() && st.connect_waiting > 0 {
             self.idle_notify.notify_waiters();
         }
         self.publish(&st);
+        drop(st);
+        if permit {
+            self.return_permit();
+        }
+        if let Some((conn, reason)) = close {
+            self.close_conn(conn, reason);
+        }
     }
 
-    /// Gives back an empty slot: to the first waiter (who will open a connection), else
-    /// frees it.
+    /// Gives back an empty slot (its connection was closed or detached).
     pub(crate) fn release_slot(self: &Arc<Self>) {
         let mut st = lock(&self.state);
-        if !st.closed {
-            while let Some(waiter) = st.waiters.pop_front() {
-                match waiter.tx.send(Lease::new(self.clone())) {
-                    Ok(()) => return,
-                    Err(mut lease) => {
-                        lease.disarm();
-                    }
-                }
-            }
+        let permit = self.free_slot(&mut st);
+        let refill = !st.closed && st.idle.len() + st.slots < self.config.pool_size as usize;
+        self.publish(&st);
+        drop(st);
+        if permit {
+            self.return_permit();
         }
-        st.slots -= 1;
-        self.after_release(&st);
-        if st.idle.len() + st.slots < self.config.pool_size as usize {
+        if refill {
             self.maintenance.notify_one();
         }
     }
 
-    fn after_release(&self, st: &State<M>) {
-        if st.closed && st.slots == 0 {
-            self.drained.notify_waiters();
+    /// Changes how many slots may be held at once, between 1 and `limit` (for the
+    /// pool-size controller of issue 14). Raising it frees permits at once; lowering it
+    /// withdraws free permits at once and the others as their slots are released, so
+    /// no connection is taken from its borrower.
+    #[allow(dead_code)] // the controller that calls it lands with issue 14
+    pub(crate) fn set_lend_limit(&self, target: usize) {
+        let target = target.clamp(1, self.limit);
+        let mut st = lock(&self.state);
+        if target >= st.lend_limit {
+            let mut add = target - st.lend_limit;
+            let paid = add.min(st.debt);
+            st.debt -= paid;
+            add -= paid;
+            self.slots.add_permits(add);
+        } else {
+            let remove = st.lend_limit - target;
+            let removed = self.slots.forget_permits(remove);
+            st.debt += remove - removed;
         }
-        self.publish(st);
+        st.lend_limit = target;
     }
 
     /// Counts and logs the closing of connection `id`.
@@ -347,7 +442,12 @@ impl<M: Manager> Inner<M> {
         let inner = self.clone();
         // A broken connection is dropped at once: a polite close could hang on it.
         if !hard {
-            rt::spawn(async move { inner.manager.close(conn.raw).await });
+            rt::spawn(async move {
+                let close = std::panic::AssertUnwindSafe(inner.manager.close(conn.raw));
+                if let Err(panic) = futures_util::FutureExt::catch_unwind(close).await {
+                    inner.note_panic("close", &*panic);
+                }
+            });
         }
     }
 
@@ -375,12 +475,24 @@ impl<M: Manager> Inner<M> {
         self.maintenance.notify_one();
     }
 
-    /// Whether `conn` was opened before the last pool-wide invalidation.
+    /// Whether `conn` was opened before the last pool-wide invalidation (and has not
+    /// passed a ping since).
     pub(crate) fn is_suspect(&self, conn: &Conn<M::Connection>) -> bool {
         conn.generation < self.generation.load(Relaxed)
     }
 
-    pub(crate) fn new_conn(&self, raw: M::Connection) -> Conn<M::Connection> {
+    /// A suspect connection that answered a ping is as good as a new one.
+    pub(crate) fn clear_suspicion(&self, conn: &mut Conn<M::Connection>, pinged_at: u64) {
+        conn.generation = conn.generation.max(pinged_at);
+    }
+
+    /// The current invalidation generation (read before a ping starts: an invalidation
+    /// during the ping keeps the connection suspect).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    pub(crate) fn new_conn(&self, raw: M::Connection, generation: u64) -> Conn<M::Connection> {
         let now = Instant::now();
         let expires = self.config.pool_recycle.map(|r| {
             // ±2.5 % so connections opened together do not expire together.
@@ -390,7 +502,7 @@ impl<M: Manager> Inner<M> {
         Conn {
             raw,
             id: self.next_id.fetch_add(1, Relaxed),
-            generation: self.generation.load(Relaxed),
+            generation,
             expires,
             last_used: now,
             needs_reset: false,
@@ -398,12 +510,9 @@ impl<M: Manager> Inner<M> {
         }
     }
 
+    /// Occupancy now, in O(1).
     pub(crate) fn status(&self) -> Status {
         let st = lock(&self.state);
-        self.status_locked(&st)
-    }
-
-    fn status_locked(&self, st: &State<M>) -> Status {
         let open = st.idle.len() + st.slots;
         Status {
             pool_size: self.config.pool_size,
@@ -411,46 +520,34 @@ impl<M: Manager> Inner<M> {
             checked_out: st.slots - st.refilling,
             overflow: open as i64 - i64::from(self.config.pool_size),
             connecting: self.config.max_connecting as usize - self.connect_sem.available_permits(),
-            waiting: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
+            waiting: self.waiting.load(Relaxed),
         }
     }
 
-    fn publish(&self, st: &State<M>) {
+    fn publish(&self, st: &State<M::Connection>) {
         self.metrics.idle.set(st.idle.len() as f64);
         self.metrics.in_use.set((st.slots - st.refilling) as f64);
-        self.metrics.pending.set(st.waiters.len() as f64);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed_flag.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Ends the wait of every waiter whose deadline has passed (their checkouts fail
-    /// with a timeout); returns the next deadline, if anyone still waits.
-    #[cfg_attr(feature = "model-check", allow(dead_code))]
-    pub(crate) fn expire_waiters(&self, now: Instant) -> Option<Instant> {
-        let mut st = lock(&self.state);
-        while let Some(front) = st.waiters.front() {
-            if front.deadline > now && !front.tx.is_closed() {
-                return Some(front.deadline);
-            }
-            // Dropping the sender wakes the waiter with an error.
-            st.waiters.pop_front();
-        }
-        self.publish(&st);
-        None
-    }
-
-    /// Refuses new checkouts, fails the waiters, takes every idle connection out.
-    pub(crate) fn shut(&self) -> (Vec<Conn<M::Connection>>, usize) {
+    /// Refuses new checkouts, fails the waiters and the checkouts still connecting or
+    /// checking a connection, takes every idle connection out.
+    pub(crate) fn shut(&self) -> Vec<Conn<M::Connection>> {
         let mut st = lock(&self.state);
         st.closed = true;
         self.closed_flag
             .store(true, std::sync::atomic::Ordering::Release);
-        st.waiters.clear();
         let idle = st.idle.drain(..).collect();
         self.publish(&st);
-        (idle, st.slots)
+        drop(st);
+        self.slots.close();
+        self.connect_sem.close();
+        self.closing.notify_waiters();
+        self.maintenance.notify_one();
+        idle
     }
 
     pub(crate) fn lent(&self) -> usize {
@@ -458,14 +555,21 @@ impl<M: Manager> Inner<M> {
     }
 
     /// A slot for the background refill, if the pool holds fewer than `pool_size`.
+    /// It never waits: at the limit, checkouts open what they need themselves.
     pub(crate) fn refill_slot(self: &Arc<Self>) -> Option<Lease<M>> {
+        if self.try_permit() != Some(true) {
+            return None;
+        }
         let mut st = lock(&self.state);
         let open = st.idle.len() + st.slots;
-        if st.closed || open >= self.config.pool_size as usize || open >= self.limit {
+        if st.closed || open >= self.config.pool_size as usize {
+            drop(st);
+            self.return_permit();
             return None;
         }
         st.slots += 1;
         st.refilling += 1;
+        drop(st);
         let mut lease = Lease::new(self.clone());
         lease.refill = true;
         Some(lease)
@@ -475,7 +579,9 @@ impl<M: Manager> Inner<M> {
         lock(&self.state).refilling -= 1;
     }
 
-    /// Idle connections the maintenance task must close: expired ones, suspects, and
+    /// Idle connections the maintenance task must close: expired ones, broken ones,
+    /// suspects when `pre_ping` is off (with `pre_ping` on they are pinged at their next
+    /// checkout instead: one dead connection must not close a healthy pool), and
     /// overflow unused for `overflow_idle`.
     #[cfg_attr(feature = "model-check", allow(dead_code))]
     pub(crate) fn take_for_maintenance(
@@ -487,13 +593,13 @@ impl<M: Manager> Inner<M> {
         let mut kept = VecDeque::with_capacity(st.idle.len());
         let mut disconnected = false;
         while let Some(mut conn) = st.idle.pop_front() {
-            let health = self.manager.health(&mut conn.raw);
+            let health = self.health(&mut conn);
             disconnected |= health == Health::Disconnected;
             if health != Health::Ok {
                 out.push((conn, CloseReason::Invalidated));
             } else if conn.expires.is_some_and(|e| e <= now) {
                 out.push((conn, CloseReason::Recycled));
-            } else if self.is_suspect(&conn) {
+            } else if !self.config.pre_ping && self.is_suspect(&conn) {
                 out.push((conn, CloseReason::Invalidated));
             } else {
                 kept.push_back(conn);
@@ -501,7 +607,12 @@ impl<M: Manager> Inner<M> {
         }
         st.idle = kept;
         let pool_size = self.config.pool_size as usize;
-        if now.saturating_duration_since(st.last_overflow_use) >= self.config.overflow_idle {
+        // With `overflow_idle` zero the return path already applies SQLAlchemy's rule
+        // (close when the idle queue holds `pool_size`): trimming here too would close
+        // connections that steady load needs.
+        if !self.config.overflow_idle.is_zero()
+            && now.saturating_duration_since(st.last_overflow_use) >= self.config.overflow_idle
+        {
             // Close the least recently used first.
             while st.idle.len() + st.slots > pool_size {
                 // Returns push at the back in both orders: the front is the coldest.
@@ -525,15 +636,13 @@ impl<M: Manager> Drop for Inner<M> {
     fn drop(&mut self) {
         // Lets the background tasks (which only hold weak references) end now.
         self.maintenance.notify_one();
-        self.reaper.notify_one();
     }
 }
 
-/// One slot of the pool, and the connection that goes with it once there is one.
-/// Dropping it gives both back.
+/// One slot of the pool, held by a checkout before it has a connection to lend, by a
+/// refill, or by a reset in progress. Dropping it frees the slot.
 pub(crate) struct Lease<M: Manager> {
     pub(crate) inner: Arc<Inner<M>>,
-    pub(crate) conn: Option<Conn<M::Connection>>,
     armed: bool,
     refill: bool,
 }
@@ -543,16 +652,14 @@ impl<M: Manager> Lease<M> {
     pub(crate) fn new(inner: Arc<Inner<M>>) -> Self {
         Lease {
             inner,
-            conn: None,
             armed: true,
             refill: false,
         }
     }
 
     /// Forgets the slot without giving it back (the caller accounts for it).
-    pub(crate) fn disarm(&mut self) -> Option<Conn<M::Connection>> {
+    fn disarm(&mut self) {
         self.armed = false;
-        self.conn.take()
     }
 
     /// Hands the slot over to a guard, which gives it back itself.
@@ -589,9 +696,6 @@ impl<M: Manager> Drop for Lease<M> {
             return;
         }
         self.finish_refill();
-        match self.conn.take() {
-            Some(conn) => self.inner.put_back(conn),
-            None => self.inner.release_slot(),
-        }
+        self.inner.release_slot();
     }
 }

@@ -1,9 +1,11 @@
 //! The background task: closes expired, suspect and surplus overflow idle connections,
 //! and refills the pool to `pool_size`, backing off while the database refuses.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -26,31 +28,24 @@ pub(crate) async fn run<M: Manager>(pool: Weak<Inner<M>>, wake: Arc<Notify>) {
             if inner.is_closed() {
                 return;
             }
-            round(&inner, &mut backoff).await
+            // The manager's methods are contained where they are called; this is the
+            // last line of defence, so that no panic ends the refill for good.
+            match AssertUnwindSafe(round(&inner, &mut backoff))
+                .catch_unwind()
+                .await
+            {
+                Ok(pause) => pause,
+                Err(panic) => {
+                    inner.note_panic("maintenance", &*panic);
+                    BACKOFF_MAX
+                }
+            }
         };
         if backoff.is_some() {
             // Backing off: a wake-up (a freed slot, a checkout) must not cut it short.
             tokio::time::sleep(pause).await;
         } else {
             let _ = tokio::time::timeout(pause, wake.notified()).await;
-        }
-    }
-}
-
-/// Fails the checkouts that waited `pool_timeout` at the limit. One timer for the whole
-/// queue (deadlines are in arrival order) instead of one per waiter.
-pub(crate) async fn reap<M: Manager>(pool: Weak<Inner<M>>, wake: Arc<Notify>) {
-    loop {
-        let next = {
-            let Some(inner) = pool.upgrade() else { return };
-            if inner.is_closed() {
-                return;
-            }
-            inner.expire_waiters(Instant::now())
-        };
-        match next {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => wake.notified().await,
         }
     }
 }

@@ -2,29 +2,24 @@
 
 use std::fmt;
 use std::future::Future;
-use std::panic::Location;
+use std::panic::{AssertUnwindSafe, Location};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::SemaphorePermit;
 use tokio::time::Instant;
 
 use crate::config::PoolConfig;
 use crate::error::PoolError;
 use crate::guard::{PooledConn, reset};
-use crate::inner::{Acquire, Conn, Inner, LOG, Lease, PING_SKIP};
+use crate::inner::{Conn, Inner, LOG, Lease, PING_SKIP, Take};
 #[cfg(not(feature = "model-check"))]
 use crate::maintenance;
 use crate::manager::{Health, Manager};
 use crate::rt;
 use crate::stats::{CloseReason, Stats, Status};
-
-/// Where a checkout that could not be served at once goes on from.
-enum First<M: Manager> {
-    /// A slot, and maybe a connection to check before lending it.
-    Slot(Lease<M>, Option<Conn<M::Connection>>),
-}
 
 /// An async connection pool. Cheap to clone: clones share the same connections.
 pub struct Pool<M: Manager> {
@@ -53,9 +48,14 @@ impl<M: Manager> Pool<M> {
     /// failing fast if the database cannot be reached. Starts the maintenance task
     /// (refill, recycling, overflow trimming) on the current tokio runtime.
     ///
+    /// The configuration is validated here too ([`PoolError::Config`]): its fields are
+    /// public, so one changed after [`ConfigBuilder::build`](crate::ConfigBuilder::build)
+    /// is checked before it can make a pool that never lends.
+    ///
     /// # Cancel safety
     /// Cancelling it drops the half-built pool and the connections opened so far.
     pub async fn new(manager: M, config: PoolConfig) -> Result<Self, PoolError> {
+        config.validate()?;
         let pool = Pool {
             inner: Arc::new(Inner::new(manager, config)),
         };
@@ -67,10 +67,6 @@ impl<M: Manager> Pool<M> {
             tokio::spawn(maintenance::run(
                 Arc::downgrade(&pool.inner),
                 pool.inner.maintenance.clone(),
-            ));
-            tokio::spawn(maintenance::reap(
-                Arc::downgrade(&pool.inner),
-                pool.inner.reaper.clone(),
             ));
         }
         tracing::debug!(target: LOG, pool = %pool.inner.config.name, status = %pool.status(), "Pool created");
@@ -97,7 +93,18 @@ impl<M: Manager> Pool<M> {
                 None => return Ok(()),
                 Some(Ok(Ok(()))) => {}
                 Some(Ok(Err(e))) => return Err(e),
-                Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+                Some(Err(join)) => {
+                    // `open` contains the manager's panics; only a cancelled runtime
+                    // gets here.
+                    return Err(if join.is_panic() {
+                        PoolError::ManagerPanic {
+                            method: "connect",
+                            message: rt::panic_message(&*join.into_panic()).to_owned(),
+                        }
+                    } else {
+                        PoolError::Closed
+                    });
+                }
             }
         }
     }
@@ -107,7 +114,8 @@ impl<M: Manager> Pool<M> {
     /// Below the limit it never queues: it takes an idle connection (pre-pinged if
     /// unused for a second, replaced if past `pool_recycle`) or opens one. At the limit
     /// it waits, in arrival order, for at most `pool_timeout`, then fails with
-    /// [`PoolError::Timeout`]. It ends within `pool_timeout + connect_timeout`.
+    /// [`PoolError::Timeout`]. It ends within `pool_timeout + connect_timeout`, and at
+    /// once with [`PoolError::Closed`] when the pool is closed.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future at any await point (waiting, connecting,
@@ -120,64 +128,108 @@ impl<M: Manager> Pool<M> {
         async move {
             let start = Instant::now();
             let inner = &self.inner;
-            // Every slot `acquire` grants is wrapped before the next await.
-            let first = match inner.acquire(start) {
+            let now = match inner.try_permit() {
+                Some(true) => start,
+                Some(false) => {
+                    // The slow path, boxed so the common case's future stays small: the
+                    // only place a timer exists.
+                    Box::pin(self.wait_slot(start)).await?;
+                    Instant::now()
+                }
+                None => return Err(PoolError::Closed),
+            };
+            // We hold a slot's permit: `take` counts it, and it is wrapped (guard or
+            // lease) before the next await.
+            match inner.take(start, now) {
                 // The common case, without an await: an idle connection that needs no
                 // ping, reset or replacement (already counted).
-                Acquire::Ready(conn) => {
-                    return Ok(self.hand_over(inner.clone(), conn, Duration::ZERO, caller, start));
+                Take::Ready(conn) => {
+                    Ok(self.hand_over(inner.clone(), conn, now - start, caller, now))
                 }
-                Acquire::Idle(conn) => First::Slot(Lease::new(inner.clone()), Some(conn)),
-                Acquire::Connect => First::Slot(Lease::new(inner.clone()), None),
-                Acquire::Wait(rx) => {
-                    // No timer here: the reaper ends the wait at `pool_timeout`.
-                    let mut lease = match rx.await {
-                        Ok(lease) => lease,
-                        // The pool dropped our place in the queue: closed, or timed out.
-                        Err(_) if inner.is_closed() => return Err(PoolError::Closed),
-                        Err(_) => return Err(self.timeout_error()),
-                    };
-                    // A connection handed over by a return is usually ready.
-                    let now = Instant::now();
-                    match lease.conn.take() {
-                        Some(mut conn) => {
-                            if inner.ready(&mut conn, now) {
-                                return Ok(self.lend(lease.into_inner(), conn, start, caller, now));
-                            }
-                            First::Slot(lease, Some(conn))
-                        }
-                        None => First::Slot(lease, None),
-                    }
+                Take::Idle(conn) => {
+                    let lease = Lease::new(inner.clone());
+                    Box::pin(self.checkout(lease, Some(conn), start, caller)).await
                 }
-                Acquire::Closed => return Err(PoolError::Closed),
-            };
-            // Everything else is boxed so the common case's future stays small.
-            Box::pin(self.checkout(first, start, caller)).await
+                Take::Connect => {
+                    let lease = Lease::new(inner.clone());
+                    Box::pin(self.checkout(lease, None, start, caller)).await
+                }
+                Take::Closed => Err(PoolError::Closed),
+            }
         }
     }
 
+    /// Waits at the limit, in arrival order, for a slot's permit, at most `pool_timeout`.
+    async fn wait_slot(&self, start: Instant) -> Result<(), PoolError> {
+        match self
+            .inner
+            .wait_permit(start + self.inner.config.pool_timeout)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.timeout_error()),
+            Err(()) => Err(PoolError::Closed),
+        }
+    }
+
+    /// The slow path of a checkout that holds a slot: checks the idle connection it
+    /// took, or opens one, until one can be lent; stops at once if the pool is closed.
     async fn checkout(
         &self,
-        first: First<M>,
+        lease: Lease<M>,
+        conn: Option<Conn<M::Connection>>,
         start: Instant,
         caller: &'static Location<'static>,
     ) -> Result<PooledConn<M>, PoolError> {
         let inner = &self.inner;
-        let First::Slot(lease, mut conn) = first;
+        let closing = inner.closing.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
+        if inner.is_closed() {
+            return Err(PoolError::Closed);
+        }
+        let find = self.find(conn, start);
+        tokio::select! {
+            biased;
+            found = find => {
+                let conn = found?;
+                let now = Instant::now();
+                if inner.is_closed() {
+                    // Opened or checked while the pool closed: never lent.
+                    lease.discard(conn, CloseReason::PoolClosed);
+                    return Err(PoolError::Closed);
+                }
+                Ok(self.lend(lease.into_inner(), conn, start, caller, now))
+            }
+            // Dropping `find` drops a connection being opened, pinged or reset; the
+            // lease frees the slot.
+            () = closing => Err(PoolError::Closed),
+        }
+    }
+
+    /// Checks idle connections (starting with `conn`) or opens one, within
+    /// `pool_timeout + connect_timeout` of `start`.
+    async fn find(
+        &self,
+        mut conn: Option<Conn<M::Connection>>,
+        start: Instant,
+    ) -> Result<Conn<M::Connection>, PoolError> {
+        let inner = &self.inner;
         let deadline = start + inner.config.pool_timeout + inner.config.connect_timeout;
         loop {
+            if Instant::now() >= deadline {
+                // Every candidate so far failed its checks: out of time.
+                return Err(PoolError::ConnectTimeout(inner.config.connect_timeout));
+            }
             let candidate = match conn.take().or_else(|| inner.take_idle()) {
                 Some(c) => c,
                 None => match wait_connect_slot(inner, start + inner.config.pool_timeout).await? {
                     ConnectSlot::Idle(c) => c,
-                    ConnectSlot::Permit(permit) => {
-                        let c = open_with(inner, deadline, permit).await?;
-                        return Ok(self.lend(lease.into_inner(), c, start, caller, Instant::now()));
-                    }
+                    ConnectSlot::Permit(permit) => return open_with(inner, deadline, permit).await,
                 },
             };
             if let Some(c) = self.prepare(candidate, deadline).await {
-                return Ok(self.lend(lease.into_inner(), c, start, caller, Instant::now()));
+                return Ok(c);
             }
         }
     }
@@ -212,7 +264,8 @@ impl<M: Manager> Pool<M> {
         PooledConn::new(slot, conn, caller, now)
     }
 
-    /// Checks an idle connection before lending it; `None` if it was closed instead.
+    /// Checks an idle connection before lending it, all within `deadline`; `None` if
+    /// it was closed instead.
     async fn prepare(
         &self,
         mut conn: Conn<M::Connection>,
@@ -220,7 +273,7 @@ impl<M: Manager> Pool<M> {
     ) -> Option<Conn<M::Connection>> {
         let inner = &self.inner;
         let now = Instant::now();
-        match inner.manager.health(&mut conn.raw) {
+        match inner.health(&mut conn) {
             Health::Ok => {}
             Health::Broken => {
                 inner.close_conn(conn, CloseReason::Invalidated);
@@ -241,7 +294,7 @@ impl<M: Manager> Pool<M> {
             inner.close_conn(conn, CloseReason::Invalidated);
             return None;
         }
-        if conn.needs_reset && reset(inner, &mut conn, now).await.is_err() {
+        if conn.needs_reset && reset(inner, &mut conn, deadline).await.is_err() {
             inner.close_conn(conn, CloseReason::Invalidated);
             return None;
         }
@@ -249,13 +302,23 @@ impl<M: Manager> Pool<M> {
         if suspect || (inner.config.pre_ping && stale) {
             tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Pool pre-ping on connection");
             let bound = deadline.min(Instant::now() + inner.config.connect_timeout);
-            match rt::deadline(bound, inner.manager.is_valid(&mut conn.raw)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+            let generation = inner.generation();
+            let ping = AssertUnwindSafe(inner.manager.is_valid(&mut conn.raw)).catch_unwind();
+            match rt::deadline(bound, ping).await {
+                Ok(Ok(Ok(()))) => {
+                    // It answered: no longer suspect (unless invalidated meanwhile).
+                    inner.clear_suspicion(&mut conn, generation);
+                }
+                Ok(Ok(Err(e))) => {
                     tracing::info!(target: LOG, pool = %inner.config.name, conn = conn.id, error = %e, "Pool pre-ping failed");
-                    if inner.manager.is_disconnect(&e) {
+                    if inner.is_disconnect(&e) {
                         inner.invalidate_all(Some(&conn));
                     }
+                    inner.close_conn(conn, CloseReason::Invalidated);
+                    return None;
+                }
+                Ok(Err(panic)) => {
+                    inner.note_panic("is_valid", &*panic);
                     inner.close_conn(conn, CloseReason::Invalidated);
                     return None;
                 }
@@ -310,17 +373,18 @@ impl<M: Manager> Pool<M> {
         self.inner.invalidate_all(None);
     }
 
-    /// Closes the pool: new checkouts and waiters fail with [`PoolError::Closed`], idle
-    /// connections are closed at once, lent ones when they come back, waiting at most
-    /// `grace` for them. Returns how many were still lent when `grace` ran out.
+    /// Closes the pool: new checkouts, waiters and checkouts still connecting or
+    /// checking a connection fail with [`PoolError::Closed`] at once (a connection
+    /// opened after this is closed, never lent); idle connections are closed at once,
+    /// lent ones when they come back, waiting at most `grace` for them. Returns how many
+    /// were still lent when `grace` ran out.
     ///
     /// # Cancel safety
     /// Cancel safe: the pool is closed from the first poll; cancelling only stops the
     /// wait for lent connections (they are closed when returned).
     pub async fn close(&self, grace: Duration) -> usize {
         let inner = &self.inner;
-        let (idle, _) = inner.shut();
-        for conn in idle {
+        for conn in inner.shut() {
             inner.close_conn(conn, CloseReason::PoolClosed);
         }
         let deadline = Instant::now() + grace;
@@ -394,16 +458,31 @@ async fn wait_connect_slot<M: Manager>(
 }
 
 /// Opens one connection for the background refill or prefill: waits for a
-/// `max_connecting` permit, all within `connect_timeout` and `deadline`.
+/// `max_connecting` permit, all within `connect_timeout` and `deadline`; stops at once
+/// when the pool is closed.
 pub(crate) async fn open<M: Manager>(
     inner: &Arc<Inner<M>>,
     deadline: Instant,
 ) -> Result<Conn<M::Connection>, PoolError> {
+    let closing = inner.closing.notified();
+    tokio::pin!(closing);
+    closing.as_mut().enable();
+    if inner.is_closed() {
+        return Err(PoolError::Closed);
+    }
     let bound = deadline.min(Instant::now() + inner.config.connect_timeout);
-    match rt::deadline(bound, inner.connect_sem.acquire()).await {
-        Ok(Ok(permit)) => open_with(inner, bound, permit).await,
-        Ok(Err(_)) => Err(PoolError::Closed),
-        Err(_) => Err(PoolError::ConnectTimeout(inner.config.connect_timeout)),
+    let open = async {
+        match rt::deadline(bound, inner.connect_sem.acquire()).await {
+            Ok(Ok(permit)) => open_with(inner, bound, permit).await,
+            Ok(Err(_)) => Err(PoolError::Closed),
+            Err(_) => Err(PoolError::ConnectTimeout(inner.config.connect_timeout)),
+        }
+    };
+    tokio::select! {
+        biased;
+        conn = open => conn,
+        // `close()` does not wait for a refill to finish connecting.
+        () = closing => Err(PoolError::Closed),
     }
 }
 
@@ -416,19 +495,30 @@ async fn open_with<M: Manager>(
 ) -> Result<Conn<M::Connection>, PoolError> {
     let started = Instant::now();
     let bound = deadline.min(started + inner.config.connect_timeout);
-    let result = rt::deadline(bound, inner.manager.connect()).await;
+    // A connection opened while an invalidation happens is suspect too.
+    let generation = inner.generation();
+    let connect = AssertUnwindSafe(inner.manager.connect()).catch_unwind();
+    let result = rt::deadline(bound, connect).await;
     drop(permit);
     let took = started.elapsed();
     match result {
-        Ok(Ok(raw)) => {
+        Ok(Err(panic)) => {
+            inner.counters.connect_errors.fetch_add(1, Relaxed);
+            inner.note_panic("connect", &*panic);
+            Err(PoolError::ManagerPanic {
+                method: "connect",
+                message: rt::panic_message(&*panic).to_owned(),
+            })
+        }
+        Ok(Ok(Ok(raw))) => {
             inner.counters.created.fetch_add(1, Relaxed);
             inner.metrics.created.increment(1);
             inner.metrics.connect.record(took.as_secs_f64());
-            let conn = inner.new_conn(raw);
+            let conn = inner.new_conn(raw, generation);
             tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, connect_ms = took.as_millis() as u64, "Created new connection");
             Ok(conn)
         }
-        Ok(Err(e)) => {
+        Ok(Ok(Err(e))) => {
             inner.counters.connect_errors.fetch_add(1, Relaxed);
             tracing::warn!(target: LOG, pool = %inner.config.name, error = %e, "Connection attempt failed");
             Err(PoolError::Connect(Box::new(e)))
@@ -438,5 +528,61 @@ async fn open_with<M: Manager>(
             tracing::warn!(target: LOG, pool = %inner.config.name, "Connection attempt timed out");
             Err(PoolError::ConnectTimeout(inner.config.connect_timeout))
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "model-check")))]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    struct Unit;
+
+    impl Manager for Unit {
+        type Connection = ();
+        type Error = Infallible;
+        async fn connect(&self) -> Result<(), Infallible> {
+            Ok(())
+        }
+        async fn is_valid(&self, _: &mut ()) -> Result<(), Infallible> {
+            Ok(())
+        }
+        async fn reset(&self, _: &mut ()) -> Result<(), Infallible> {
+            Ok(())
+        }
+        fn is_disconnect(&self, _: &Infallible) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lowered_lend_limit_takes_effect_as_lent_connections_come_back() {
+        let config = PoolConfig::builder()
+            .pool_size(3)
+            .max_overflow(0)
+            .pool_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let pool = Pool::new(Unit, config).await.unwrap();
+        let a = pool.get().await.unwrap();
+        let b = pool.get().await.unwrap();
+        // One free slot is withdrawn at once, one is owed by a borrower.
+        pool.inner.set_lend_limit(1);
+        assert!(pool.get().await.unwrap_err().is_timeout());
+        drop(a); // pays the debt: still nothing to lend
+        assert!(pool.get().await.unwrap_err().is_timeout());
+        drop(b);
+        let c = pool.get().await.unwrap();
+        assert!(pool.get().await.unwrap_err().is_timeout(), "limit 1");
+        drop(c);
+        pool.inner.set_lend_limit(3);
+        let all = [
+            pool.get().await.unwrap(),
+            pool.get().await.unwrap(),
+            pool.get().await.unwrap(),
+        ];
+        assert!(pool.get().await.unwrap_err().is_timeout());
+        drop(all);
     }
 }

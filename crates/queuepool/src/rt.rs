@@ -61,6 +61,54 @@ pub(crate) async fn deadline<F: Future>(deadline: Instant, fut: F) -> Result<F::
     }
 }
 
+/// Bounds a checkout's wait for a slot by `deadline`. Under the model check, where
+/// time does not exist, the scheduler's random source decides at each pending poll
+/// whether the deadline has passed, so the model explores timeouts racing with
+/// hand-overs, cancellations and `close()`.
+pub(crate) async fn wait_deadline<F: Future>(
+    deadline: Instant,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    #[cfg(feature = "model-check")]
+    {
+        use shuttle::rand::RngCore;
+        let _ = deadline;
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => std::task::Poll::Ready(Ok(v)),
+            std::task::Poll::Pending if shuttle::rand::thread_rng().next_u32() % 4 == 0 => {
+                std::task::Poll::Ready(Err(Elapsed))
+            }
+            std::task::Poll::Pending => {
+                // Come back: the next poll may be the one that times out.
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+    #[cfg(not(feature = "model-check"))]
+    {
+        deadline_impl(deadline, fut).await
+    }
+}
+
+#[cfg(not(feature = "model-check"))]
+async fn deadline_impl<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .map_err(|_| Elapsed)
+}
+
+/// The message of a caught panic, for the log line.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
 /// A deadline passed.
 #[derive(Debug)]
 pub(crate) struct Elapsed;

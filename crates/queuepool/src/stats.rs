@@ -60,6 +60,9 @@ pub struct Stats {
     pub pool_invalidations: u64,
     /// Connections held past `leak_threshold`.
     pub leaks: u64,
+    /// Panics of the manager that the pool contained (the connection concerned was
+    /// discarded).
+    pub manager_panics: u64,
     /// Time checkouts waited.
     pub wait: HistogramSummary,
     /// Time connections were held by borrowers.
@@ -171,6 +174,7 @@ pub(crate) struct Counters {
     pub(crate) closed: AtomicU64,
     pub(crate) pool_invalidations: AtomicU64,
     pub(crate) leaks: AtomicU64,
+    pub(crate) manager_panics: AtomicU64,
 }
 
 impl Counters {
@@ -185,6 +189,7 @@ impl Counters {
             closed: z(),
             pool_invalidations: z(),
             leaks: z(),
+            manager_panics: z(),
         }
     }
 
@@ -199,6 +204,7 @@ impl Counters {
             closed: self.closed.load(Relaxed),
             pool_invalidations: self.pool_invalidations.load(Relaxed),
             leaks: self.leaks.load(Relaxed),
+            manager_panics: self.manager_panics.load(Relaxed),
             wait: loans.wait.summary(),
             usage: loans.usage.summary(),
         }

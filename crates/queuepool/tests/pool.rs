@@ -436,8 +436,8 @@ async fn unlimited_overflow_never_waits() {
 async fn at_most_max_connecting_attempts_are_in_flight() {
     let (pool, server) = pool(
         config()
-            .pool_size(0)
-            .max_overflow(10)
+            .pool_size(1)
+            .max_overflow(9)
             .max_connecting(2)
             .prefill(false),
     )
@@ -459,7 +459,7 @@ async fn at_most_max_connecting_attempts_are_in_flight() {
 async fn a_connection_attempt_is_bounded_by_connect_timeout() {
     let (pool, server) = pool(
         config()
-            .pool_size(0)
+            .pool_size(1)
             .max_overflow(1)
             .prefill(false)
             .connect_timeout(3 * S),

@@ -147,7 +147,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_interleavings_keep_the_accounting(ops in prop::collection::vec(op(), 1..60), pool_size in 0u32..3, overflow in 1u32..3) {
+    fn random_interleavings_keep_the_accounting(ops in prop::collection::vec(op(), 1..60), pool_size in 1u32..3, overflow in 1u32..3) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         rt.block_on(run(ops, pool_size, overflow));
     }
