@@ -72,6 +72,95 @@ impl FromStr for SslMode {
     }
 }
 
+/// libpq's `target_session_attrs` (PostgreSQL 14's set): which server of a multi-host
+/// list a connection may settle on. Hosts that do not qualify are skipped (the
+/// connection to them closed) and the next one is tried.
+///
+/// | value | accepts |
+/// |---|---|
+/// | `any` (default) | any server |
+/// | `read-write` | new transactions are read-write by default: not a standby, and `default_transaction_read_only` off |
+/// | `read-only` | the converse of `read-write` |
+/// | `primary` | not in hot standby (`pg_is_in_recovery()` false) |
+/// | `standby` | in hot standby |
+/// | `prefer-standby` | a standby if one of the hosts is; else any server |
+///
+/// As libpq with PostgreSQL 14+ servers, the check costs no round trip: the server
+/// reports `in_hot_standby` and `default_transaction_read_only` at startup. With older
+/// servers (or a proxy that does not pass these on), `SHOW transaction_read_only` or
+/// `SELECT pg_is_in_recovery()` is asked, as libpq does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TargetSessionAttrs {
+    /// Any server.
+    #[default]
+    Any,
+    /// A server whose sessions are read-write by default.
+    ReadWrite,
+    /// A server whose sessions are read-only by default.
+    ReadOnly,
+    /// A server not in hot standby.
+    Primary,
+    /// A server in hot standby.
+    Standby,
+    /// A standby if any host is one, else any server.
+    PreferStandby,
+}
+
+/// The `target_session_attrs` values, as written.
+const TARGET_SESSION_ATTRS: &[&str] = &[
+    "any",
+    "read-write",
+    "read-only",
+    "primary",
+    "standby",
+    "prefer-standby",
+];
+
+impl TargetSessionAttrs {
+    /// The value as written in a connection string.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+}
+
+impl std::fmt::Display for TargetSessionAttrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TargetSessionAttrs {
+    type Err = PgError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            "primary" => TargetSessionAttrs::Primary,
+            "standby" => TargetSessionAttrs::Standby,
+            "prefer-standby" => TargetSessionAttrs::PreferStandby,
+            other => {
+                // Not echoed (it may be a stray secret); a near miss is named.
+                let hint = suggest(other, TARGET_SESSION_ATTRS)
+                    .map_or_else(String::new, |m| format!("; did you mean `{m}`?"));
+                return Err(PgError::Config(format!(
+                    "unknown target_session_attrs (expected any, read-write, read-only, \
+                     primary, standby or prefer-standby){hint}"
+                )));
+            }
+        })
+    }
+}
+
 /// Where trusted root certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RootCerts {
@@ -89,6 +178,8 @@ pub(crate) struct Parsed {
     pub(crate) root_certs: RootCerts,
     /// `sslrootcert` was given explicitly (libpq then verifies the chain in `require`).
     pub(crate) explicit_root: bool,
+    /// `target_session_attrs` (parsed here: tokio-postgres knows only three values).
+    pub(crate) target: TargetSessionAttrs,
 }
 
 /// Parses a `postgres://` / `postgresql://` URL or a libpq key-value string.
@@ -110,8 +201,10 @@ pub(crate) fn parse(input: &str) -> Result<Parsed, PgError> {
     let mut root_certs = RootCerts::System;
     let mut explicit_root = false;
     let mut explicit_mode = false;
+    let mut target = TargetSessionAttrs::Any;
     for (key, value) in ours {
         match key.as_str() {
+            "target_session_attrs" => target = value.parse()?,
             "sslmode" => {
                 ssl_mode = value.parse()?;
                 explicit_mode = true;
@@ -165,6 +258,7 @@ pub(crate) fn parse(input: &str) -> Result<Parsed, PgError> {
         ssl_mode,
         root_certs,
         explicit_root,
+        target,
     })
 }
 
@@ -272,7 +366,7 @@ fn driver_parse_error(err: &tokio_postgres::Error) -> PgError {
 fn is_ours(key: &str) -> bool {
     matches!(
         key,
-        "sslmode" | "sslrootcert" | "sslcert" | "sslkey" | "sslpassword"
+        "sslmode" | "sslrootcert" | "sslcert" | "sslkey" | "sslpassword" | "target_session_attrs"
     )
 }
 
@@ -413,7 +507,7 @@ fn key_for_error(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_postgres::config::{Host, TargetSessionAttrs};
+    use tokio_postgres::config::Host;
 
     #[test]
     fn url_with_verify_full_and_root_cert() {
@@ -459,12 +553,32 @@ mod tests {
         );
         assert_eq!(p.pg.get_ports(), &[5432, 5433]);
         assert_eq!(p.pg.get_password(), Some(&b"it's"[..]));
-        assert_eq!(
-            p.pg.get_target_session_attrs(),
-            TargetSessionAttrs::ReadWrite
-        );
+        assert_eq!(p.target, TargetSessionAttrs::ReadWrite);
         assert_eq!(p.ssl_mode, SslMode::VerifyCa);
         assert_eq!(p.root_certs, RootCerts::System);
+    }
+
+    #[test]
+    fn every_libpq_target_session_attrs_value_parses_in_both_forms() {
+        for value in TARGET_SESSION_ATTRS {
+            let url = parse(&format!("postgres://u@a,b/d?target_session_attrs={value}"))
+                .expect("valid url");
+            assert_eq!(url.target.as_str(), *value);
+            let kv = parse(&format!("host=a,b user=u target_session_attrs={value}"))
+                .expect("valid key-value");
+            assert_eq!(kv.target.as_str(), *value);
+        }
+        assert_eq!(
+            parse("postgres://u@h/d").expect("valid").target,
+            TargetSessionAttrs::Any
+        );
+        let err = parse("postgres://u@h/d?target_session_attrs=prefer-stanby").expect_err("bad");
+        assert!(
+            err.to_string().contains("did you mean `prefer-standby`?"),
+            "{err}"
+        );
+        let err = parse("host=h user=u target_session_attrs=Hunter2pw").expect_err("bad");
+        assert!(!err.to_string().contains("Hunter2pw"), "{err}");
     }
 
     #[test]

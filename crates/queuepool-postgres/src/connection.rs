@@ -63,6 +63,8 @@ pub struct PgConnection {
     driver: Option<JoinHandle<()>>,
     cache: StatementCache,
     canceller: Canceller,
+    /// The host it was opened to (multi-host failover; see `hosts.rs`).
+    origin: Option<crate::hosts::Origin>,
 }
 
 impl PgConnection {
@@ -81,7 +83,22 @@ impl PgConnection {
             driver: Some(driver),
             cache: StatementCache::new(cache_capacity),
             canceller,
+            origin: None,
         }
+    }
+
+    /// The host this connection went to, as `host:port` (or the Unix socket path): with
+    /// a multi-host connection string, which server `target_session_attrs` settled on.
+    pub fn host(&self) -> Option<&str> {
+        self.origin.as_ref().map(|o| o.label())
+    }
+
+    pub(crate) fn set_origin(&mut self, origin: crate::hosts::Origin) {
+        self.origin = Some(origin);
+    }
+
+    pub(crate) fn origin(&self) -> Option<&crate::hosts::Origin> {
+        self.origin.as_ref()
     }
 
     /// The transaction status reported by the server after the last completed query.

@@ -18,14 +18,33 @@
 //! libpq's URL (`postgres://user:pass@host:port/db?key=value`) and key-value
 //! (`host=a,b port=5432 user=app target_session_attrs=read-write`) forms, parsed by
 //! tokio-postgres (multi-host, `hostaddr`, `connect_timeout`, `keepalives*`,
-//! `tcp_user_timeout`, `target_session_attrs`, `load_balance_hosts`, `channel_binding`,
-//! Unix socket directories as hosts), plus what this crate adds:
+//! `tcp_user_timeout`, `load_balance_hosts`, `channel_binding`, Unix socket directories
+//! as hosts), plus what this crate adds:
+//! - `target_session_attrs` = `any` | `read-write` | `read-only` | `primary` |
+//!   `standby` | `prefer-standby` with libpq's meaning ([`TargetSessionAttrs`]).
 //! - `sslmode` = `disable` | `prefer` (default) | `require` | `verify-ca` | `verify-full`
 //!   with libpq's meaning ([`SslMode`]); roots from `sslrootcert=<pem file>` or the
 //!   system store (`sslrootcert=system`, or no `sslrootcert`).
 //! - `application_name` defaults to `queuepool`, so `pg_stat_activity` shows the pool.
 //!
 //! SCRAM-SHA-256 (with channel binding over TLS) and MD5 come from tokio-postgres.
+//!
+//! # Several hosts (failover)
+//! As libpq: the hosts are tried in order (shuffled with `load_balance_hosts=random`),
+//! every address a host name resolves to is tried, `connect_timeout` bounds each
+//! address's attempt (TCP, TLS, authentication, role check) separately, a server that
+//! does not match `target_session_attrs` is skipped, and an authentication failure
+//! stops the list. Without `connect_timeout` in the string, tell the manager the pool's
+//! [`pool_connect_timeout`](PgManager::pool_connect_timeout) so each host gets a share
+//! of it: a silent first host must not use up the whole wait.
+//!
+//! Unlike libpq, the manager remembers (for [`host_recheck`](PgManager::host_recheck),
+//! default 10 s) which hosts were silent or unreachable and which role each had: known
+//! matches are tried first, silent hosts last. A ping that times out
+//! ([`PgManager::ping_timeout`]) marks its host silent, and every idle connection opened
+//! to that host before is then reported broken by `health`, so the pool closes them
+//! instead of lending them (or pinging each in turn). [`PgConnection::host`] tells
+//! which host a connection went to.
 //!
 //! # What the pool gets
 //! - `is_valid`: the empty query (one round trip), bounded by
@@ -63,6 +82,7 @@ mod config;
 mod connect;
 mod connection;
 mod error;
+mod hosts;
 mod manager;
 mod routing;
 mod socket;
@@ -70,7 +90,7 @@ mod tls;
 mod tracked;
 mod wire;
 
-pub use config::{DEFAULT_APPLICATION_NAME, SslMode};
+pub use config::{DEFAULT_APPLICATION_NAME, SslMode, TargetSessionAttrs};
 pub use connection::PgConnection;
 pub use error::PgError;
 pub use manager::{PgManager, ResetMode};

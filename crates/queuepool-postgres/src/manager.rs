@@ -10,9 +10,10 @@ use tokio_postgres::error::SqlState;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
-use crate::config::{self, DEFAULT_APPLICATION_NAME, SslMode};
+use crate::config::{self, DEFAULT_APPLICATION_NAME, SslMode, TargetSessionAttrs};
 use crate::connection::PgConnection;
 use crate::error::PgError;
+use crate::hosts::{DEFAULT_HOST_RECHECK, HostTracker};
 use crate::socket::SocketOptions;
 use crate::tls;
 use crate::tracked::Pending;
@@ -56,6 +57,9 @@ pub struct PgManager {
     reset_mode: ResetMode,
     pub(crate) ping_timeout: Duration,
     pub(crate) statement_cache: usize,
+    pub(crate) target: TargetSessionAttrs,
+    pub(crate) hosts: std::sync::Arc<HostTracker>,
+    pub(crate) connect_budget: Option<Duration>,
 }
 
 impl PgManager {
@@ -76,6 +80,9 @@ impl PgManager {
             reset_mode: ResetMode::default(),
             ping_timeout: Duration::from_secs(5),
             statement_cache: 0,
+            target: parsed.target,
+            hosts: std::sync::Arc::new(HostTracker::new(DEFAULT_HOST_RECHECK)),
+            connect_budget: None,
         })
     }
 
@@ -160,6 +167,36 @@ impl PgManager {
         self
     }
 
+    /// The `target_session_attrs` of the connection string (see [`TargetSessionAttrs`]).
+    pub fn target_session_attrs(&self) -> TargetSessionAttrs {
+        self.target
+    }
+
+    /// Sets `target_session_attrs` (a read pool beside a write pool on the same hosts).
+    pub fn with_target_session_attrs(mut self, target: TargetSessionAttrs) -> Self {
+        self.target = target;
+        self
+    }
+
+    /// The time the pool gives one connect (its `connect_timeout`). When the
+    /// connection string sets no `connect_timeout` of its own, each of the `n` hosts
+    /// then gets `total / n`, so that a silent first host cannot use up the pool's wait
+    /// before the next host is tried. A `connect_timeout` in the string applies to each
+    /// host (and each address of a host) as in libpq; keep `n ×` it within the pool's.
+    pub fn pool_connect_timeout(mut self, total: Duration) -> Self {
+        self.connect_budget = Some(total);
+        self
+    }
+
+    /// How long what was learned about a host (found silent or unreachable; primary or
+    /// standby) orders the host list: known matches first, hosts found down last.
+    /// Default 10 s (pgjdbc's `hostRecheckSeconds`); `Duration::ZERO` keeps libpq's
+    /// fixed order. Clones of a manager share what they learn.
+    pub fn host_recheck(mut self, window: Duration) -> Self {
+        self.hosts = std::sync::Arc::new(HostTracker::new(window));
+        self
+    }
+
     /// The tokio-postgres configuration (its `Debug` redacts the password).
     pub fn pg_config(&self) -> &tokio_postgres::Config {
         &self.pg
@@ -172,8 +209,7 @@ impl PgManager {
     pub async fn connect_one(&self) -> Result<PgConnection, PgError> {
         // libpq's connect_timeout bounds each host's whole attempt, TLS and
         // authentication included; the pool's connect_timeout bounds the total.
-        self.connect_hosts(self.pg.get_connect_timeout().copied())
-            .await
+        self.connect_hosts(self.per_host_timeout()).await
     }
 
     /// One empty query: once it completes, every request queued before it has, and
@@ -212,6 +248,7 @@ impl fmt::Debug for PgManager {
             .field("reset_mode", &self.reset_mode)
             .field("ping_timeout", &self.ping_timeout)
             .field("statement_cache", &self.statement_cache)
+            .field("target_session_attrs", &self.target)
             .finish()
     }
 }
@@ -227,7 +264,12 @@ impl Manager for PgManager {
     async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), PgError> {
         // The empty query: one round trip, no parse, no plan, valid in any state.
         let client = conn.client_untracked();
-        self.bounded(conn, client.simple_query("")).await.map(drop)
+        let result = self.bounded(conn, client.simple_query("")).await.map(drop);
+        if let (Err(PgError::Timeout(_)), Some(origin)) = (&result, conn.origin()) {
+            // A silent host: its other connections would hang the same way.
+            origin.mark_host_down();
+        }
+        result
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), PgError> {
@@ -279,7 +321,7 @@ impl Manager for PgManager {
     fn health(&self, conn: &mut PgConnection) -> Health {
         if conn.client_untracked().is_closed() {
             Health::Disconnected
-        } else if conn.is_broken() {
+        } else if conn.is_broken() || conn.origin().is_some_and(|o| o.host_went_down()) {
             Health::Broken
         } else {
             Health::Ok
