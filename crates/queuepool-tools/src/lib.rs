@@ -37,6 +37,7 @@ pub mod bench;
 pub mod dashboard;
 mod error;
 pub mod pgbench;
+pub mod pgbouncer;
 pub mod plot;
 pub mod progress;
 pub mod status;

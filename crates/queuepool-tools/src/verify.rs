@@ -7,6 +7,13 @@
 //! pool's open handles) at four moments: idle, under a burst of
 //! `pool_size + max_overflow` holders, during one extra checkout that must time out,
 //! and after release once `overflow_idle` has passed.
+//!
+//! Through PgBouncer (detected, or named with `--pgbouncer-admin`) it checks two
+//! layers instead: the pool's connections are PgBouncer's clients (`SHOW CLIENTS`), and
+//! PgBouncer's server connections (`SHOW POOLS`, `SHOW SERVERS`) are found by pid in
+//! `pg_stat_activity` on the server, within PgBouncer's pool size (see [`layers`]).
+
+mod layers;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,6 +23,8 @@ use queuepool::{Overflow, Pool, PoolConfig, PoolError, PooledConn};
 use serde::Serialize;
 use tokio::sync::{Barrier, watch};
 
+pub use self::layers::{BouncerView, Snapshot};
+use self::layers::Layers;
 use crate::args::{PoolArgs, build, parse_duration, redact_url};
 use crate::error::ToolsError;
 use crate::progress::Progress;
@@ -38,6 +47,15 @@ pub struct VerifyArgs {
     /// The application_name of the pool's connections [default: queuepool_verify_<random>]
     #[arg(long, value_name = "NAME")]
     pub application_name: Option<String>,
+    /// PgBouncer's admin console (`postgres://user@host:6432/pgbouncer`; the user in
+    /// admin_users or stats_users) [default: detected: when the server's port differs
+    /// from the URL's, the console at the URL's address is tried]
+    #[arg(long, value_name = "URL")]
+    pub pgbouncer_admin: Option<String>,
+    /// Through PgBouncer: the server's own URL, to read pg_stat_activity there
+    /// [default: the URL with the host, port and database of PgBouncer's SHOW DATABASES]
+    #[arg(long, value_name = "URL")]
+    pub server_url: Option<String>,
     /// Print the report as JSON on stdout
     #[arg(long)]
     pub json: bool,
@@ -83,6 +101,8 @@ pub struct VerifyReport {
     pub passed: bool,
     /// Notes on how the check was run.
     pub notes: Vec<String>,
+    /// Through PgBouncer: both layers at each step.
+    pub pgbouncer: Option<BouncerView>,
 }
 
 impl VerifyReport {
@@ -113,6 +133,9 @@ impl VerifyReport {
             ]);
         }
         out.push_str(&table.render());
+        if let Some(view) = &self.pgbouncer {
+            out.push_str(&view.render());
+        }
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }
@@ -190,10 +213,14 @@ fn tag(args: &VerifyArgs) -> String {
 /// MySQL rows are matched by every connection id the manager ever reported, so a
 /// connection killed on the server, or closed, is looked for and not found.
 async fn observe<T: Target>(
-    obs: &mut Observer,
+    obs: &mut View,
     pool: &Pool<T>,
     seen: &mut BTreeSet<u32>,
 ) -> Result<usize, ToolsError> {
+    let obs = match obs {
+        View::Layers(layers) => return layers.clients().await,
+        View::Plain(obs) => obs,
+    };
     seen.extend(pool.manager().known_ids());
     let ids: Vec<u32> = seen.iter().copied().collect();
     match obs.count(&ids).await? {
@@ -210,7 +237,7 @@ async fn observe<T: Target>(
 
 /// Samples until the count equals `want` or `within` has passed; returns the last count.
 async fn settle<T: Target>(
-    obs: &mut Observer,
+    obs: &mut View,
     pool: &Pool<T>,
     seen: &mut BTreeSet<u32>,
     want: usize,
@@ -253,6 +280,44 @@ fn status_row(
     }
 }
 
+/// Where the pool's connections are counted.
+enum View {
+    /// The server's own view (or SQLite's handles).
+    Plain(Observer),
+    /// PgBouncer's clients, and its servers on the server.
+    Layers(Box<Layers>),
+}
+
+impl View {
+    /// What is counted, as a report row says it.
+    fn counted(&self, kind: Kind) -> &'static str {
+        match self {
+            View::Plain(_) => kind.counted(),
+            View::Layers(_) => "PgBouncer clients (SHOW CLIENTS)",
+        }
+    }
+
+    /// Through PgBouncer: records both layers and adds their checks to `rows`.
+    async fn layers(
+        &mut self,
+        step: &'static str,
+        pool: &Pool<impl Target>,
+        rows: &mut Vec<Row>,
+    ) -> Result<(), ToolsError> {
+        if let View::Layers(layers) = self {
+            let s = pool.status();
+            rows.extend(layers.snapshot(step, s.idle + s.checked_out).await?);
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        if let View::Plain(obs) = self {
+            obs.close().await;
+        }
+    }
+}
+
 /// What one burst holder saw.
 enum Held {
     /// Checked out; the server id of its connection, if the backend has one.
@@ -274,17 +339,49 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
         "verify [1/5] connecting ({})",
         T::KIND.server_view()
     ));
-    let mut obs = Observer::connect(T::KIND, &args.database_url, &tag).await?;
+    let bouncer = match T::KIND {
+        Kind::Postgres => {
+            crate::pgbouncer::detect(&args.database_url, args.pgbouncer_admin.as_deref()).await?
+        }
+        _ if args.pgbouncer_admin.is_some() || args.server_url.is_some() => {
+            return Err(ToolsError::arg(
+                if args.pgbouncer_admin.is_some() {
+                    "--pgbouncer-admin"
+                } else {
+                    "--server-url"
+                },
+                "PgBouncer sits in front of PostgreSQL only",
+            ));
+        }
+        _ => None,
+    };
+    let mut obs = match &bouncer {
+        None => View::Plain(Observer::connect(T::KIND, &args.database_url, &tag).await?),
+        // Opened once the pool has connected: PgBouncer lists the database then.
+        Some(_) => View::Plain(Observer::Sqlite),
+    };
     let mut seen = BTreeSet::new();
     let manager = T::open(&args.database_url, &tag)?;
     let pool = Pool::new(manager, config.clone())
         .await
         .map_err(|e| ToolsError::pool("could not start the pool", e))?;
+    if let Some(admin) = bouncer {
+        let layers = Layers::open(admin, &args.database_url, args.server_url.as_deref(), &tag)
+            .await?;
+        notes.push(format!(
+            "through {} ({} mode): the pool's connections are PgBouncer's clients; its server \
+             connections are counted apart, on the server",
+            layers.view.version, layers.view.pool_mode
+        ));
+        obs = View::Layers(Box::new(layers));
+    }
+    let counted = obs.counted(T::KIND);
 
     progress.step(format!("verify [2/5] idle: expecting {size} connections"));
     let idle_seen = settle(&mut obs, &pool, &mut seen, size, SETTLE).await?;
-    rows.push(count_row("idle", T::KIND.counted(), size, idle_seen));
+    rows.push(count_row("idle", counted, size, idle_seen));
     rows.push(status_row("idle", &pool, size, 0, 0));
+    obs.layers("idle", &pool, &mut rows).await?;
 
     progress.step(format!("verify [3/5] burst: {total} concurrent holders"));
     let (release_tx, release_rx) = watch::channel(false);
@@ -319,6 +416,8 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
     ready.wait().await;
     let burst_seen = settle(&mut obs, &pool, &mut seen, total, SETTLE).await?;
     let burst_status = pool.status();
+    let mut burst_layers = Vec::new();
+    obs.layers("burst", &pool, &mut burst_layers).await?;
 
     progress.step(format!(
         "verify [4/5] at the limit: one more checkout must time out after {:.2} s",
@@ -358,13 +457,28 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
         },
         pass: granted == total,
     });
-    rows.push(count_row("burst", T::KIND.counted(), total, burst_seen));
+    rows.push(count_row("burst", counted, total, burst_seen));
     let (distinct_check, distinct) = if T::KIND == Kind::Sqlite {
         ("distinct pool connections among holders", pool_ids.len())
     } else {
         ("distinct server backends among holders", server_ids.len())
     };
-    rows.push(count_row("burst", distinct_check, total, distinct));
+    match &obs {
+        View::Layers(layers) => {
+            // Transaction mode: each holder had a server only for its SELECT, so they
+            // share PgBouncer's few server connections.
+            let limit = (layers.view.pool_size + layers.view.reserve_pool) as usize;
+            rows.push(Row {
+                step: "burst",
+                check: format!("{distinct_check} (shared through PgBouncer)"),
+                expected: format!("1..={}", limit.min(total)),
+                observed: distinct.to_string(),
+                pass: (1..=limit.min(total)).contains(&distinct),
+            });
+        }
+        View::Plain(_) => rows.push(count_row("burst", distinct_check, total, distinct)),
+    }
+    rows.extend(burst_layers);
     rows.push(Row {
         step: "burst",
         check: "pool status: checked out / overflow".to_owned(),
@@ -411,7 +525,7 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
     });
     rows.push(count_row(
         "at limit",
-        &format!("{} (none beyond the limit)", T::KIND.counted()),
+        &format!("{counted} (none beyond the limit)"),
         total,
         limit_seen,
     ));
@@ -431,11 +545,12 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
     .await?;
     rows.push(count_row(
         "released",
-        &format!("{} after overflow_idle", T::KIND.counted()),
+        &format!("{counted} after overflow_idle"),
         size,
         released_seen,
     ));
     rows.push(status_row("released", &pool, size, 0, 0));
+    obs.layers("released", &pool, &mut rows).await?;
 
     let stats = pool.stats();
     rows.push(Row {
@@ -458,16 +573,21 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
         let closed_seen = settle(&mut obs, &pool, &mut seen, 0, SETTLE).await?;
         rows.push(count_row(
             "closed",
-            &format!("{} after pool.close()", T::KIND.counted()),
+            &format!("{counted} after pool.close()"),
             0,
             closed_seen,
         ));
+        obs.layers("closed", &pool, &mut rows).await?;
     } else {
         notes.push("SQLite has no server: the observed counts are the pool's open handles (opened - closed)".to_owned());
     }
     if T::KIND == Kind::MySql {
         notes.push("MySQL/MariaDB rows are matched by connection id (mysql_async sends no connect attributes)".to_owned());
     }
+    let pgbouncer = match &obs {
+        View::Layers(layers) => Some(layers.view.clone()),
+        View::Plain(_) => None,
+    };
     obs.close().await;
     progress.finish();
 
@@ -476,7 +596,11 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
         backend: T::KIND,
         database: redact_url(&args.database_url),
         application_name: tag,
-        server_view: T::KIND.server_view(),
+        server_view: if pgbouncer.is_some() {
+            "PgBouncer's SHOW CLIENTS; its servers in pg_stat_activity on the server"
+        } else {
+            T::KIND.server_view()
+        },
         pool_size: config.pool_size,
         max_overflow: u32::try_from(overflow).unwrap_or(u32::MAX),
         pool_timeout_s: config.pool_timeout.as_secs_f64(),
@@ -484,6 +608,7 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
         rows,
         passed,
         notes,
+        pgbouncer,
     })
 }
 

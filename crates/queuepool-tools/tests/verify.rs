@@ -18,6 +18,8 @@ fn args(url: &str, app: Option<&str>) -> VerifyArgs {
         },
         overflow_idle: Some("500ms".into()),
         application_name: app.map(str::to_owned),
+        pgbouncer_admin: None,
+        server_url: None,
         json: true,
     }
 }
@@ -31,6 +33,7 @@ async fn postgres_pool_matches_pg_stat_activity_at_every_step() {
         .await
         .expect("verify runs");
     assert!(report.passed, "{}", report.render());
+    assert!(report.pgbouncer.is_none(), "no PgBouncer in front of the server");
     let burst = report
         .rows
         .iter()
@@ -109,6 +112,68 @@ async fn postgres_verify_fails_when_the_pools_connections_are_killed() {
         }),
         "{text}"
     );
+    db.drop_database().await.unwrap();
+}
+
+/// The shared test server's host and port, for a PgBouncer in front of it.
+fn server_of(db: &queuepool_testkit::TestDb) -> (String, u16) {
+    let m = db.manager().unwrap();
+    let host = match m.pg_config().get_hosts().first() {
+        Some(queuepool_postgres::tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    (host, m.pg_config().get_ports().first().copied().unwrap_or(5432))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_clients_and_server_backends_are_checked_as_two_layers() {
+    let db = queuepool_testkit::TestDb::create()
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    let (host, port) = server_of(&db);
+    // 2 server connections for a pool of 2 + 3 overflow: the burst's 5 clients share them.
+    let bouncer = queuepool_testkit::PgBouncer::start(&host, port, 2)
+        .await
+        .expect("pgbouncer (Debian package) starts");
+    let url = bouncer.url(db.name(), "ignored");
+    // Detected without a flag: the server's port is not the URL's.
+    let report = verify::run(&args(&url, None)).await.expect("verify runs");
+    let text = report.render();
+    assert!(report.passed, "{text}");
+    let view = report.pgbouncer.as_ref().expect("PgBouncer detected");
+    assert!(view.version.starts_with("PgBouncer"), "{text}");
+    assert_eq!((view.pool_mode.as_str(), view.pool_size), ("transaction", 2));
+    let at = |step: &str| {
+        view.snapshots
+            .iter()
+            .find(|s| s.step == step)
+            .unwrap_or_else(|| panic!("{step} in {text}"))
+    };
+    let burst = at("burst");
+    assert_eq!((burst.pool_connections, burst.clients), (5, 5), "{text}");
+    assert!((1..=2).contains(&burst.servers), "{text}");
+    assert_eq!(burst.backends, burst.servers, "{text}");
+    assert_eq!(at("idle").clients, 2, "{text}");
+    assert_eq!(at("released").clients, 2, "{text}");
+    assert_eq!(at("closed").clients, 0, "{text}");
+    for needle in ["SHOW CLIENTS", "pg_stat_activity", "sv_active/sv_idle/sv_used"] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+
+    // Named explicitly, with the server's URL: the same.
+    let mut explicit = args(&url, None);
+    explicit.pgbouncer_admin = Some(bouncer.admin_url());
+    explicit.server_url = Some(db.url().to_owned());
+    let report = verify::run(&explicit).await.expect("verify runs");
+    assert!(report.passed, "{}", report.render());
+    assert!(report.pgbouncer.is_some());
+
+    // A console that is not PgBouncer's is refused, naming the flag.
+    let mut wrong = args(&url, None);
+    wrong.pgbouncer_admin = Some(db.url().to_owned());
+    let err = verify::run(&wrong).await.unwrap_err();
+    assert!(err.to_string().contains("--pgbouncer-admin") || queuepool_tools::chain(&err).contains("SHOW VERSION"), "{}", queuepool_tools::chain(&err));
+    drop(bouncer);
     db.drop_database().await.unwrap();
 }
 
