@@ -94,7 +94,8 @@ impl Admin {
     /// Connects to the admin console at `url` (a `postgres://` URL whose database is
     /// `pgbouncer`) and checks that it is one (`SHOW VERSION`).
     pub async fn connect(url: &str) -> Result<Admin, ToolsError> {
-        let manager = PgManager::from_url(url).map_err(|e| ToolsError::arg("--pgbouncer-admin", e.to_string()))?;
+        let manager = PgManager::from_url(url)
+            .map_err(|e| ToolsError::arg("--pgbouncer-admin", e.to_string()))?;
         let conn = manager.connect_one().await.map_err(|e| {
             ToolsError::db(
                 format!(
@@ -275,7 +276,11 @@ pub fn with_server(url: &str, host: &str, port: u16, dbname: &str) -> Result<Str
     let mut parts: Vec<String> = url
         .split_whitespace()
         .filter(|kv| {
-            let k = kv.split('=').next().unwrap_or_default().to_ascii_lowercase();
+            let k = kv
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             !matches!(k.as_str(), "host" | "hostaddr" | "port" | "dbname")
         })
         .map(str::to_owned)
@@ -291,7 +296,12 @@ pub async fn detect(url: &str, admin: Option<&str>) -> Result<Option<Admin>, Too
         return Admin::connect(admin).await.map(Some);
     }
     let manager = PgManager::from_url(url).map_err(|e| ToolsError::DatabaseUrl(Box::new(e)))?;
-    let url_port = manager.pg_config().get_ports().first().copied().unwrap_or(5432);
+    let url_port = manager
+        .pg_config()
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432);
     let conn = manager
         .connect_one()
         .await
@@ -338,8 +348,13 @@ mod tests {
             "host=h port=6432 user=app dbname=pgbouncer"
         );
         assert_eq!(
-            with_server("postgres://app:pw@h:6432/shop?sslmode=disable", "10.0.0.5", 5432, "main")
-                .unwrap(),
+            with_server(
+                "postgres://app:pw@h:6432/shop?sslmode=disable",
+                "10.0.0.5",
+                5432,
+                "main"
+            )
+            .unwrap(),
             "postgres://app:pw@10.0.0.5:5432/main?sslmode=disable"
         );
         assert_eq!(

@@ -1,6 +1,15 @@
 //! `queuepool tune`: measures the workload at increasing pool sizes and recommends the
 //! smallest pool within 5 % of the best throughput, capped by what the server allows
 //! each instance.
+//!
+//! With `--via-pgbouncer` it sizes two layers. The curve is measured on the server
+//! itself (the URL must not lead to PgBouncer, whose pool would cap it), with the load
+//! of every instance (`--concurrency` x `--instances` clients) and unnamed statements
+//! (what works in transaction mode). The knee is PgBouncer's `default_pool_size` (and
+//! `max_db_connections`), capped by `max_connections` - superuser reserved - `--reserve`
+//! for the whole fleet; each instance's pool gets `ceil(N / instances)` steady and up to
+//! N in all, so one busy instance can use every server connection while the others
+//! idle; `max_client_conn` admits every instance's pool plus `--reserve`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,9 +52,31 @@ pub struct TuneArgs {
     /// superuser reserve
     #[arg(long, value_name = "N", default_value = "5")]
     pub reserve: String,
+    /// Size two layers: PgBouncer (transaction mode) in front of the server, shared by
+    /// the instances. --database-url must then be the server itself
+    #[arg(long)]
+    pub via_pgbouncer: bool,
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+/// PgBouncer's settings, as `--via-pgbouncer` recommends them.
+#[derive(Debug, Clone, Serialize)]
+pub struct BouncerSizing {
+    /// `pool_mode`.
+    pub pool_mode: &'static str,
+    /// `default_pool_size`: server connections per database/user pair (the knee).
+    pub default_pool_size: u32,
+    /// `max_db_connections`: the same bound across every user of the database.
+    pub max_db_connections: u32,
+    /// `reserve_pool_size`: 0, the cap leaves no room for more.
+    pub reserve_pool_size: u32,
+    /// `max_client_conn`: every instance's pool at its limit, plus the reserve.
+    pub max_client_conn: u32,
+    /// `query_wait_timeout`, seconds: a client waits for a server no longer than a
+    /// checkout waits for the pool.
+    pub query_wait_timeout_s: u64,
 }
 
 /// The measurement at one pool size.
@@ -94,6 +125,9 @@ pub struct TuneReport {
     pub closest_preset: String,
     /// The reasoning, one sentence a line.
     pub reasoning: Vec<String>,
+    /// With `--via-pgbouncer`: PgBouncer's settings (the pool sizes above are then each
+    /// instance's, as a client of PgBouncer).
+    pub pgbouncer: Option<BouncerSizing>,
 }
 
 impl TuneReport {
@@ -142,6 +176,21 @@ impl TuneReport {
         out.push_str("why:\n");
         for line in &self.reasoning {
             out.push_str(&format!("  - {line}\n"));
+        }
+        if let Some(b) = &self.pgbouncer {
+            out.push_str(&format!(
+                "\npgbouncer.ini ([pgbouncer] section), shared by the {} instance(s):\n  \
+                 pool_mode = {}\n  default_pool_size = {}\n  max_db_connections = {}\n  \
+                 reserve_pool_size = {}\n  max_client_conn = {}\n  query_wait_timeout = {}\n\n\
+                 each instance, connecting to PgBouncer:",
+                self.instances,
+                b.pool_mode,
+                b.default_pool_size,
+                b.max_db_connections,
+                b.reserve_pool_size,
+                b.max_client_conn,
+                b.query_wait_timeout_s
+            ));
         }
         out.push_str(&format!(
             "\nflags: queuepool serve --pool-size {} --max-overflow {} --pool-timeout {}\n",
@@ -222,9 +271,39 @@ async fn run_with<T: Target>(args: &TuneArgs) -> Result<TuneReport, ToolsError> 
     if args.query.trim().is_empty() {
         return Err(ToolsError::arg("--query", "empty query"));
     }
+    if args.via_pgbouncer {
+        if T::KIND != Kind::Postgres {
+            return Err(ToolsError::arg(
+                "--via-pgbouncer",
+                "PgBouncer sits in front of PostgreSQL only",
+            ));
+        }
+        if let Some(admin) = crate::pgbouncer::detect(&args.database_url, None).await? {
+            return Err(ToolsError::arg(
+                "--database-url",
+                format!(
+                    "leads to {} ({}): with --via-pgbouncer give the server's own URL; \
+                     through PgBouncer its pool would cap the curve at its default_pool_size",
+                    admin.version().await?,
+                    admin.url
+                ),
+            ));
+        }
+    }
+    // The server sees the load of every instance through PgBouncer.
+    let clients = if args.via_pgbouncer {
+        concurrency.saturating_mul(instances).min(1000)
+    } else {
+        concurrency
+    };
     let query = Query {
         sql: Arc::from(args.query.trim()),
-        protocol: Protocol::Prepared,
+        // Named statements do not survive transaction mode (PgBouncer 1.18).
+        protocol: if args.via_pgbouncer {
+            Protocol::Extended
+        } else {
+            Protocol::Prepared
+        },
     };
     let tag = format!("queuepool_tune_{:08x}", rand::random::<u32>());
     let probe = T::open(&args.database_url, &tag)?;
@@ -232,11 +311,13 @@ async fn run_with<T: Target>(args: &TuneArgs) -> Result<TuneReport, ToolsError> 
     let mut observer = Observer::connect(T::KIND, &args.database_url, &tag).await?;
     let limits = observer.max_connections().await?;
     observer.close().await;
+    // Through PgBouncer the server connections are PgBouncer's, for the whole fleet.
+    let sharing = if args.via_pgbouncer { 1 } else { instances };
     let cap = limits.map(|(max, reserved)| {
-        (max.saturating_sub(reserved).saturating_sub(reserve) / instances).max(1)
+        (max.saturating_sub(reserved).saturating_sub(reserve) / sharing).max(1)
     });
 
-    let limit = concurrency.min(cap.unwrap_or(u32::MAX));
+    let limit = clients.min(cap.unwrap_or(u32::MAX));
     let sizes: Vec<u32> = match requested {
         Some(list) => list
             .into_iter()
@@ -256,7 +337,7 @@ async fn run_with<T: Target>(args: &TuneArgs) -> Result<TuneReport, ToolsError> 
     for &size in &sizes {
         let label = format!("pool_size {size}");
         progress.step(format!(
-            "tune: {label}, {concurrency} clients, {:.1} s",
+            "tune: {label}, {clients} clients, {:.1} s",
             duration.as_secs_f64()
         ));
         let config = PoolConfig::builder()
@@ -269,15 +350,8 @@ async fn run_with<T: Target>(args: &TuneArgs) -> Result<TuneReport, ToolsError> 
         let pool = Pool::new(T::open(&args.database_url, &tag)?, config)
             .await
             .map_err(|e| ToolsError::pool("could not start the pool", e))?;
-        let r = workload::pooled(
-            &pool,
-            &query,
-            concurrency as usize,
-            duration,
-            &progress,
-            &label,
-        )
-        .await;
+        let r =
+            workload::pooled(&pool, &query, clients as usize, duration, &progress, &label).await;
         pool.close(Duration::from_secs(5)).await;
         progress.println(format!(
             "{label}: {} queries/s, p99 {} ms",
@@ -294,6 +368,11 @@ async fn run_with<T: Target>(args: &TuneArgs) -> Result<TuneReport, ToolsError> 
         });
     }
     progress.finish();
+    if args.via_pgbouncer {
+        return Ok(recommend_via_pgbouncer(
+            args, clients, instances, reserve, limits, cap, target, curve,
+        ));
+    }
     Ok(recommend(
         args,
         T::KIND,
@@ -306,23 +385,14 @@ async fn run_with<T: Target>(args: &TuneArgs) -> Result<TuneReport, ToolsError> 
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn recommend(
-    args: &TuneArgs,
-    backend: Kind,
-    concurrency: u32,
-    instances: u32,
-    limits: Option<(u32, u32)>,
-    cap: Option<u32>,
-    target: Option<f64>,
-    curve: Vec<Point>,
-) -> TuneReport {
-    let mut reasoning = Vec::new();
+/// The point `tune` settles on: the smallest size within 5 % of the best (under the
+/// latency goal when one is met), with the reasoning of that choice.
+fn choose(curve: &[Point], target: Option<f64>, reasoning: &mut Vec<String>) -> Point {
     let best = curve.iter().max_by(|a, b| a.qps.total_cmp(&b.qps)).cloned();
-    let chosen = match smallest_within_5_percent(&curve, target) {
+    let chosen = match smallest_within_5_percent(curve, target) {
         Some(p) => p.clone(),
         None => {
-            let fallback = smallest_within_5_percent(&curve, None)
+            let fallback = smallest_within_5_percent(curve, None)
                 .or(best.as_ref())
                 .cloned()
                 .unwrap_or(Point {
@@ -361,7 +431,6 @@ fn recommend(
                 .unwrap_or_default()
         ));
     }
-    // Little's law: connections busy on average = throughput x time each is held.
     let busy = chosen.qps * chosen.hold_ms / 1000.0;
     reasoning.push(format!(
         "Little's law: L = lambda x W = {} queries/s x {} ms held per query = {busy:.1} \
@@ -370,6 +439,120 @@ fn recommend(
         thousands(chosen.qps),
         millis(chosen.hold_ms)
     ));
+    chosen
+}
+
+/// `pool_timeout`: 10x the measured p99 (2x the goal), at least 1 s, at most 30 s.
+fn pool_timeout_for(chosen: &Point, target: Option<f64>) -> u64 {
+    let p99_s = chosen.p99_ms / 1000.0;
+    ((p99_s * 10.0)
+        .max(target.unwrap_or(0.0) / 1000.0 * 2.0)
+        .ceil() as u64)
+        .clamp(1, 30)
+}
+
+/// Two layers: the knee is PgBouncer's server pool; each instance's pool is a client
+/// of PgBouncer (see the module documentation).
+#[allow(clippy::too_many_arguments)]
+fn recommend_via_pgbouncer(
+    args: &TuneArgs,
+    clients: u32,
+    instances: u32,
+    reserve: u32,
+    limits: Option<(u32, u32)>,
+    cap: Option<u32>,
+    target: Option<f64>,
+    curve: Vec<Point>,
+) -> TuneReport {
+    let mut reasoning = vec![format!(
+        "measured on the server with {clients} clients ({} per instance x {instances} \
+         instance(s)): the load PgBouncer funnels into its server connections",
+        args.concurrency.trim()
+    )];
+    let chosen = choose(&curve, target, &mut reasoning);
+    let mut servers = chosen.pool_size.max(1);
+    if let (Some((max, reserved)), Some(cap)) = (limits, cap) {
+        reasoning.push(format!(
+            "server limit: max_connections {max} - {reserved} superuser reserved - {reserve} \
+             kept free = {cap} server connections for PgBouncer, whatever the number of \
+             instances"
+        ));
+        if servers > cap {
+            reasoning.push(format!(
+                "default_pool_size lowered from {servers} to the cap {cap}"
+            ));
+            servers = cap;
+        }
+    }
+    let pool_size = servers.div_ceil(instances.max(1));
+    let max_overflow = servers - pool_size;
+    let pool_timeout_s = pool_timeout_for(&chosen, target);
+    let max_client_conn = instances * (pool_size + max_overflow) + reserve;
+    reasoning.push(format!(
+        "PgBouncer: default_pool_size = max_db_connections = {servers} (the knee), \
+         reserve_pool_size 0 (the cap leaves no room); the server never sees more"
+    ));
+    reasoning.push(format!(
+        "each instance: pool_size {pool_size} = {servers} / {instances} rounded up (the steady \
+         share), max_overflow {max_overflow} so that one busy instance may use all {servers} \
+         server connections while the others idle; more would only wait inside PgBouncer, \
+         where the pool's timeout and metrics do not see it"
+    ));
+    reasoning.push(format!(
+        "max_client_conn {max_client_conn} = {instances} x {} + {reserve} for admin tools and \
+         the console: client connections are cheap (PgBouncer holds no backend for them)",
+        pool_size + max_overflow
+    ));
+    reasoning.push(format!(
+        "pool_timeout {pool_timeout_s} s (10x the measured p99, at least 1 s) and \
+         query_wait_timeout {pool_timeout_s} s: a client waiting in PgBouncer for a server \
+         gives up within the same bound as a checkout (PgBouncer's default is 120 s)"
+    ));
+    reasoning.push(
+        "transaction mode: no session state across transactions (SET, advisory locks, \
+         LISTEN, named prepared statements in PgBouncer 1.18); see docs/DEPLOY.md"
+            .to_owned(),
+    );
+    let preset = closest_preset(pool_size, max_overflow);
+    let (ps, po, pt) = preset.sizes();
+    TuneReport {
+        backend: Kind::Postgres,
+        database: redact_url(&args.database_url),
+        query: args.query.trim().to_owned(),
+        concurrency: clients,
+        instances,
+        max_connections: limits.map(|l| l.0),
+        per_instance_cap: Some(pool_size + max_overflow),
+        curve,
+        pool_size,
+        max_overflow,
+        pool_timeout_s,
+        closest_preset: format!("{} ({ps}/{po}/{} s)", preset.name(), pt.as_secs()),
+        reasoning,
+        pgbouncer: Some(BouncerSizing {
+            pool_mode: "transaction",
+            default_pool_size: servers,
+            max_db_connections: servers,
+            reserve_pool_size: 0,
+            max_client_conn,
+            query_wait_timeout_s: pool_timeout_s,
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn recommend(
+    args: &TuneArgs,
+    backend: Kind,
+    concurrency: u32,
+    instances: u32,
+    limits: Option<(u32, u32)>,
+    cap: Option<u32>,
+    target: Option<f64>,
+    curve: Vec<Point>,
+) -> TuneReport {
+    let mut reasoning = Vec::new();
+    let chosen = choose(&curve, target, &mut reasoning);
     let mut pool_size = chosen.pool_size;
     let mut max_overflow = pool_size;
     match (limits, cap) {
@@ -398,11 +581,7 @@ fn recommend(
             1.0
         }
     ));
-    let p99_s = chosen.p99_ms / 1000.0;
-    let pool_timeout_s = ((p99_s * 10.0)
-        .max(target.unwrap_or(0.0) / 1000.0 * 2.0)
-        .ceil() as u64)
-        .clamp(1, 30);
+    let pool_timeout_s = pool_timeout_for(&chosen, target);
     reasoning.push(format!(
         "pool_timeout {pool_timeout_s} s: at least 10x the measured p99 ({} ms){} and at least \
          1 s, so ordinary bursts wait instead of failing, but a saturated pool answers 503 \
@@ -434,6 +613,7 @@ fn recommend(
         pool_timeout_s,
         closest_preset: format!("{} ({ps}/{po}/{} s)", preset.name(), pt.as_secs()),
         reasoning,
+        pgbouncer: None,
     }
 }
 
@@ -490,6 +670,7 @@ mod tests {
             query: "SELECT 1".into(),
             duration: "1".into(),
             reserve: "5".into(),
+            via_pgbouncer: false,
             json: false,
         };
         let curve = vec![point(8, 5000.0, 9.0), point(32, 10000.0, 4.0)];
@@ -514,5 +695,64 @@ mod tests {
             r.reasoning
         );
         assert!(r.render().contains("POOL_SIZE=23 MAX_OVERFLOW=0"));
+    }
+
+    fn via_args() -> TuneArgs {
+        TuneArgs {
+            database_url: "postgres://x@h/db".into(),
+            instances: "4".into(),
+            target_p99: None,
+            concurrency: "16".into(),
+            sizes: None,
+            query: "SELECT 1".into(),
+            duration: "1".into(),
+            reserve: "5".into(),
+            via_pgbouncer: true,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn via_pgbouncer_the_knee_is_pgbouncers_pool_and_each_instance_may_reach_it() {
+        let curve = vec![
+            point(4, 6000.0, 9.0),
+            point(8, 9700.0, 4.0),
+            point(16, 10000.0, 4.0),
+        ];
+        // (50 - 3 - 5) = 42 server connections for PgBouncer, not divided by instances.
+        let r =
+            recommend_via_pgbouncer(&via_args(), 64, 4, 5, Some((50, 3)), Some(42), None, curve);
+        let b = r.pgbouncer.as_ref().expect("two layers");
+        assert_eq!((b.default_pool_size, b.max_db_connections), (8, 8));
+        assert_eq!((r.pool_size, r.max_overflow), (2, 6));
+        assert_eq!(b.max_client_conn, 4 * 8 + 5);
+        assert_eq!(b.query_wait_timeout_s, r.pool_timeout_s);
+        let text = r.render();
+        for needle in [
+            "default_pool_size = 8",
+            "max_client_conn = 37",
+            "pool_mode = transaction",
+            "POOL_SIZE=2 MAX_OVERFLOW=6",
+        ] {
+            assert!(text.contains(needle), "{needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn via_pgbouncer_the_server_limit_caps_the_knee() {
+        let curve = vec![point(32, 5000.0, 9.0), point(64, 10000.0, 4.0)];
+        let r =
+            recommend_via_pgbouncer(&via_args(), 64, 4, 5, Some((50, 3)), Some(42), None, curve);
+        let b = r.pgbouncer.as_ref().expect("two layers");
+        assert_eq!(b.default_pool_size, 42);
+        assert_eq!((r.pool_size, r.max_overflow), (11, 31));
+        assert_eq!(b.max_client_conn, 4 * 42 + 5);
+        assert!(
+            r.reasoning
+                .iter()
+                .any(|l| l.contains("lowered from 64 to the cap 42")),
+            "{:?}",
+            r.reasoning
+        );
     }
 }

@@ -23,8 +23,8 @@ use queuepool::{Overflow, Pool, PoolConfig, PoolError, PooledConn};
 use serde::Serialize;
 use tokio::sync::{Barrier, watch};
 
-pub use self::layers::{BouncerView, Snapshot};
 use self::layers::Layers;
+pub use self::layers::{BouncerView, Snapshot};
 use crate::args::{PoolArgs, build, parse_duration, redact_url};
 use crate::error::ToolsError;
 use crate::progress::Progress;
@@ -366,8 +366,8 @@ async fn run_with<T: Target>(args: &VerifyArgs) -> Result<VerifyReport, ToolsErr
         .await
         .map_err(|e| ToolsError::pool("could not start the pool", e))?;
     if let Some(admin) = bouncer {
-        let layers = Layers::open(admin, &args.database_url, args.server_url.as_deref(), &tag)
-            .await?;
+        let layers =
+            Layers::open(admin, &args.database_url, args.server_url.as_deref(), &tag).await?;
         notes.push(format!(
             "through {} ({} mode): the pool's connections are PgBouncer's clients; its server \
              connections are counted apart, on the server",

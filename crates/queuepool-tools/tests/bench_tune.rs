@@ -35,6 +35,7 @@ fn tune_args(url: &str) -> TuneArgs {
         query: "SELECT 1".into(),
         duration: "500ms".into(),
         reserve: "5".into(),
+        via_pgbouncer: false,
         json: true,
     }
 }
@@ -165,6 +166,51 @@ async fn postgres_tune_measures_each_size_and_recommends_within_the_server_cap()
     assert_eq!(capped.per_instance_cap, Some(1));
     assert_eq!((capped.pool_size, capped.max_overflow), (1, 0));
     assert_eq!(capped.curve.len(), 1, "sizes above the cap are not tried");
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tune_via_pgbouncer_sizes_both_layers_from_the_servers_curve() {
+    let db = queuepool_testkit::TestDb::create()
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    let mut args = tune_args(db.url());
+    args.via_pgbouncer = true;
+    args.instances = "4".into();
+    args.concurrency = "2".into();
+    let report = tune::run(&args).await.expect("tune runs");
+    // The server is measured with every instance's load.
+    assert_eq!(report.concurrency, 8);
+    assert_eq!(report.curve.len(), 2);
+    assert!(report.curve.iter().all(|p| p.qps > 0.0 && p.errors == 0));
+    let b = report.pgbouncer.as_ref().expect("two layers");
+    let knee = b.default_pool_size;
+    assert!([1, 2].contains(&knee), "{knee}");
+    assert_eq!(report.pool_size + report.max_overflow, knee);
+    assert_eq!(b.max_client_conn, 4 * knee + 5);
+    let max = report.max_connections.unwrap();
+    assert!(knee <= max);
+    assert!(report.render().contains("pgbouncer.ini"));
+
+    // Pointed at PgBouncer itself, it refuses: the curve would be PgBouncer's.
+    let m = db.manager().unwrap();
+    let host = match m.pg_config().get_hosts().first() {
+        Some(queuepool_postgres::tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = m.pg_config().get_ports().first().copied().unwrap_or(5432);
+    let bouncer = queuepool_testkit::PgBouncer::start(&host, port, 2)
+        .await
+        .expect("pgbouncer starts");
+    args.database_url = bouncer.url(db.name(), "tune");
+    let err = tune::run(&args).await.unwrap_err();
+    assert!(err.is_usage(), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("--database-url: leads to PgBouncer"),
+        "{err}"
+    );
+    drop(bouncer);
     db.drop_database().await.unwrap();
 }
 

@@ -33,7 +33,10 @@ async fn postgres_pool_matches_pg_stat_activity_at_every_step() {
         .await
         .expect("verify runs");
     assert!(report.passed, "{}", report.render());
-    assert!(report.pgbouncer.is_none(), "no PgBouncer in front of the server");
+    assert!(
+        report.pgbouncer.is_none(),
+        "no PgBouncer in front of the server"
+    );
     let burst = report
         .rows
         .iter()
@@ -122,7 +125,10 @@ fn server_of(db: &queuepool_testkit::TestDb) -> (String, u16) {
         Some(queuepool_postgres::tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".into(),
     };
-    (host, m.pg_config().get_ports().first().copied().unwrap_or(5432))
+    (
+        host,
+        m.pg_config().get_ports().first().copied().unwrap_or(5432),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +148,10 @@ async fn through_pgbouncer_clients_and_server_backends_are_checked_as_two_layers
     assert!(report.passed, "{text}");
     let view = report.pgbouncer.as_ref().expect("PgBouncer detected");
     assert!(view.version.starts_with("PgBouncer"), "{text}");
-    assert_eq!((view.pool_mode.as_str(), view.pool_size), ("transaction", 2));
+    assert_eq!(
+        (view.pool_mode.as_str(), view.pool_size),
+        ("transaction", 2)
+    );
     let at = |step: &str| {
         view.snapshots
             .iter()
@@ -156,7 +165,11 @@ async fn through_pgbouncer_clients_and_server_backends_are_checked_as_two_layers
     assert_eq!(at("idle").clients, 2, "{text}");
     assert_eq!(at("released").clients, 2, "{text}");
     assert_eq!(at("closed").clients, 0, "{text}");
-    for needle in ["SHOW CLIENTS", "pg_stat_activity", "sv_active/sv_idle/sv_used"] {
+    for needle in [
+        "SHOW CLIENTS",
+        "pg_stat_activity",
+        "sv_active/sv_idle/sv_used",
+    ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
 
@@ -172,7 +185,12 @@ async fn through_pgbouncer_clients_and_server_backends_are_checked_as_two_layers
     let mut wrong = args(&url, None);
     wrong.pgbouncer_admin = Some(db.url().to_owned());
     let err = verify::run(&wrong).await.unwrap_err();
-    assert!(err.to_string().contains("--pgbouncer-admin") || queuepool_tools::chain(&err).contains("SHOW VERSION"), "{}", queuepool_tools::chain(&err));
+    assert!(
+        err.to_string().contains("--pgbouncer-admin")
+            || queuepool_tools::chain(&err).contains("SHOW VERSION"),
+        "{}",
+        queuepool_tools::chain(&err)
+    );
     drop(bouncer);
     db.drop_database().await.unwrap();
 }

@@ -67,9 +67,12 @@ impl Layers {
         server_url: Option<&str>,
         tag: &str,
     ) -> Result<Layers, ToolsError> {
-        let manager =
-            PgManager::from_url(url).map_err(|e| ToolsError::DatabaseUrl(Box::new(e)))?;
-        let user = manager.pg_config().get_user().unwrap_or("postgres").to_owned();
+        let manager = PgManager::from_url(url).map_err(|e| ToolsError::DatabaseUrl(Box::new(e)))?;
+        let user = manager
+            .pg_config()
+            .get_user()
+            .unwrap_or("postgres")
+            .to_owned();
         let database = manager
             .pg_config()
             .get_dbname()
@@ -169,7 +172,10 @@ impl Layers {
             .server
             .query_typed_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
-                &[(&pids, queuepool_postgres::tokio_postgres::types::Type::INT4_ARRAY)],
+                &[(
+                    &pids,
+                    queuepool_postgres::tokio_postgres::types::Type::INT4_ARRAY,
+                )],
             )
             .await
             .map_err(|e| ToolsError::db("cannot read pg_stat_activity on the server", e))?;
@@ -210,7 +216,12 @@ impl BouncerView {
     pub fn render(&self) -> String {
         let mut out = format!(
             "\ntwo layers: {} ({}), pool_mode {}, pool_size {} + reserve_pool {}; server {}\n",
-            self.version, self.admin, self.pool_mode, self.pool_size, self.reserve_pool, self.server
+            self.version,
+            self.admin,
+            self.pool_mode,
+            self.pool_size,
+            self.reserve_pool,
+            self.server
         );
         let mut table = Table::new(&[
             "step",
