@@ -49,6 +49,7 @@
 //! # }
 //! ```
 
+pub mod autosize;
 mod config;
 mod error;
 mod guard;
