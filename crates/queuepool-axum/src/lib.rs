@@ -17,6 +17,9 @@
 //! * [`pool_routes`]: `GET /pool` (the SQLAlchemy status line and every counter, as
 //!   JSON) and `GET /metrics` (Prometheus text, from a [`PrometheusHandle`] whose
 //!   recorder the binary installs: a library never installs one).
+//! * [`dashboard::routes`]: `GET /dashboard`, a live page of the same pool (charts of
+//!   idle, in-use and waiting connections, checkouts, waits and timeouts), served from
+//!   the crate's own assets.
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -38,6 +41,7 @@
 //!
 //! [`PrometheusHandle`]: metrics_exporter_prometheus::PrometheusHandle
 
+pub mod dashboard;
 mod error;
 mod extract;
 mod routes;

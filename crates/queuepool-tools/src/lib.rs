@@ -1,6 +1,6 @@
 //! The tools that show a [`queuepool`] pool at work and size it: the `verify`, `bench`,
-//! `tune` and `status` subcommands of the `queuepool` binary, and the live dashboard
-//! that `queuepool serve` mounts at `GET /dashboard`.
+//! `tune` and `status` subcommands of the `queuepool` binary. (The live page that
+//! `queuepool serve` mounts at `GET /dashboard` is `queuepool_axum::dashboard`.)
 //!
 //! * [`verify`]: builds a pool tagged with a unique `application_name` and compares the
 //!   pool's intended connections with the server's own view (`pg_stat_activity`,
@@ -11,7 +11,6 @@
 //! * [`tune`]: the workload at increasing pool sizes; recommends the smallest pool
 //!   within 5 % of the best throughput, capped by `max_connections / instances`.
 //! * [`status`]: a running service's `GET /pool`, once or refreshed.
-//! * [`dashboard`]: the axum routes of the live page.
 //!
 //! The binary parses [`Command`] (clap) and calls [`main`]; everything here can also be
 //! called as a library (tests do). Progress goes to stderr, results to stdout. Like
@@ -34,7 +33,6 @@ use std::process::ExitCode;
 
 pub mod args;
 pub mod bench;
-pub mod dashboard;
 mod error;
 pub mod pgbench;
 pub mod pgbouncer;

@@ -146,7 +146,7 @@ pub fn routes_with<M: Store>(
                 .delete(delete_item::<M>),
         )
         .merge(pool_routes::<M, AppState<M>>(prometheus))
-        .merge(queuepool_tools::dashboard::routes::<M, AppState<M>>())
+        .merge(queuepool_axum::dashboard::routes::<M, AppState<M>>())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api::ApiDoc::openapi()))
         .fallback(handlers::fallback)
         .method_not_allowed_fallback(handlers::method_not_allowed)
