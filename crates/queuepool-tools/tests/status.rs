@@ -1,6 +1,5 @@
 //! `status` against a live service's `/pool`, in-process on SQLite.
 
-
 use axum::Router;
 use queuepool::{Pool, PoolConfig};
 use queuepool_sqlite::SqliteManager;
