@@ -42,6 +42,10 @@ pub enum DbError {
     /// A query failed for another reason (constraint, syntax, type...).
     #[error("database query failed")]
     Query(#[source] BoxError),
+    /// The request's `x-read-after` header is not a read-your-writes token
+    /// ([`DbRead`](crate::DbRead)).
+    #[error("the x-read-after header is not a read-your-writes token")]
+    InvalidReadAfter,
 }
 
 impl From<PoolError> for DbError {
@@ -69,6 +73,7 @@ impl DbError {
     pub fn status(&self) -> StatusCode {
         match self {
             DbError::Query(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            DbError::InvalidReadAfter => StatusCode::UNPROCESSABLE_ENTITY,
             DbError::Pool(_) | DbError::Disconnected(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -80,6 +85,7 @@ impl DbError {
             DbError::Pool(e) if e.is_closed() => "shutting_down",
             DbError::Pool(_) | DbError::Disconnected(_) => "database_unavailable",
             DbError::Query(_) => "internal_error",
+            DbError::InvalidReadAfter => "invalid_read_after",
         }
     }
 
@@ -90,6 +96,10 @@ impl DbError {
             }
             "shutting_down" => "The service is shutting down; retry later.",
             "database_unavailable" => "The database is unavailable; retry later.",
+            "invalid_read_after" => {
+                "The x-read-after header is not a token this service issued: send back the \
+                 x-read-after value of your last write's response, or no header."
+            }
             _ => "Internal error while talking to the database.",
         }
     }
@@ -123,6 +133,9 @@ impl IntoResponse for DbError {
         // (warn); a failed query is a bug or a data problem (error).
         if matches!(self, DbError::Query(_)) {
             tracing::error!(target: "queuepool_axum", code = self.code(), "{details}");
+        } else if matches!(self, DbError::InvalidReadAfter) {
+            // The client's mistake, not the service's condition.
+            tracing::debug!(target: "queuepool_axum", code = self.code(), "{details}");
         } else {
             tracing::warn!(target: "queuepool_axum", code = self.code(), "{details}");
         }

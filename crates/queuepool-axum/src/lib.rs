@@ -12,6 +12,11 @@
 //!
 //! * [`Db`]: the extractor. Its rejection is a [`DbError`], so a saturated pool answers
 //!   `503 Service Unavailable` with `Retry-After` and a JSON body.
+//! * [`DbRead`]: the extractor for reads, routed by the state's [`Reads`]: with
+//!   `queuepool_postgres::ReadWrite` (feature `postgres`) a read goes to a standby
+//!   that has replayed the client's own writes (the [`READ_AFTER`] token its last write
+//!   returned), else to the primary; with a plain pool ([`Reads::single`]) it is a
+//!   [`Db`]. A read that loses its connection goes again elsewhere ([`DbRead::retry`]).
 //! * [`DbError`]: maps pool and driver errors to status codes in one place, shows the
 //!   client a safe message and logs the details (never the password or the SQL).
 //! * [`pool_routes`]: `GET /pool` (the SQLAlchemy status line and every counter, as
@@ -44,8 +49,10 @@
 pub mod dashboard;
 mod error;
 mod extract;
+mod read;
 mod routes;
 
 pub use error::{DbError, RETRY_AFTER_SECS, json_error};
 pub use extract::Db;
+pub use read::{BoxFuture, DbRead, READ_AFTER, ReadRoute, ReadRouter, Reads, RoutedConn};
 pub use routes::{pool_report, pool_routes};

@@ -128,6 +128,12 @@ impl Route {
     pub fn is_primary(&self) -> bool {
         self.standby.is_none()
     }
+
+    /// The standby's index (in the order given to [`ReadWrite::new`]); `None` for the
+    /// primary.
+    pub fn standby_index(&self) -> Option<usize> {
+        self.standby
+    }
 }
 
 impl fmt::Display for Route {
@@ -369,6 +375,11 @@ impl ReadWrite {
         self.shared.standbys.iter().map(|s| &s.pool)
     }
 
+    /// The route of standby `index` (in the order given), if there is one.
+    pub fn standby_route(&self, index: usize) -> Option<Route> {
+        self.shared.standbys.get(index).map(|s| s.route.clone())
+    }
+
     /// The routing settings.
     pub fn config(&self) -> &RoutingConfig {
         &self.shared.config
@@ -464,8 +475,20 @@ impl ReadWrite {
     /// Returns whether it was a disconnect (then retry with
     /// [`read_avoiding`](Self::read_avoiding)).
     pub fn failed(&self, conn: &mut ReadConn, error: &PgError) -> bool {
-        let disconnect = PooledConn::report_error(&mut conn.conn, error);
-        if disconnect && let Some(i) = conn.route.standby {
+        let route = conn.route.clone();
+        self.failed_on(Some(&route), &mut conn.conn, error)
+    }
+
+    /// [`failed`](Self::failed) for a connection taken out of its [`ReadConn`]
+    /// ([`ReadConn::into_inner`]) that came from `route`.
+    pub fn failed_on(
+        &self,
+        route: Option<&Route>,
+        conn: &mut PooledConn<PgManager>,
+        error: &PgError,
+    ) -> bool {
+        let disconnect = PooledConn::report_error(conn, error);
+        if disconnect && let Some(i) = route.and_then(|r| r.standby) {
             self.shared.failovers.fetch_add(1, Ordering::Relaxed);
             self.shared.mark_down(i, &error.to_string());
         }
