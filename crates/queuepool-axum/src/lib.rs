@@ -54,5 +54,7 @@ mod routes;
 
 pub use error::{DbError, RETRY_AFTER_SECS, json_error};
 pub use extract::Db;
-pub use read::{BoxFuture, DbRead, READ_AFTER, ReadRoute, ReadRouter, Reads, RoutedConn};
+pub use read::{
+    BoxFuture, DbRead, READ_AFTER, ReadAfter, ReadRoute, ReadRouter, Reads, RoutedConn,
+};
 pub use routes::{pool_report, pool_routes};

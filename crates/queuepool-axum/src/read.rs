@@ -96,7 +96,7 @@ pub trait ReadRouter<M: Manager>: Send + Sync + 'static {
     /// transaction) has committed, or `None` when reads are not routed.
     fn token<'a>(
         &'a self,
-        conn: &'a M::Connection,
+        conn: &'a mut M::Connection,
     ) -> BoxFuture<'a, Result<Option<String>, M::Error>>;
 }
 
@@ -121,7 +121,7 @@ impl<M: Manager> ReadRouter<M> for Pool<M> {
 
     fn token<'a>(
         &'a self,
-        _conn: &'a M::Connection,
+        _conn: &'a mut M::Connection,
     ) -> BoxFuture<'a, Result<Option<String>, M::Error>> {
         Box::pin(async { Ok(None) })
     }
@@ -172,7 +172,7 @@ impl<M: Manager> Reads<M> {
     /// Cancel safe: it only reads.
     pub async fn token_header(
         &self,
-        conn: &M::Connection,
+        conn: &mut M::Connection,
     ) -> Result<Option<(HeaderName, HeaderValue)>, M::Error> {
         let token = self.router.token(conn).await?;
         Ok(token
@@ -292,6 +292,21 @@ where
     }
 }
 
+/// The request's [`READ_AFTER`] token, for a handler that checks its read connection
+/// out itself ([`DbRead::checkout`]), after validating its input. A header that is not
+/// visible ASCII is rejected with [`DbError::InvalidReadAfter`]; whether the token
+/// itself is valid is for the router to say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadAfter(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ReadAfter {
+    type Rejection = DbError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, DbError> {
+        Ok(ReadAfter(read_after(parts)?.map(str::to_owned)))
+    }
+}
+
 /// The request's [`READ_AFTER`] header: absent, or visible ASCII (anything else is
 /// [`DbError::InvalidReadAfter`]).
 fn read_after(parts: &Parts) -> Result<Option<&str>, DbError> {
@@ -347,7 +362,7 @@ mod postgres {
 
         fn token<'a>(
             &'a self,
-            conn: &'a PgConnection,
+            conn: &'a mut PgConnection,
         ) -> BoxFuture<'a, Result<Option<String>, PgError>> {
             Box::pin(async move { Ok(Some(ReadWrite::token(conn).await?.to_string())) })
         }

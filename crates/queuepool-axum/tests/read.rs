@@ -91,7 +91,7 @@ impl ReadRouter<Fake> for TwoServers {
         true
     }
 
-    fn token<'a>(&'a self, _conn: &'a ()) -> BoxFuture<'a, Result<Option<String>, Gone>> {
+    fn token<'a>(&'a self, _conn: &'a mut ()) -> BoxFuture<'a, Result<Option<String>, Gone>> {
         Box::pin(async { Ok(Some("0/10".to_owned())) })
     }
 }
@@ -164,7 +164,7 @@ impl ReadRouter<Fake> for Shared {
     fn failed(&self, conn: &mut RoutedConn<Fake>, error: &Gone) -> bool {
         self.0.failed(conn, error)
     }
-    fn token<'a>(&'a self, conn: &'a ()) -> BoxFuture<'a, Result<Option<String>, Gone>> {
+    fn token<'a>(&'a self, conn: &'a mut ()) -> BoxFuture<'a, Result<Option<String>, Gone>> {
         self.0.token(conn)
     }
 }
@@ -242,6 +242,6 @@ async fn a_single_pool_reads_everything_itself_and_issues_no_token() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body(response).await, "primary");
-    let conn = pool.get().await.unwrap();
-    assert_eq!(reads.token_header(&conn).await.unwrap(), None);
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(reads.token_header(&mut conn).await.unwrap(), None);
 }

@@ -42,6 +42,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// them yet ends a request caught on a silent network path well before an HTTP client
 /// gives up (often 30 s), and matches the pool's default `connect_timeout`.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on a standby's replay lag, past which it gets no reads (with
+/// `--read-url`).
+pub const DEFAULT_MAX_REPLICA_LAG: Duration = Duration::from_secs(1);
 
 /// The options of `queuepool serve`, as clap reads them from the command line and the
 /// environment. `None` means "neither": the file, the preset or the default decides.
@@ -50,7 +53,8 @@ pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServeArgs {
     /// TOML file with any of the settings below (keys: database_url, pool_preset,
     /// pool_size, max_overflow, pool_timeout, pool_recycle, pool_pre_ping, bind,
-    /// echo_pool, shutdown_timeout, query_timeout); unknown keys are errors
+    /// echo_pool, shutdown_timeout, query_timeout, read_url, max_replica_lag); unknown
+    /// keys are errors
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -61,6 +65,25 @@ pub struct ServeArgs {
     // hold a password. `ServeConfig::resolve` checks it.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
+
+    /// PostgreSQL standbys for the idempotent reads (GET /items, GET /items/{id}): one
+    /// host or several (postgres://user:pass@replica1:5432,replica2:5432/db), one read
+    /// pool per host, sized like the primary's. A read goes to a standby that has
+    /// replayed the client's own writes (the x-read-after header of its last write's
+    /// response), else to the primary [default: none, every query on DATABASE_URL]
+    #[arg(
+        long,
+        env = "DATABASE_READ_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub read_url: Option<String>,
+
+    /// With --read-url: a standby whose replay lag exceeds this gets no reads until it
+    /// catches up, in seconds (or 500ms) [default: 1]
+    #[arg(long, env = "MAX_REPLICA_LAG", value_name = "SECONDS",
+          value_parser = parse::positive_duration)]
+    pub max_replica_lag: Option<Duration>,
 
     /// The pool's sizes and checks.
     #[command(flatten)]
@@ -140,6 +163,8 @@ pub struct FileConfig {
     echo_pool: Option<bool>,
     shutdown_timeout: Option<Scalar>,
     query_timeout: Option<Scalar>,
+    read_url: Option<String>,
+    max_replica_lag: Option<Scalar>,
 }
 
 /// A TOML value given to a numeric or boolean key: parsed like the same key's flag, so
@@ -232,7 +257,7 @@ impl Origin {
     fn label(&self, key: &str) -> String {
         match self {
             Origin::Flag => format!("--{}", key.replace('_', "-")),
-            Origin::Env => key.to_ascii_uppercase(),
+            Origin::Env => env_name(key),
             Origin::File(path) => format!("{key} in {}", path.display()),
             Origin::Preset(p) => format!("{key} (preset {p})"),
             Origin::Default => format!("{key} (default)"),
@@ -259,6 +284,10 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// Bound on each database query of a request (503 `query_timeout` past it).
     pub query_timeout: Duration,
+    /// PostgreSQL standbys for the reads (`--read-url`), if any.
+    pub read_url: Option<DatabaseUrl>,
+    /// A standby lagging more gets no reads (`--max-replica-lag`).
+    pub max_replica_lag: Duration,
     /// Print the configuration and exit (`--print-config`).
     pub print_config: bool,
     /// Where each setting came from, by key name.
@@ -311,8 +340,46 @@ impl Layers<'_> {
     }
 }
 
+/// The environment variable of a key: its name in capitals, but `DATABASE_READ_URL`
+/// for `read_url` (beside `DATABASE_URL`).
+fn env_name(key: &str) -> String {
+    match key {
+        "read_url" => "DATABASE_READ_URL".to_owned(),
+        other => other.to_ascii_uppercase(),
+    }
+}
+
 fn text(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
+}
+
+/// `--read-url` / `DATABASE_READ_URL` / `read_url`: a PostgreSQL URL, beside a
+/// PostgreSQL `DATABASE_URL`.
+fn read_url(
+    layers: &mut Layers<'_>,
+    args: &ServeArgs,
+    file: &FileConfig,
+    backend: Backend,
+) -> Result<Option<DatabaseUrl>, CliError> {
+    let cli = args.read_url.clone().filter(|u| !u.trim().is_empty());
+    let Some(url) = layers.pick("read_url", cli, file.read_url.clone(), text)? else {
+        return Ok(None);
+    };
+    let key = layers.label("read_url");
+    let kind = check_url(&url).map_err(|e| CliError::Config {
+        key: key.clone(),
+        message: e.to_string(),
+    })?;
+    if kind != Backend::Postgres || backend != Backend::Postgres {
+        return Err(CliError::Config {
+            key,
+            message: format!(
+                "reads on standbys need PostgreSQL: the read URL and DATABASE_URL must both \
+                 be postgres:// URLs (the read URL is {kind}, DATABASE_URL is {backend})"
+            ),
+        });
+    }
+    Ok(Some(DatabaseUrl(url)))
 }
 
 impl ServeConfig {
@@ -349,6 +416,17 @@ impl ServeConfig {
             key: layers.label("database_url"),
             message: e.to_string(),
         })?;
+
+        let read_url = read_url(&mut layers, args, &file, backend)?;
+        let max_replica_lag = match layers.pick(
+            "max_replica_lag",
+            args.max_replica_lag,
+            file.max_replica_lag.clone(),
+            parse::positive_duration,
+        )? {
+            Some(t) => t,
+            None => layers.default("max_replica_lag", DEFAULT_MAX_REPLICA_LAG),
+        };
 
         let p = &args.pool;
         let preset = match layers.pick(
@@ -455,6 +533,8 @@ impl ServeConfig {
             echo_pool,
             shutdown_timeout,
             query_timeout,
+            read_url,
+            max_replica_lag,
             print_config: args.print_config,
             origins: layers.origins,
         })
@@ -468,7 +548,7 @@ impl ServeConfig {
     fn origin(&self, name: &str) -> String {
         match self.origins.get(name) {
             Some(Origin::Flag) => format!("--{}", name.replace('_', "-")),
-            Some(Origin::Env) => name.to_ascii_uppercase(),
+            Some(Origin::Env) => env_name(name),
             Some(Origin::File(path)) => format!("{}", path.display()),
             Some(Origin::Preset(p)) => format!("preset {p}"),
             Some(Origin::Default) | None => "default".to_owned(),
@@ -482,7 +562,7 @@ impl ServeConfig {
         let recycle = p
             .pool_recycle
             .map_or_else(|| "off".to_owned(), |d| format!("{}s", d.as_secs_f64()));
-        vec![
+        let mut lines = vec![
             format!(
                 "database: {} backend={} ({})",
                 self.database_url,
@@ -518,7 +598,16 @@ impl ServeConfig {
                 self.echo_pool,
                 self.origin("echo_pool"),
             ),
-        ]
+        ];
+        if let Some(read_url) = &self.read_url {
+            lines.push(format!(
+                "reads: {read_url} ({}) max_replica_lag={}s ({})",
+                self.origin("read_url"),
+                self.max_replica_lag.as_secs_f64(),
+                self.origin("max_replica_lag"),
+            ));
+        }
+        lines
     }
 }
 
@@ -832,6 +921,54 @@ mod tests {
         assert!(!lines.contains("s3cret"), "{lines}");
         assert!(lines.contains("postgres://app:***@db/shop"), "{lines}");
         assert!(lines.contains("(DATABASE_URL)"), "{lines}");
+    }
+
+    #[test]
+    fn read_url_is_off_by_default_needs_postgres_on_both_sides_and_is_redacted() {
+        let c = load(&ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.read_url, None);
+        assert_eq!(c.max_replica_lag, Duration::from_secs(1));
+        assert_eq!(c.describe().len(), 3);
+
+        let args = ServeArgs {
+            database_url: Some("postgres://app:s3cret@primary/shop".into()),
+            read_url: Some("postgres://app:r3ad@replica1:5432,replica2:5432/shop".into()),
+            max_replica_lag: Some(Duration::from_millis(500)),
+            ..ServeArgs::default()
+        };
+        let c = load(&args, &["read_url"]).unwrap();
+        let read = c.read_url.as_ref().unwrap();
+        assert!(read.expose().contains("r3ad"));
+        assert!(!format!("{c:?}").contains("r3ad"));
+        let lines = c.describe().join("\n");
+        assert!(!lines.contains("r3ad"), "{lines}");
+        assert!(
+            lines.contains("(DATABASE_READ_URL) max_replica_lag=0.5s (--max-replica-lag)"),
+            "{lines}"
+        );
+
+        let sqlite_primary = ServeArgs {
+            read_url: Some("postgres://app:r3ad@replica1/shop".into()),
+            ..ServeArgs::default()
+        };
+        let message = error(&sqlite_primary, &[]);
+        assert!(message.starts_with("--read-url: "), "{message}");
+        assert!(message.contains("need PostgreSQL"), "{message}");
+        let mysql_reads = ServeArgs {
+            database_url: Some("postgres://app@primary/shop".into()),
+            read_url: Some("mysql://root:r3ad@replica/test".into()),
+            ..ServeArgs::default()
+        };
+        let message = error(&mysql_reads, &["read_url"]);
+        assert!(message.starts_with("DATABASE_READ_URL: "), "{message}");
+        assert!(!message.contains("r3ad"), "{message}");
+
+        let f = file(
+            "database_url = \"postgres://app@p/shop\"\nread_url = \"postgres://app@r/shop\"\nmax_replica_lag = \"250ms\"\n",
+        );
+        let c = load(&with_file(&f), &[]).unwrap();
+        assert_eq!(c.max_replica_lag, Duration::from_millis(250));
+        assert!(c.read_url.is_some());
     }
 
     #[test]

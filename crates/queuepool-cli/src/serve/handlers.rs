@@ -15,13 +15,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use queuepool::Pool;
-use queuepool_axum::Db;
+use queuepool_axum::{Db, DbRead, ReadAfter};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::QUERY_GRACE;
 use super::error::{AppError, ErrorBody};
 use super::extract::{ItemId, JsonBody, QueryLimit, QueryParams};
+use super::reads::{self, ReadsOf};
 use super::retry::{self, Find, List, Ping};
 use crate::store::{Item, ItemIn, ListParams, Store};
 
@@ -89,7 +90,8 @@ pub async fn health<M: Store>(
 }
 
 /// Lists items by id.
-#[utoipa::path(get, path = "/items", tag = "items", params(ListParams),
+#[utoipa::path(get, path = "/items", tag = "items", params(ListParams,
+        ("x-read-after" = Option<String>, Header, description = "The x-read-after value of this client's last write: the read then sees that write (with --read-url; ignored otherwise)")),
     responses(
         (status = 200, description = "One page of items", body = [Item]),
         (status = 422, description = "Invalid limit or offset", body = ErrorBody),
@@ -98,11 +100,12 @@ pub async fn health<M: Store>(
 pub async fn list_items<M: Store>(
     QueryParams(params): QueryParams<ListParams>,
     QueryLimit(limit): QueryLimit,
-    State(pool): State<Pool<M>>,
+    ReadsOf(reads): ReadsOf<M>,
+    ReadAfter(after): ReadAfter,
 ) -> Result<Json<Vec<Item>>, AppError> {
     let page = params.validate().map_err(AppError::Validation)?;
-    let db = Db::checkout(&pool).await?;
-    let items = retry::read(&pool, db, List(page), limit).await?;
+    let db = DbRead::checkout(&reads, after.as_deref()).await?;
+    let items = reads::read(db, List(page), limit).await?;
     Ok(Json(items))
 }
 
@@ -110,13 +113,15 @@ pub async fn list_items<M: Store>(
 #[utoipa::path(post, path = "/items", tag = "items", request_body = ItemIn,
     responses(
         (status = 201, description = "Created; `Location` is its URL", body = Item,
-            headers(("Location" = String, description = "/items/{id}"))),
+            headers(("Location" = String, description = "/items/{id}"),
+                ("x-read-after" = String, description = "Read-your-writes token (with --read-url): send it back on reads"))),
         (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
         (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn create_item<M: Store>(
     QueryLimit(limit): QueryLimit,
     State(pool): State<Pool<M>>,
+    ReadsOf(reads): ReadsOf<M>,
     JsonBody(input): JsonBody<ItemIn>,
 ) -> Result<Response, AppError> {
     let new = input.validate().map_err(AppError::Validation)?;
@@ -126,19 +131,20 @@ pub async fn create_item<M: Store>(
         &mut db,
         limit,
     )?;
-    drop(db);
     let location = format!("/items/{}", item.id);
-    Ok((
+    let response = (
         StatusCode::CREATED,
         [(header::LOCATION, location)],
         Json(item),
     )
-        .into_response())
+        .into_response();
+    Ok(reads::with_token(&reads, &mut db, limit, response).await)
 }
 
 /// Reads one item.
 #[utoipa::path(get, path = "/items/{id}", tag = "items",
-    params(("id" = i64, Path, description = "Item id")),
+    params(("id" = i64, Path, description = "Item id"),
+        ("x-read-after" = Option<String>, Header, description = "The x-read-after value of this client's last write: the read then sees that write (with --read-url; ignored otherwise)")),
     responses(
         (status = 200, description = "The item", body = Item),
         (status = 404, description = "No such item", body = ErrorBody),
@@ -147,10 +153,11 @@ pub async fn create_item<M: Store>(
 pub async fn get_item<M: Store>(
     ItemId(id): ItemId,
     QueryLimit(limit): QueryLimit,
-    State(pool): State<Pool<M>>,
-    db: Db<M>,
+    ReadsOf(reads): ReadsOf<M>,
+    ReadAfter(after): ReadAfter,
 ) -> Result<Json<Item>, AppError> {
-    let item = retry::read(&pool, db, Find(id), limit).await?;
+    let db = DbRead::checkout(&reads, after.as_deref()).await?;
+    let item = reads::read(db, Find(id), limit).await?;
     item.map(Json).ok_or_else(|| not_found(id))
 }
 
@@ -158,7 +165,8 @@ pub async fn get_item<M: Store>(
 #[utoipa::path(put, path = "/items/{id}", tag = "items", request_body = ItemIn,
     params(("id" = i64, Path, description = "Item id")),
     responses(
-        (status = 200, description = "The updated item", body = Item),
+        (status = 200, description = "The updated item", body = Item,
+            headers(("x-read-after" = String, description = "Read-your-writes token (with --read-url): send it back on reads"))),
         (status = 404, description = "No such item", body = ErrorBody),
         (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
         (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
@@ -167,8 +175,9 @@ pub async fn update_item<M: Store>(
     ItemId(id): ItemId,
     QueryLimit(limit): QueryLimit,
     State(pool): State<Pool<M>>,
+    ReadsOf(reads): ReadsOf<M>,
     JsonBody(input): JsonBody<ItemIn>,
-) -> Result<Json<Item>, AppError> {
+) -> Result<Response, AppError> {
     let new = input.validate().map_err(AppError::Validation)?;
     let mut db = Db::checkout(&pool).await?;
     let item = finish(
@@ -176,32 +185,39 @@ pub async fn update_item<M: Store>(
         &mut db,
         limit,
     )?;
-    item.map(Json).ok_or_else(|| not_found(id))
+    let item = item.ok_or_else(|| not_found(id))?;
+    Ok(reads::with_token(&reads, &mut db, limit, Json(item).into_response()).await)
 }
 
 /// Deletes an item.
 #[utoipa::path(delete, path = "/items/{id}", tag = "items",
     params(("id" = i64, Path, description = "Item id")),
     responses(
-        (status = 204, description = "Deleted"),
+        (status = 204, description = "Deleted", headers(("x-read-after" = String, description = "Read-your-writes token (with --read-url): send it back on reads"))),
         (status = 404, description = "No such item", body = ErrorBody),
         (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
     ))]
 pub async fn delete_item<M: Store>(
     ItemId(id): ItemId,
     QueryLimit(limit): QueryLimit,
+    ReadsOf(reads): ReadsOf<M>,
     mut db: Db<M>,
-) -> Result<StatusCode, AppError> {
+) -> Result<Response, AppError> {
     let deleted = finish(
         bounded(limit, M::delete(&mut db, id, limit)).await,
         &mut db,
         limit,
     )?;
-    if deleted {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(not_found(id))
+    if !deleted {
+        return Err(not_found(id));
     }
+    Ok(reads::with_token(
+        &reads,
+        &mut db,
+        limit,
+        StatusCode::NO_CONTENT.into_response(),
+    )
+    .await)
 }
 
 /// Any other path: a JSON 404.

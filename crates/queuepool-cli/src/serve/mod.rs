@@ -29,6 +29,7 @@ pub mod api;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod reads;
 mod retry;
 
 /// Largest accepted request body: an item is a few hundred bytes.
@@ -171,6 +172,20 @@ pub fn router_with<M: Store>(
     routes_with::<M>(prometheus, timeouts).with_state(AppState { pool })
 }
 
+/// [`router_with`], with the reads (`GET /items`, `GET /items/{id}`) going where
+/// `reads` says ([`reads::ReadSide`]): standbys with read-your-writes, and the writes
+/// returning their token.
+pub fn router_with_reads<M: Store>(
+    pool: Pool<M>,
+    reads: queuepool_axum::Reads<M>,
+    prometheus: Option<PrometheusHandle>,
+    timeouts: Timeouts,
+) -> Router {
+    routes_with::<M>(prometheus, timeouts)
+        .layer(axum::Extension(reads))
+        .with_state(AppState { pool })
+}
+
 /// Opens the pool for `M` and creates the items table if it is missing.
 pub async fn open_pool<M: Store>(url: &str, config: PoolConfig) -> Result<Pool<M>, CliError> {
     let manager = M::open(url).map_err(|e| CliError::DatabaseUrl(Box::new(e)))?;
@@ -188,21 +203,38 @@ pub async fn run(
     prometheus: Option<PrometheusHandle>,
 ) -> Result<(), CliError> {
     match config.backend {
-        Backend::Postgres => run_with::<queuepool_postgres::PgManager>(config, prometheus).await,
-        Backend::MySql => run_with::<queuepool_mysql::MySqlManager>(config, prometheus).await,
-        Backend::Sqlite => run_with::<queuepool_sqlite::SqliteManager>(config, prometheus).await,
+        Backend::Postgres => {
+            run_with::<queuepool_postgres::PgManager>(config, prometheus, reads::postgres).await
+        }
+        Backend::MySql => {
+            run_with::<queuepool_mysql::MySqlManager>(config, prometheus, single_read_side).await
+        }
+        Backend::Sqlite => {
+            run_with::<queuepool_sqlite::SqliteManager>(config, prometheus, single_read_side).await
+        }
     }
+}
+
+/// Every read on the primary's pool (the only choice for MySQL and SQLite: the
+/// configuration refuses `--read-url` with them).
+async fn single_read_side<M: Store>(
+    pool: &Pool<M>,
+    _config: &ServeConfig,
+) -> Result<reads::ReadSide<M>, CliError> {
+    Ok(reads::ReadSide::single(pool))
 }
 
 async fn run_with<M: Store>(
     config: ServeConfig,
     prometheus: Option<PrometheusHandle>,
+    read_side: impl AsyncFnOnce(&Pool<M>, &ServeConfig) -> Result<reads::ReadSide<M>, CliError>,
 ) -> Result<(), CliError> {
     for line in config.describe() {
         tracing::info!("{line}");
     }
     let pool = open_pool::<M>(config.database_url.expose(), config.pool.clone()).await?;
     tracing::info!("pool ready: {}", pool.status());
+    let read_side = read_side(&pool, &config).await?;
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| CliError::Bind {
@@ -214,15 +246,22 @@ async fn run_with<M: Store>(
     tracing::info!(
         "listening on http://{shown} (API docs: http://{shown}/docs, pool: http://{shown}/pool)"
     );
-    let app = router_with(pool.clone(), prometheus, config.timeouts());
-    serve_app(
+    let app = router_with_reads(
+        pool.clone(),
+        read_side.reads.clone(),
+        prometheus,
+        config.timeouts(),
+    );
+    let served = serve_app(
         listener,
         app,
         pool,
         shutdown_signal(),
         config.shutdown_timeout,
     )
-    .await
+    .await;
+    read_side.close(Duration::from_secs(1)).await;
+    served
 }
 
 /// The address to print: a wildcard bind is reachable on localhost.
