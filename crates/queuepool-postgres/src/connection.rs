@@ -140,6 +140,10 @@ impl PgConnection {
             Ok(result) => result.map_err(PgError::from),
             Err(_) => {
                 self.mark_broken();
+                if let Some(origin) = &self.origin {
+                    // Maybe a silent host: new connections try the others first.
+                    origin.mark_host_suspect();
+                }
                 drop((self.canceller)(self.client.cancel_token()));
                 Err(PgError::Timeout(limit))
             }

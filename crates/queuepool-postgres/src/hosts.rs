@@ -68,6 +68,11 @@ pub(crate) struct HostCell {
     down_at: AtomicU64,
     /// When the host last answered a connection attempt, same unit.
     up_at: AtomicU64,
+    /// When a query on one of its connections last ran past its
+    /// [`timeout`](crate::PgConnection::timeout), same unit: a host that may have gone
+    /// silent. It only orders the list (tried last until it answers a connection
+    /// again); its connections are not condemned (a slow query is no proof).
+    suspect_at: AtomicU64,
     role: Mutex<Option<(ServerRole, Instant)>>,
 }
 
@@ -99,6 +104,7 @@ impl HostTracker {
                     base: self.base,
                     down_at: AtomicU64::new(0),
                     up_at: AtomicU64::new(0),
+                    suspect_at: AtomicU64::new(0),
                     role: Mutex::new(None),
                 })
             })
@@ -141,9 +147,12 @@ impl HostCell {
             .saturating_add(1)
     }
 
-    /// When the host was found down, unless it answered since.
+    /// When the host was last found down or suspect, unless it answered since.
     fn down_since(&self) -> Option<Instant> {
-        let down = self.down_at.load(Ordering::Acquire);
+        let down = self
+            .down_at
+            .load(Ordering::Acquire)
+            .max(self.suspect_at.load(Ordering::Acquire));
         if down == 0 || self.up_at.load(Ordering::Acquire) >= down {
             return None;
         }
@@ -155,6 +164,11 @@ impl HostCell {
     pub(crate) fn mark_down(&self) {
         tracing::debug!(target: crate::manager::LOG_TARGET, host = %self.label, "host marked down");
         self.down_at.store(self.nanos_now(), Ordering::Release);
+    }
+
+    /// A query on a connection to this host got no answer in time.
+    pub(crate) fn mark_suspect(&self) {
+        self.suspect_at.store(self.nanos_now(), Ordering::Release);
     }
 
     /// The host answered and said what it is.
@@ -187,6 +201,11 @@ impl Origin {
     /// Marks the host down (a ping on this connection got no answer in time).
     pub(crate) fn mark_host_down(&self) {
         self.cell.mark_down();
+    }
+
+    /// Marks the host suspect (a query on this connection ran past its timeout).
+    pub(crate) fn mark_host_suspect(&self) {
+        self.cell.mark_suspect();
     }
 }
 
@@ -248,6 +267,24 @@ mod tests {
         assert_eq!(t.rank("b:2", TargetSessionAttrs::Any), 0);
         // Answering again clears the mark.
         t.cell("a:1").mark_up(PRIMARY);
+        assert_eq!(t.rank("a:1", TargetSessionAttrs::ReadWrite), 0);
+    }
+
+    #[test]
+    fn a_suspect_host_goes_last_until_it_answers_but_keeps_its_connections() {
+        let t = HostTracker::new(Duration::from_secs(60));
+        let cell = t.cell("a:1");
+        cell.mark_up(PRIMARY);
+        let conn = cell.origin();
+        std::thread::sleep(Duration::from_millis(1));
+        cell.mark_suspect();
+        assert_eq!(t.rank("a:1", TargetSessionAttrs::ReadWrite), 2);
+        assert!(
+            !conn.host_went_down(),
+            "a slow query condemns no connection"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+        cell.mark_up(PRIMARY);
         assert_eq!(t.rank("a:1", TargetSessionAttrs::ReadWrite), 0);
     }
 

@@ -40,7 +40,8 @@
 //!
 //! Unlike libpq, the manager remembers (for [`host_recheck`](PgManager::host_recheck),
 //! default 10 s) which hosts were silent or unreachable and which role each had: known
-//! matches are tried first, silent hosts last. A ping that times out
+//! matches are tried first, silent hosts last (also a host one of whose queries ran past
+//! [`PgConnection::timeout`], until it answers a connection again). A ping that times out
 //! ([`PgManager::ping_timeout`]) marks its host silent, and every idle connection opened
 //! to that host before is then reported broken by `health`, so the pool closes them
 //! instead of lending them (or pinging each in turn). [`PgConnection::host`] tells

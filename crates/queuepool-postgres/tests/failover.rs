@@ -57,6 +57,33 @@ async fn idle_connections_to_a_silent_host_are_dropped_not_pinged_one_by_one() -
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_timeout_sends_new_connections_to_the_other_hosts_first() -> TestResult {
+    bounded(90, async {
+        let set = ReplicaSet::new(1).await?;
+        let url = set.url(&[("connect_timeout", "1")]);
+        let manager = PgManager::from_url(&url)?;
+        let conn = manager.connect_one().await?;
+        assert_eq!(conn.host(), Some(node_label(&set, 0).as_str()));
+        set.blackhole(0);
+        let silent = conn
+            .timeout(Duration::from_millis(300), conn.simple_query("SELECT 1"))
+            .await;
+        assert!(silent.is_err(), "a blackholed host cannot answer");
+        // Without the mark, node 0 comes first again and costs its connect_timeout.
+        let started = Instant::now();
+        let next = manager.connect_one().await?;
+        assert!(
+            started.elapsed() < Duration::from_millis(700),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(next.host(), Some(node_label(&set, 1).as_str()));
+        Ok(())
+    })
+    .await
+}
+
 /// One write of the load: when it ended, how long it took, the id if acknowledged.
 #[derive(Debug, Clone)]
 struct Write {

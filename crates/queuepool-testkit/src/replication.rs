@@ -163,15 +163,22 @@ impl ReplicaSet {
     }
 
     /// Waits (at most `limit`) until standby `standby` has replayed everything node
-    /// `primary` had written when the wait began (`pg_current_wal_lsn()` against
-    /// `pg_last_wal_replay_lsn()`). Under `recovery_min_apply_delay` this takes the delay.
+    /// `primary` had committed when the wait began (`pg_current_wal_insert_lsn()`
+    /// against `pg_last_wal_replay_lsn()`), acknowledged asynchronous commits included.
+    /// Under `recovery_min_apply_delay` this takes the delay.
     pub async fn wait_caught_up(
         &self,
         primary: usize,
         standby: usize,
         limit: Duration,
     ) -> Result<(), TestkitError> {
-        let lsn = scalar(&self.node(primary)?.cluster, "SELECT pg_current_wal_lsn()").await?;
+        // The insert position: with `synchronous_commit = off` (the clusters' setting) a
+        // commit is acknowledged before its WAL is written, let alone sent.
+        let lsn = scalar(
+            &self.node(primary)?.cluster,
+            "SELECT pg_current_wal_insert_lsn()",
+        )
+        .await?;
         let check = format!("SELECT coalesce(pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn, false)");
         let standby_node = &self.node(standby)?.cluster;
         let deadline = Instant::now() + limit;

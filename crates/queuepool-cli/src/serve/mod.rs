@@ -188,7 +188,9 @@ pub fn router_with_reads<M: Store>(
 
 /// Opens the pool for `M` and creates the items table if it is missing.
 pub async fn open_pool<M: Store>(url: &str, config: PoolConfig) -> Result<Pool<M>, CliError> {
-    let manager = M::open(url).map_err(|e| CliError::DatabaseUrl(Box::new(e)))?;
+    let manager = M::open(url)
+        .map_err(|e| CliError::DatabaseUrl(Box::new(e)))?
+        .for_pool(&config);
     let pool = Pool::new(manager, config).await.map_err(CliError::Pool)?;
     let mut conn = pool.get().await.map_err(CliError::Pool)?;
     M::migrate(&mut conn)

@@ -179,6 +179,12 @@ pub trait Store: Manager + Sized {
     /// Builds the manager from `DATABASE_URL`.
     fn open(url: &str) -> Result<Self, Self::Error>;
 
+    /// Adapts the manager to the pool it serves (PostgreSQL: each host of a
+    /// multi-host URL without `connect_timeout` gets a share of the pool's).
+    fn for_pool(self, _config: &queuepool::PoolConfig) -> Self {
+        self
+    }
+
     /// Whether `error` is this backend's own query timeout (see [Timeouts](Store#timeouts)).
     fn is_query_timeout(_error: &Self::Error) -> bool {
         false

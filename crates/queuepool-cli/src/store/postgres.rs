@@ -42,6 +42,11 @@ impl Store for PgManager {
         PgManager::from_url(url)
     }
 
+    fn for_pool(self, config: &queuepool::PoolConfig) -> Self {
+        // A silent first host must not use up the pool's connect_timeout (failover).
+        self.pool_connect_timeout(config.connect_timeout)
+    }
+
     fn is_query_timeout(error: &PgError) -> bool {
         matches!(error, PgError::Timeout(_))
     }
