@@ -54,8 +54,9 @@ pub enum Command {
     /// process list, SQLite's open handles): idle, full burst, one checkout past the
     /// limit that must time out, and after release. Exits 1 if any check fails.
     Verify(verify::VerifyArgs),
-    /// Measure pooled against unpooled (a new connection per query) throughput and
-    /// latency at several concurrencies, optionally next to pgbench
+    /// Load your database: pooled against unpooled (a new connection per query)
+    /// throughput and latency at several concurrencies, optionally next to pgbench
+    /// (the pool's own micro-benchmarks are the queuepool-bench crate)
     Bench(bench::BenchArgs),
     /// Measure the workload at increasing pool sizes and recommend pool_size,
     /// max_overflow and pool_timeout

@@ -1,10 +1,11 @@
-//! SELECT 1 throughput: pooled (pool 8, 32 tasks) against a new connection per query
-//! (8 tasks), over SCRAM + TLS (verify-full) on an ephemeral cluster and over trust on
-//! the local server (`DATABASE_URL`, default 127.0.0.1:5432), side by side in one run,
-//! median of 3 rounds.
+//! What a connection costs: SELECT 1 throughput pooled (pool 8, 32 tasks) against a new
+//! connection per query (8 tasks), over SCRAM + TLS (verify-full) on an ephemeral
+//! cluster and over trust on the local server (`DATABASE_URL`, default 127.0.0.1:5432),
+//! side by side in one run, median of 3 rounds. A fixed, reproducible figure for the
+//! docs; `queuepool bench` is the general tool for your own database and query.
 //!
 //! ```text
-//! cargo run --release -p queuepool-postgres --example pg_bench [seconds-per-run]
+//! cargo run --release -p queuepool-postgres --example connect_cost [seconds-per-run]
 //! ```
 
 use std::sync::Arc;
