@@ -338,3 +338,54 @@ async fn standby_lagging_past_the_bound_gets_no_reads_until_it_catches_up() -> T
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_dropped_at_any_await_lend_nothing_and_leave_the_pools_usable() -> TestResult {
+    let _serial = SERIAL.lock().await;
+    bounded(120, async {
+        let (_set, rw) = setup(RoutingConfig::default()).await?;
+        // A token no standby has: every read goes through the recheck on a standby's
+        // connection, then to the primary. Dropped after 0 to 0.6 ms, the futures stop
+        // at the checkouts, the recheck's query and the primary's checkout.
+        let ahead = Lsn(u64::MAX >> 1);
+        let mut finished = 0;
+        for i in 0..300u64 {
+            let limit = Duration::from_micros((i * 37) % 600);
+            if let Ok(read) = tokio::time::timeout(limit, rw.read(Some(ahead))).await {
+                let conn = read?;
+                assert!(conn.route().is_primary(), "{:?}", conn.route());
+                finished += 1;
+            }
+        }
+        let idle = eventually(Duration::from_secs(5), || {
+            let rw = rw.clone();
+            async move {
+                let lent = rw.primary().status().checked_out
+                    + rw.standby_pools()
+                        .map(|p| p.status().checked_out)
+                        .sum::<usize>();
+                Ok(lent == 0)
+            }
+        })
+        .await?;
+        assert!(idle, "connections still lent after the dropped reads");
+        let stats = rw.stats();
+        println!("{finished} of 300 reads finished; router: {stats:?}");
+        assert!(
+            finished < 285,
+            "too few reads were dropped to test anything"
+        );
+        // Rechecks take turns between standbys at the same position.
+        assert!(stats.standbys.iter().all(|s| s.rechecks > 0), "{stats:?}");
+        assert_eq!(stats.primary_reads, stats.primary_reads_for_freshness);
+        // Every pool still serves.
+        let (n, route) = read_count(&rw, None, None).await?;
+        assert!(n >= 0 && !route.is_primary(), "{route:?}");
+        for pool in rw.standby_pools() {
+            let conn = pool.get().await?;
+            conn.simple_query("SELECT 1").await?;
+        }
+        Ok(())
+    })
+    .await
+}
