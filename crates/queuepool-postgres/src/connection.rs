@@ -65,6 +65,51 @@ pub struct PgConnection {
     canceller: Canceller,
     /// The host it was opened to (multi-host failover; see `hosts.rs`).
     origin: Option<crate::hosts::Origin>,
+    close_limit: Duration,
+}
+
+/// How long a dropped or closed connection may take to leave the server, unless the
+/// manager sets it ([`PgConnection::set_close_limit`]).
+const DEFAULT_CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Awaits the driver task for at most `limit`, then aborts it. Dropped early (the
+/// pool cut the close at its deadline), the driver is aborted too.
+async fn wait_or_abort(driver: JoinHandle<()>, limit: Duration) {
+    struct AbortOnDrop(JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut guard = AbortOnDrop(driver);
+    let _ = tokio::time::timeout(limit, &mut guard.0).await;
+}
+
+impl Drop for PgConnection {
+    /// A connection dropped without [`Manager::close`](queuepool::Manager::close) (a
+    /// reset cut at its deadline, a connection used outside a pool) still leaves the
+    /// server: a cancel request if a request may still run, then the driver is given
+    /// the close limit to send `Terminate`, and aborted after it. In the background:
+    /// nothing here can wait.
+    fn drop(&mut self) {
+        let Some(driver) = self.driver.take() else {
+            return; // closed through `close`, which waits itself
+        };
+        let token = self.may_be_running().then(|| self.client.cancel_token());
+        let canceller = self.canceller.clone();
+        let limit = self.close_limit;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime: the driver task cannot run either
+        };
+        runtime.spawn(async move {
+            if let Some(token) = token
+                && let Some(cancel) = canceller(token)
+            {
+                let _ = cancel.await;
+            }
+            wait_or_abort(driver, limit).await;
+        });
+    }
 }
 
 impl PgConnection {
@@ -84,6 +129,7 @@ impl PgConnection {
             cache: StatementCache::new(cache_capacity),
             canceller,
             origin: None,
+            close_limit: DEFAULT_CLOSE_LIMIT,
         }
     }
 
@@ -210,10 +256,34 @@ impl PgConnection {
         self.broken.store(true, Ordering::Release);
     }
 
-    pub(crate) fn into_parts(mut self) -> (Client, Option<JoinHandle<()>>) {
-        self.cache.clear();
+    /// Sets how long a closing connection may take to leave the server before its
+    /// driver is aborted (the manager's `connect_timeout`, else its `ping_timeout`).
+    pub(crate) fn set_close_limit(&mut self, limit: Duration) {
+        self.close_limit = limit;
+    }
+
+    /// Whether a request may still run on the server: something was abandoned, or a
+    /// bounded query timed out.
+    fn may_be_running(&self) -> bool {
+        !self.client.is_closed() && (self.pending() == Pending::Abandoned || self.is_broken())
+    }
+
+    /// Closes the connection and waits until it is gone: a cancel request first if a
+    /// request may still run (awaited, so the backend is already stopping), then the
+    /// client is dropped, the driver sends `Terminate` once its queue drained and
+    /// closes the socket. Bounded by the close limit, after which the driver is
+    /// aborted (the socket closed from this side). Dropping this future aborts the
+    /// driver too.
+    pub(crate) async fn close(mut self) {
+        if self.may_be_running() {
+            self.cancel().await;
+        }
+        let limit = self.close_limit;
         let driver = self.driver.take();
-        (self.client, driver)
+        drop(self);
+        if let Some(driver) = driver {
+            wait_or_abort(driver, limit).await;
+        }
     }
 }
 
@@ -506,10 +576,5 @@ impl StatementCache {
         }
         self.order.push_back(sql.to_owned());
         self.map.insert(sql.to_owned(), stmt);
-    }
-
-    fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
     }
 }

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use queuepool::{Health, Manager};
-use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
@@ -209,7 +208,14 @@ impl PgManager {
     pub async fn connect_one(&self) -> Result<PgConnection, PgError> {
         // libpq's connect_timeout bounds each host's whole attempt, TLS and
         // authentication included; the pool's connect_timeout bounds the total.
-        self.connect_hosts(self.per_host_timeout()).await
+        let mut conn = self.connect_hosts(self.per_host_timeout()).await?;
+        conn.set_close_limit(
+            self.pg
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(self.ping_timeout),
+        );
+        Ok(conn)
     }
 
     /// One empty query: once it completes, every request queued before it has, and
@@ -333,15 +339,9 @@ impl Manager for PgManager {
     }
 
     async fn close(&self, conn: PgConnection) {
-        let (client, driver) = conn.into_parts();
-        // Dropping the client makes the driver send Terminate and close the socket.
-        drop::<Client>(client);
-        if let Some(mut driver) = driver
-            && tokio::time::timeout(Duration::from_secs(1), &mut driver)
-                .await
-                .is_err()
-        {
-            driver.abort();
-        }
+        // Cancel what may still run, let the driver send Terminate, wait until it
+        // closed the socket (bounded, then aborted). The pool holds the slot until
+        // this returns, so a replacement opens only once the old backend is leaving.
+        conn.close().await;
     }
 }

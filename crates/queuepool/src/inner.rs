@@ -19,6 +19,7 @@
 //! the others as their slots are released.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -451,11 +452,32 @@ impl<M: Manager> Inner<M> {
         }
     }
 
-    /// Discards a connection that holds a slot: frees the slot, closes the connection.
+    /// Discards a connection that holds a slot: closes it, then frees the slot.
+    ///
+    /// The slot stays taken while [`Manager::close`] runs (bounded by
+    /// `connect_timeout`, then the close is dropped), so no replacement opens while the
+    /// server still holds the old connection (a query ending after its cancel request):
+    /// the pool's limit stays the server's. A close that completes without waiting
+    /// frees the slot at once, as before.
     pub(crate) fn discard(self: &Arc<Self>, mut conn: Conn<M::Connection>, reason: CloseReason) {
         self.record_usage(&mut conn);
-        self.release_slot();
-        self.close_conn(conn, reason);
+        self.note_close(conn.id, reason);
+        // The lease frees the slot when dropped: after the close, or when the close
+        // is cut at the deadline or its task cancelled.
+        let lease = Lease::new(self.clone());
+        let deadline = Instant::now() + self.config.connect_timeout;
+        let mut op = Box::pin(async move {
+            lease.inner.manager.close(conn.raw).await;
+            lease
+        });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match op.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(lease) => drop(lease),
+            std::task::Poll::Pending if rt::can_spawn() => rt::spawn(async move {
+                let _ = rt::deadline(deadline, op).await;
+            }),
+            std::task::Poll::Pending => drop(op),
+        }
     }
 
     /// Marks every connection opened until now as suspect, after a disconnect error on
