@@ -66,13 +66,15 @@ fn histogram(h: &queuepool::HistogramSummary) -> Value {
 }
 
 /// The pool's state as JSON: the SQLAlchemy status line (`status`), every field of
-/// [`queuepool::Status`] at the top level, every counter of [`queuepool::Stats`] under
+/// [`queuepool::Status`] at the top level (with `pool_size = auto`, `auto_size` says
+/// the adaptive limit's bounds and why it last moved), every counter of [`queuepool::Stats`] under
 /// `stats` (durations in milliseconds), and the sizing options under `config`.
 ///
 /// ```json
 /// {"name": "default",
 ///  "status": "Pool size: 5  Connections in pool: 5 Current Overflow: 0 Current Checked out connections: 0",
 ///  "pool_size": 5, "idle": 5, "checked_out": 0, "overflow": 0, "connecting": 0, "waiting": 0,
+///  "limit": 15, "auto_size": null,
 ///  "stats": {"checkouts": 12, "timeouts": 0, ..., "wait": {"count": 12, "p99_ms": 0.03, ...}},
 ///  "config": {"pool_size": 5, "max_overflow": 10, "pool_timeout_s": 30.0, ...}}
 /// ```
@@ -93,6 +95,21 @@ pub fn pool_report<M: Manager>(pool: &Pool<M>) -> Value {
         "overflow": status.overflow,
         "connecting": status.connecting,
         "waiting": status.waiting,
+        // Connections that may be lent at once (null: unlimited overflow).
+        "limit": if config.auto_size.is_none() && max_connections.is_null() {
+            Value::Null
+        } else {
+            json!(status.limit)
+        },
+        "auto_size": stats.auto_size.map(|a| json!({
+            "limit": a.limit,
+            "floor": a.floor,
+            "ceiling": a.ceiling,
+            "reason": a.reason.name(),
+            "last_change": a.last_change.map(|c| c.to_string()),
+            "baseline_ms": a.baseline.map(ms),
+            "changes": a.changes,
+        })),
         "stats": {
             "checkouts": stats.checkouts,
             "timeouts": stats.timeouts,
@@ -113,6 +130,7 @@ pub fn pool_report<M: Manager>(pool: &Pool<M>) -> Value {
             "pool_recycle_s": config.pool_recycle.map(|d| d.as_secs_f64()),
             "pre_ping": config.pre_ping,
             "max_connections": max_connections,
+            "auto_size": config.auto_size.map(|(floor, ceiling)| json!([floor, ceiling])),
         },
     })
 }

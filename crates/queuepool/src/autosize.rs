@@ -351,5 +351,54 @@ impl AutoSize {
     }
 }
 
+/// Parses the bounds of `auto:FLOOR..CEILING` (the part after `auto:`), as every
+/// configuration surface writes them: `2..40`. `None` unless `1 <= floor <= ceiling
+/// <= 10000`.
+pub fn parse_bounds(raw: &str) -> Option<(u32, u32)> {
+    let (lo, hi) = raw.trim().split_once("..")?;
+    let lo: u32 = lo.trim().parse().ok()?;
+    let hi: u32 = hi.trim().parse().ok()?;
+    (lo >= 1 && lo <= hi && hi <= crate::MAX_POOL_SIZE).then_some((lo, hi))
+}
+
+/// Log lines about the limit: at most one a second, the others counted.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The controller as the pool keeps it, under the pool's lock: plus the count of moves
+/// and the rate limit of their log line.
+#[derive(Debug)]
+pub(crate) struct Governor {
+    pub(crate) ctl: AutoSize,
+    pub(crate) changes: u64,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Governor {
+    pub(crate) fn new(ctl: AutoSize) -> Self {
+        Governor {
+            ctl,
+            changes: 0,
+            last_log: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Counts a move; returns it with the number of moves not logged since the last
+    /// line, if this one is to be logged.
+    pub(crate) fn note(&mut self, change: LimitChange, now: Instant) -> Option<(LimitChange, u64)> {
+        self.changes += 1;
+        if self
+            .last_log
+            .is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last_log = Some(now);
+        Some((change, std::mem::take(&mut self.suppressed)))
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -129,6 +129,11 @@ pub struct PoolConfig {
     pub leak_threshold: Option<Duration>,
     /// Name of the pool in logs and metric labels.
     pub name: String,
+    /// `pool_size = auto`: `(floor, ceiling)` of the adaptive limit on connections
+    /// lent at once ([`crate::autosize`]); the ceiling replaces `pool_size +
+    /// max_overflow` as the most connections open, `pool_size` stays the number kept
+    /// open when idle. `None`: a fixed limit.
+    pub auto_size: Option<(u32, u32)>,
 }
 
 impl Default for PoolConfig {
@@ -148,6 +153,7 @@ impl Default for PoolConfig {
             max_connecting: 2,
             leak_threshold: None,
             name: "default".to_owned(),
+            auto_size: None,
         }
     }
 }
@@ -173,6 +179,18 @@ impl PoolConfig {
         config
     }
 
+    /// The bounds `pool_size = auto` takes when none are given: floor 2 and ceiling
+    /// `pool_size + max_overflow` (at most 10000; an unlimited overflow counts as
+    /// `pool_size + 100`).
+    pub fn default_auto_bounds(&self) -> (u32, u32) {
+        let ceiling = match self.max_overflow {
+            Overflow::Limited(n) => self.pool_size.saturating_add(n),
+            Overflow::Unlimited => self.pool_size.saturating_add(100),
+        }
+        .clamp(1, MAX_POOL_SIZE);
+        (2.min(ceiling), ceiling)
+    }
+
     fn apply_preset(&mut self, preset: Preset) {
         let (size, overflow, timeout) = preset.sizes();
         self.pool_size = size;
@@ -181,8 +199,12 @@ impl PoolConfig {
         self.pool_recycle = Some(DEFAULT_RECYCLE);
     }
 
-    /// `pool_size + max_overflow`, the most connections open at once.
+    /// `pool_size + max_overflow` (with `auto_size`, its ceiling), the most
+    /// connections open at once.
     pub fn max_connections(&self) -> usize {
+        if let Some((_, ceiling)) = self.auto_size {
+            return ceiling as usize;
+        }
         match self.max_overflow {
             Overflow::Limited(n) => self.pool_size as usize + n as usize,
             Overflow::Unlimited => usize::MAX,
@@ -256,6 +278,22 @@ impl PoolConfig {
                 "10 ms to 24 h, or none",
             );
         }
+        if let Some((floor, ceiling)) = self.auto_size {
+            if floor == 0 || floor > ceiling || ceiling > MAX_POOL_SIZE {
+                return invalid(
+                    "auto_size",
+                    format!("{floor}..{ceiling}"),
+                    "floor..ceiling with 1 <= floor <= ceiling <= 10000",
+                );
+            }
+            if self.pool_size > ceiling {
+                return invalid(
+                    "pool_size",
+                    self.pool_size.to_string(),
+                    "at most the auto_size ceiling (connections kept open cannot exceed the most lent)",
+                );
+            }
+        }
         if self.name.is_empty() || self.name.len() > 64 {
             return invalid("name", self.name.clone(), "1 to 64 characters");
         }
@@ -315,6 +353,25 @@ impl ConfigBuilder {
         max_connecting: u32 => |c, v| c.max_connecting = v;
         /// Warn when a connection is held longer than this (default off).
         leak_threshold: Option<Duration> => |c, v| c.leak_threshold = v;
+    }
+
+    /// `pool_size = auto`: lend at most an adaptive limit of connections at once,
+    /// between `floor` and `ceiling` ([`crate::autosize`]). Checkouts above the limit
+    /// wait in the same queue and for the same `pool_timeout` as at a fixed limit; the
+    /// limit shrinks by not lending returned connections again, never by taking one
+    /// away. `ceiling` is then the most connections open (it replaces `pool_size +
+    /// max_overflow`); `pool_size` stays the number kept open and must not exceed it.
+    pub fn auto_size(mut self, floor: u32, ceiling: u32) -> Self {
+        self.config.auto_size = Some((floor, ceiling));
+        self
+    }
+
+    /// `pool_size = auto` with the default bounds of the sizes set so far: a floor of
+    /// 2 (or less, if `pool_size + max_overflow` is smaller) and a ceiling of
+    /// `pool_size + max_overflow` (set the sizes or the preset first).
+    pub fn auto_size_default(self) -> Self {
+        let (floor, ceiling) = self.config.default_auto_bounds();
+        self.auto_size(floor, ceiling)
     }
 
     /// No limit on overflow connections.
@@ -403,6 +460,13 @@ mod tests {
                 "leak_threshold",
             ),
             (PoolConfig::builder().name(""), "name"),
+            (PoolConfig::builder().auto_size(0, 4), "auto_size"),
+            (PoolConfig::builder().auto_size(5, 3), "auto_size"),
+            (PoolConfig::builder().auto_size(2, 20_000), "auto_size"),
+            (
+                PoolConfig::builder().pool_size(10).auto_size(2, 8),
+                "pool_size",
+            ),
         ];
         for (builder, field) in cases {
             let err = builder.build().unwrap_err();
@@ -430,5 +494,30 @@ mod tests {
         let u = PoolConfig::builder().unlimited_overflow().build().unwrap();
         assert_eq!(u.max_connections(), usize::MAX);
         assert_eq!(u.max_overflow.to_string(), "-1");
+    }
+
+    #[test]
+    fn auto_size_ceiling_is_the_most_connections_and_defaults_follow_the_preset() {
+        let c = PoolConfig::builder()
+            .pool_size(2)
+            .auto_size(2, 40)
+            .build()
+            .unwrap();
+        assert_eq!((c.auto_size, c.max_connections()), (Some((2, 40)), 40));
+        let dev = PoolConfig::builder().auto_size_default().build().unwrap();
+        assert_eq!(dev.auto_size, Some((2, 15)));
+        let high = PoolConfig::builder()
+            .preset(Preset::HighLoad)
+            .auto_size_default()
+            .build()
+            .unwrap();
+        assert_eq!(high.auto_size, Some((2, 40)));
+        let tiny = PoolConfig::builder()
+            .pool_size(1)
+            .max_overflow(0)
+            .auto_size_default()
+            .build()
+            .unwrap();
+        assert_eq!(tiny.auto_size, Some((1, 1)));
     }
 }

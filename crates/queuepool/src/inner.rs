@@ -28,10 +28,11 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use crate::autosize::{AutoSize, Governor, LimitChange};
 use crate::config::{Order, PoolConfig};
 use crate::manager::{Health, Manager};
 use crate::rt::{self, Mutex, lock};
-use crate::stats::{CloseReason, Counters, LoanStats, MetricHandles, Stats, Status};
+use crate::stats::{AutoSizeStats, CloseReason, Counters, LoanStats, MetricHandles, Stats, Status};
 
 pub(crate) const LOG: &str = "queuepool::pool";
 
@@ -84,6 +85,8 @@ pub(crate) struct State<C> {
     /// Permits to withhold as slots are released: the lend limit was lowered below the
     /// slots in use.
     debt: usize,
+    /// `pool_size = auto`: the controller that moves `lend_limit`.
+    auto: Option<Governor>,
 }
 
 pub(crate) struct Inner<M: Manager> {
@@ -120,7 +123,15 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn new(manager: M, config: PoolConfig) -> Self {
         let now = Instant::now();
         let limit = config.max_connections().min(Semaphore::MAX_PERMITS);
-        Inner {
+        let auto = config.auto_size.map(|(floor, ceiling)| {
+            Governor::new(AutoSize::new(
+                floor as usize,
+                ceiling as usize,
+                config.pool_size as usize,
+                now,
+            ))
+        });
+        let inner = Inner {
             limit,
             slots: Semaphore::new(limit),
             waiting: AtomicUsize::new(0),
@@ -138,6 +149,7 @@ impl<M: Manager> Inner<M> {
                 loans: LoanStats::new(),
                 lend_limit: limit,
                 debt: 0,
+                auto,
             }),
             counters: Counters::new(),
             idle_notify: Notify::new(),
@@ -147,7 +159,16 @@ impl<M: Manager> Inner<M> {
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             closed_flag: std::sync::atomic::AtomicBool::new(false),
+        };
+        let start = lock(&inner.state)
+            .auto
+            .as_ref()
+            .map(|g| g.ctl.effective_limit());
+        if let Some(start) = start {
+            inner.set_lend_limit(start);
         }
+        inner.metrics.limit.set(start.unwrap_or(limit) as f64);
+        inner
     }
 
     /// Takes a permit without waiting: `Some(true)` taken, `Some(false)` none free,
@@ -283,13 +304,67 @@ impl<M: Manager> Inner<M> {
     /// Records how long a connection that is not put back was held.
     pub(crate) fn record_usage(&self, conn: &mut Conn<M::Connection>) {
         if let Some(held) = conn.usage.take() {
-            lock(&self.state).loans.usage.record(held);
+            let mut st = lock(&self.state);
+            st.loans.usage.record(held);
+            let moved = if st.auto.is_some() {
+                self.feed_auto(&mut st, held, Instant::now())
+            } else {
+                None
+            };
+            drop(st);
+            if let Some(moved) = moved {
+                self.log_limit(moved);
+            }
         }
     }
 
+    /// `pool_size = auto`: gives a return (held for `held`, ended at `now`) to the
+    /// controller, under the lock, and applies the limit it decides; returns the move
+    /// to log, if any (logged after the lock is released).
+    fn feed_auto(
+        &self,
+        st: &mut State<M::Connection>,
+        held: Duration,
+        now: Instant,
+    ) -> Option<(LimitChange, u64)> {
+        let in_use = st.slots - st.refilling;
+        let queued = self.waiting.load(Relaxed) > 0;
+        let gov = st.auto.as_mut()?;
+        let change = gov.ctl.on_return(held, in_use, queued, now);
+        let target = gov.ctl.effective_limit();
+        let logged = change.and_then(|c| gov.note(c, now));
+        if change.is_some() {
+            self.metrics.limit.set(gov.ctl.limit() as f64);
+        }
+        if target != st.lend_limit {
+            self.apply_lend_limit(st, target);
+        }
+        logged
+    }
+
+    fn log_limit(&self, (change, suppressed): (LimitChange, u64)) {
+        tracing::debug!(target: LOG, pool = %self.config.name, suppressed, "Pool {change}");
+    }
+
     pub(crate) fn stats(&self) -> Stats {
-        let loans = lock(&self.state).loans.clone();
-        self.counters.snapshot(&loans)
+        let st = lock(&self.state);
+        let loans = st.loans.clone();
+        let auto = st.auto.as_ref().map(|g| {
+            let (floor, ceiling) = g.ctl.bounds();
+            AutoSizeStats {
+                limit: g.ctl.limit(),
+                floor,
+                ceiling,
+                reason: g.ctl.reason(),
+                last_change: g.ctl.last_change(),
+                baseline: g.ctl.baseline(),
+                changes: g.changes,
+            }
+        });
+        drop(st);
+        let mut stats = self.counters.snapshot(&loans);
+        stats.auto_size = auto;
+        stats
     }
 
     /// For a slot holder without a connection: an idle connection if one appeared.
@@ -350,8 +425,12 @@ impl<M: Manager> Inner<M> {
     /// `pool_size` connections (SQLAlchemy's rule).
     pub(crate) fn put_back(self: &Arc<Self>, mut conn: Conn<M::Connection>) {
         let mut st = lock(&self.state);
+        let mut moved = None;
         if let Some(held) = conn.usage.take() {
             st.loans.usage.record(held);
+            if st.auto.is_some() {
+                moved = self.feed_auto(&mut st, held, conn.last_used);
+            }
         }
         let surplus =
             self.config.overflow_idle.is_zero() && st.idle.len() >= self.config.pool_size as usize;
@@ -375,6 +454,9 @@ impl<M: Manager> Inner<M> {
         if let Some((conn, reason)) = close {
             self.close_conn(conn, reason);
         }
+        if let Some(moved) = moved {
+            self.log_limit(moved);
+        }
     }
 
     /// Gives back an empty slot (its connection was closed or detached).
@@ -396,10 +478,13 @@ impl<M: Manager> Inner<M> {
     /// pool-size controller of issue 14). Raising it frees permits at once; lowering it
     /// withdraws free permits at once and the others as their slots are released, so
     /// no connection is taken from its borrower.
-    #[allow(dead_code)] // the controller that calls it lands with issue 14
     pub(crate) fn set_lend_limit(&self, target: usize) {
-        let target = target.clamp(1, self.limit);
         let mut st = lock(&self.state);
+        self.apply_lend_limit(&mut st, target);
+    }
+
+    fn apply_lend_limit(&self, st: &mut State<M::Connection>, target: usize) {
+        let target = target.clamp(1, self.limit);
         if target >= st.lend_limit {
             let mut add = target - st.lend_limit;
             let paid = add.min(st.debt);
@@ -543,6 +628,7 @@ impl<M: Manager> Inner<M> {
             overflow: open as i64 - i64::from(self.config.pool_size),
             connecting: self.config.max_connecting as usize - self.connect_sem.available_permits(),
             waiting: self.waiting.load(Relaxed),
+            limit: st.auto.as_ref().map_or(st.lend_limit, |g| g.ctl.limit()),
         }
     }
 

@@ -71,4 +71,4 @@ pub use error::{BoxError, ConfigError, PoolError};
 pub use guard::PooledConn;
 pub use manager::{Health, Manager};
 pub use pool::Pool;
-pub use stats::{HistogramSummary, Stats, Status};
+pub use stats::{AutoSizeStats, HistogramSummary, Stats, Status};

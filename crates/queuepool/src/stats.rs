@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 
+use crate::autosize::{LimitChange, LimitReason};
+
 /// A snapshot of the pool's occupancy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -24,6 +26,10 @@ pub struct Status {
     pub connecting: usize,
     /// Checkouts waiting for a connection.
     pub waiting: usize,
+    /// How many connections may be lent at once: `pool_size + max_overflow`, or with
+    /// `pool_size = auto` the adaptive limit now (a probe window lends half of it
+    /// for a moment; see [`crate::autosize`]).
+    pub limit: usize,
 }
 
 impl fmt::Display for Status {
@@ -67,6 +73,28 @@ pub struct Stats {
     pub wait: HistogramSummary,
     /// Time connections were held by borrowers.
     pub usage: HistogramSummary,
+    /// `pool_size = auto`: the adaptive limit and why it last moved.
+    pub auto_size: Option<AutoSizeStats>,
+}
+
+/// The adaptive limit of a `pool_size = auto` pool.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct AutoSizeStats {
+    /// The limit now.
+    pub limit: usize,
+    /// Its floor.
+    pub floor: usize,
+    /// Its ceiling.
+    pub ceiling: usize,
+    /// Why it last moved ([`LimitReason::Initial`] if it never did).
+    pub reason: LimitReason,
+    /// Its last move, with the measurements behind it.
+    pub last_change: Option<LimitChange>,
+    /// Held time at low load, once measured.
+    pub baseline: Option<Duration>,
+    /// Moves since the pool was built.
+    pub changes: u64,
 }
 
 /// Summary of a time histogram. Percentiles are upper bounds of power-of-two
@@ -207,6 +235,7 @@ impl Counters {
             manager_panics: self.manager_panics.load(Relaxed),
             wait: loans.wait.summary(),
             usage: loans.usage.summary(),
+            auto_size: None,
         }
     }
 }
@@ -249,6 +278,8 @@ pub(crate) struct MetricHandles {
     pub(crate) idle: Gauge,
     pub(crate) in_use: Gauge,
     pub(crate) pending: Gauge,
+    /// `queuepool_limit`: connections that may be lent at once.
+    pub(crate) limit: Gauge,
     pub(crate) acquire: metrics::Histogram,
     pub(crate) usage: metrics::Histogram,
     pub(crate) connect: metrics::Histogram,
@@ -265,6 +296,7 @@ impl MetricHandles {
             idle: state("idle"),
             in_use: state("in_use"),
             pending: state("pending"),
+            limit: metrics::gauge!("queuepool_limit", "pool" => pool.clone()),
             acquire: metrics::histogram!("queuepool_acquire_seconds", "pool" => pool.clone()),
             usage: metrics::histogram!("queuepool_usage_seconds", "pool" => pool.clone()),
             connect: metrics::histogram!("queuepool_connect_seconds", "pool" => pool.clone()),
@@ -294,6 +326,7 @@ mod tests {
             overflow: 10,
             connecting: 0,
             waiting: 3,
+            limit: 15,
         };
         assert_eq!(
             s.to_string(),

@@ -439,3 +439,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn log_lines_about_the_limit_are_at_most_one_a_second() {
+    let epoch = Instant::now();
+    let mut g = Governor::new(auto(2, 64));
+    let change = LimitChange {
+        from: 2,
+        to: 3,
+        reason: LimitReason::Headroom,
+        held: Duration::from_millis(1),
+        baseline: Duration::from_millis(1),
+        in_use: 2.0,
+    };
+    let at = |ms: u64| epoch + Duration::from_millis(ms);
+    assert_eq!(g.note(change, at(0)), Some((change, 0)));
+    assert_eq!(g.note(change, at(300)), None);
+    assert_eq!(g.note(change, at(900)), None);
+    // The next line says how many moves it stands for.
+    assert_eq!(g.note(change, at(1000)), Some((change, 2)));
+    assert_eq!(g.changes, 4);
+}
+
+#[test]
+fn bounds_parse_as_configuration_writes_them() {
+    assert_eq!(parse_bounds("2..40"), Some((2, 40)));
+    assert_eq!(parse_bounds(" 3 .. 3 "), Some((3, 3)));
+    for bad in ["", "2", "0..4", "5..3", "2..10001", "a..b", "2..40..50"] {
+        assert_eq!(parse_bounds(bad), None, "{bad}");
+    }
+}
