@@ -388,9 +388,12 @@ impl LibraryFigures {
             .check(
                 "network back -> first success",
                 opt_ms(self.first_success),
-                "<= connect_timeout = 2 s (operations caught in the blackhole time out first)",
+                "<= connect_timeout = 2 s + one connect (attempts caught in the blackhole time out first)",
+                // An attempt sent just before the network came back hangs for its whole
+                // connect_timeout; the next one then needs a connect of its own, and the
+                // scheduling margin the slowest-operation check allows.
                 self.first_success
-                    .is_some_and(|d| d <= Duration::from_secs(2)),
+                    .is_some_and(|d| d <= Duration::from_secs(2) + Duration::from_millis(250)),
             )
             .check(
                 "checked out after the load",
