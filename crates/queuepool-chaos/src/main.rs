@@ -40,6 +40,10 @@ struct Args {
     /// Length of each phase of the pgbouncer scenario, in seconds [default: 60]
     #[arg(long, value_name = "N")]
     seconds: Option<u64>,
+    /// PgBouncer's default_pool_size in the pgbouncer scenario (server connections)
+    /// [default: 40]
+    #[arg(long, value_name = "N")]
+    pgbouncer_pool: Option<usize>,
     /// Write the pgbouncer scenario's figures as JSON to this file:
     /// {"pgbouncer": {...}, "direct": {...}, "params": {...}}
     #[arg(long, value_name = "FILE")]
@@ -133,6 +137,9 @@ async fn run_one(ctx: &Ctx, name: &str, args: &Args) -> Result<Vec<Report>, Chao
             if let Some(s) = args.seconds {
                 p.duration = std::time::Duration::from_secs(s);
             }
+            if let Some(n) = args.pgbouncer_pool {
+                p.default_pool_size = n;
+            }
             let figures = pgbouncer::run(ctx, &p).await?;
             if let Some(path) = &args.json {
                 let text = serde_json::to_string_pretty(&figures.json())
@@ -178,14 +185,18 @@ fn main() -> ExitCode {
     }
     if pgbouncer_asked {
         names.push("pgbouncer");
-    } else if args.json.is_some() || args.seconds.is_some() {
+    } else if args.json.is_some() || args.seconds.is_some() || args.pgbouncer_pool.is_some() {
         eprintln!(
-            "error: --json and --seconds belong to the pgbouncer scenario (11); add `pgbouncer`"
+            "error: --json, --seconds and --pgbouncer-pool belong to the pgbouncer scenario (11); add `pgbouncer`"
         );
         return ExitCode::from(2);
     }
     if args.seconds == Some(0) {
         eprintln!("error: --seconds: expected a whole number >= 1");
+        return ExitCode::from(2);
+    }
+    if args.pgbouncer_pool.is_some_and(|n| n == 0 || n > 1000) {
+        eprintln!("error: --pgbouncer-pool: expected a whole number from 1 to 1000");
         return ExitCode::from(2);
     }
     let serve_bin = match args

@@ -138,8 +138,13 @@ impl TuneReport {
             self.database, self.backend, self.query, self.concurrency, self.instances
         );
         let best = self.curve.iter().map(|p| p.qps).fold(0.0, f64::max);
+        // Through PgBouncer the curve is of server connections, PgBouncer's pool.
+        let (size_column, marked) = match &self.pgbouncer {
+            Some(b) => ("server conns", b.default_pool_size),
+            None => ("pool_size", self.pool_size),
+        };
         let mut table = Table::new(&[
-            "pool_size",
+            size_column,
             "queries/s",
             "p99 ms",
             "wait p99 ms",
@@ -153,7 +158,7 @@ impl TuneReport {
             } else {
                 0
             };
-            let mark = if p.pool_size == self.pool_size {
+            let mark = if p.pool_size == marked {
                 " <- recommended"
             } else {
                 ""
@@ -169,10 +174,22 @@ impl TuneReport {
             ]);
         }
         out.push_str(&table.render());
-        out.push_str(&format!(
-            "\nrecommended: pool_size {}, max_overflow {}, pool_timeout {} s (closest preset: {})\n\n",
-            self.pool_size, self.max_overflow, self.pool_timeout_s, self.closest_preset
-        ));
+        if let Some(b) = &self.pgbouncer {
+            out.push_str(&format!(
+                "\nrecommended: PgBouncer default_pool_size {}; each instance pool_size {}, \
+                 max_overflow {}, pool_timeout {} s (closest preset: {})\n\n",
+                b.default_pool_size,
+                self.pool_size,
+                self.max_overflow,
+                self.pool_timeout_s,
+                self.closest_preset
+            ));
+        } else {
+            out.push_str(&format!(
+                "\nrecommended: pool_size {}, max_overflow {}, pool_timeout {} s (closest preset: {})\n\n",
+                self.pool_size, self.max_overflow, self.pool_timeout_s, self.closest_preset
+            ));
+        }
         out.push_str("why:\n");
         for line in &self.reasoning {
             out.push_str(&format!("  - {line}\n"));
@@ -728,11 +745,18 @@ mod tests {
         assert_eq!(b.max_client_conn, 4 * 8 + 5);
         assert_eq!(b.query_wait_timeout_s, r.pool_timeout_s);
         let text = r.render();
+        let marked: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("<- recommended"))
+            .collect();
+        assert_eq!(marked.len(), 1, "{text}");
+        assert!(marked[0].trim_start().starts_with("8 "), "{text}");
         for needle in [
             "default_pool_size = 8",
             "max_client_conn = 37",
             "pool_mode = transaction",
             "POOL_SIZE=2 MAX_OVERFLOW=6",
+            "recommended: PgBouncer default_pool_size 8; each instance pool_size 2",
         ] {
             assert!(text.contains(needle), "{needle} in\n{text}");
         }

@@ -96,6 +96,9 @@ pub struct Phase {
     /// Log lines of the instances that mention the server refusing a connection for
     /// its limit (`too many clients`, `remaining connection slots`, SQLSTATE 53300).
     pub too_many_clients_errors: usize,
+    /// The first log line of each kind counted above (prepared statement, too many
+    /// clients), to see what was matched.
+    pub examples: Vec<String>,
     /// Most client backends seen at once in `pg_stat_activity` (the observer's own
     /// excluded), sampled every 100 ms.
     pub server_connections_peak: usize,
@@ -405,6 +408,11 @@ async fn phase(
         failure_kinds: tally.kinds,
         prepared_statement_errors: count_lines(&logs, PREPARED),
         too_many_clients_errors: count_lines(&logs, TOO_MANY),
+        examples: [PREPARED, TOO_MANY]
+            .iter()
+            .filter_map(|needles| first_line(&logs, needles))
+            .map(|l| l.chars().take(300).collect())
+            .collect(),
         server_connections_peak: peaks.server,
         server_max_connections: 0,
         superuser_reserved_connections: 0,
@@ -418,19 +426,28 @@ async fn phase(
 }
 
 /// What a prepared statement error looks like in a log line.
-pub const PREPARED: &[&str] = &["prepared statement", "26000", "42P05"];
+pub const PREPARED: &[&str] = &["prepared statement", "SQLSTATE 26000", "SQLSTATE 42P05"];
 /// What the server's connection limit looks like in a log line.
-pub const TOO_MANY: &[&str] = &["too many clients", "remaining connection slots", "53300"];
+pub const TOO_MANY: &[&str] = &[
+    "too many clients",
+    "remaining connection slots",
+    "SQLSTATE 53300",
+];
+
+fn matches(line: &str, needles: &[&str]) -> bool {
+    let line = line.to_ascii_lowercase();
+    needles
+        .iter()
+        .any(|n| line.contains(&n.to_ascii_lowercase()))
+}
 
 /// Lines that contain any of `needles` (case-insensitive).
 pub fn count_lines(lines: &[String], needles: &[&str]) -> usize {
-    lines
-        .iter()
-        .filter(|l| {
-            let l = l.to_ascii_lowercase();
-            needles.iter().any(|n| l.contains(&n.to_ascii_lowercase()))
-        })
-        .count()
+    lines.iter().filter(|l| matches(l, needles)).count()
+}
+
+fn first_line<'a>(lines: &'a [String], needles: &[&str]) -> Option<&'a String> {
+    lines.iter().find(|l| matches(l, needles))
 }
 
 impl Figures {
@@ -543,6 +560,11 @@ impl Figures {
         for (kind, n) in &b.failure_kinds {
             r.note(format!("pgbouncer: {n} x {kind}"));
         }
+        for (label, phase) in [("direct", d), ("pgbouncer", b)] {
+            for line in &phase.examples {
+                r.note(format!("{label}, a matched log line: {line}"));
+            }
+        }
         r
     }
 }
@@ -554,14 +576,15 @@ mod tests {
     #[test]
     fn log_lines_are_classified_by_sqlstate_or_text() {
         let lines: Vec<String> = [
-            "WARN queuepool: Connection attempt failed error=db error: FATAL: sorry, too many clients already",
+            "WARN queuepool: Connection attempt failed error=FATAL: sorry, too many clients already (SQLSTATE 53300)",
             "WARN queuepool_axum: code=database_unavailable FATAL: remaining connection slots are reserved for non-replication superuser connections",
-            "ERROR queuepool_axum: db error: ERROR: prepared statement \"s3\" does not exist",
-            "INFO listening on http://127.0.0.1:1",
+            "ERROR queuepool_axum: db error: ERROR: prepared statement \"s3\" does not exist (SQLSTATE 26000)",
+            "INFO listening on http://127.0.0.1:1 took 26000 us, port 53300",
         ]
         .map(String::from)
         .to_vec();
         assert_eq!(count_lines(&lines, TOO_MANY), 2);
         assert_eq!(count_lines(&lines, PREPARED), 1);
+        assert_eq!(first_line(&lines, PREPARED), Some(&lines[2]));
     }
 }
