@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::autosize::{AutoSize, Governor, LimitChange};
 use crate::config::{Order, PoolConfig};
+pub(crate) use crate::lease::Lease;
 use crate::manager::{Health, Manager};
 use crate::rt::{self, Mutex, lock};
 use crate::stats::{AutoSizeStats, CloseReason, Counters, LoanStats, MetricHandles, Stats, Status};
@@ -251,47 +252,6 @@ impl<M: Manager> Inner<M> {
             && !self.is_suspect(conn)
             && (!self.config.pre_ping || !stale)
             && self.health(conn) == Health::Ok
-    }
-
-    /// [`Manager::health`], with a panic contained: a manager that panics says the
-    /// connection is broken.
-    pub(crate) fn health(&self, conn: &mut Conn<M::Connection>) -> Health {
-        let raw = &mut conn.raw;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.manager.health(raw))) {
-            Ok(health) => health,
-            Err(panic) => {
-                self.note_panic("health", &*panic);
-                Health::Broken
-            }
-        }
-    }
-
-    /// [`Manager::is_disconnect`], with a panic contained (then: not a disconnect).
-    pub(crate) fn is_disconnect(&self, error: &M::Error) -> bool {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.manager.is_disconnect(error)
-        }))
-        .unwrap_or_else(|panic| {
-            self.note_panic("is_disconnect", &*panic);
-            false
-        })
-    }
-
-    /// [`Manager::needs_reset`], with a panic contained (then: reset it).
-    pub(crate) fn needs_reset(&self, conn: &Conn<M::Connection>) -> bool {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.manager.needs_reset(&conn.raw)
-        }))
-        .unwrap_or_else(|panic| {
-            self.note_panic("needs_reset", &*panic);
-            true
-        })
-    }
-
-    /// Logs and counts a panic of the manager that the pool contained.
-    pub(crate) fn note_panic(&self, method: &'static str, panic: &(dyn std::any::Any + Send)) {
-        self.counters.manager_panics.fetch_add(1, Relaxed);
-        tracing::error!(target: LOG, pool = %self.config.name, method, panic = %rt::panic_message(panic), "Manager panicked; the connection is discarded and the pool goes on");
     }
 
     /// Counts a checkout that went through the slow path.
@@ -678,12 +638,10 @@ impl<M: Manager> Inner<M> {
         st.slots += 1;
         st.refilling += 1;
         drop(st);
-        let mut lease = Lease::new(self.clone());
-        lease.refill = true;
-        Some(lease)
+        Some(Lease::refill(self.clone()))
     }
 
-    fn end_refill(&self) {
+    pub(crate) fn end_refill(&self) {
         lock(&self.state).refilling -= 1;
     }
 
@@ -744,66 +702,5 @@ impl<M: Manager> Drop for Inner<M> {
     fn drop(&mut self) {
         // Lets the background tasks (which only hold weak references) end now.
         self.maintenance.notify_one();
-    }
-}
-
-/// One slot of the pool, held by a checkout before it has a connection to lend, by a
-/// refill, or by a reset in progress. Dropping it frees the slot.
-pub(crate) struct Lease<M: Manager> {
-    pub(crate) inner: Arc<Inner<M>>,
-    armed: bool,
-    refill: bool,
-}
-
-impl<M: Manager> Lease<M> {
-    /// Wraps a slot the caller holds.
-    pub(crate) fn new(inner: Arc<Inner<M>>) -> Self {
-        Lease {
-            inner,
-            armed: true,
-            refill: false,
-        }
-    }
-
-    /// Forgets the slot without giving it back (the caller accounts for it).
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-
-    /// Hands the slot over to a guard, which gives it back itself.
-    pub(crate) fn into_inner(mut self) -> Arc<Inner<M>> {
-        self.disarm();
-        self.finish_refill();
-        self.inner.clone()
-    }
-
-    /// Puts a clean connection back into the pool through this slot.
-    pub(crate) fn put_back(mut self, conn: Conn<M::Connection>) {
-        self.disarm();
-        self.finish_refill();
-        self.inner.put_back(conn);
-    }
-
-    /// Discards a connection held through this slot.
-    pub(crate) fn discard(mut self, conn: Conn<M::Connection>, reason: CloseReason) {
-        self.disarm();
-        self.finish_refill();
-        self.inner.discard(conn, reason);
-    }
-
-    fn finish_refill(&mut self) {
-        if std::mem::take(&mut self.refill) {
-            self.inner.end_refill();
-        }
-    }
-}
-
-impl<M: Manager> Drop for Lease<M> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        self.finish_refill();
-        self.inner.release_slot();
     }
 }

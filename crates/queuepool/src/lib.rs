@@ -51,9 +51,11 @@
 
 pub mod autosize;
 mod config;
+mod contain;
 mod error;
 mod guard;
 mod inner;
+mod lease;
 // The model check has no timer: it runs the state machine without the background task.
 #[cfg(not(feature = "model-check"))]
 mod maintenance;

@@ -76,7 +76,9 @@ pub(crate) async fn wait_deadline<F: Future>(
         let mut fut = std::pin::pin!(fut);
         std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
             std::task::Poll::Ready(v) => std::task::Poll::Ready(Ok(v)),
-            std::task::Poll::Pending if shuttle::rand::thread_rng().next_u32() % 4 == 0 => {
+            std::task::Poll::Pending
+                if shuttle::rand::thread_rng().next_u32().is_multiple_of(4) =>
+            {
                 std::task::Poll::Ready(Err(Elapsed))
             }
             std::task::Poll::Pending => {
