@@ -9,7 +9,9 @@
 //! * [`bench`]: pooled against unpooled (a new connection per query) at several
 //!   concurrencies, optionally next to `pgbench`; table, JSON and an SVG plot.
 //! * [`tune`]: the workload at increasing pool sizes; recommends the smallest pool
-//!   within 5 % of the best throughput, capped by `max_connections / instances`.
+//!   within 5 % of the best throughput, capped by `max_connections / instances`; with
+//!   `--via-pgbouncer`, PgBouncer's server pool for the whole fleet and each instance's
+//!   pool as its client. `verify` checks both layers through PgBouncer ([`pgbouncer`]).
 //! * [`status`]: a running service's `GET /pool`, once or refreshed.
 //!
 //! The binary parses [`Command`] (clap) and calls [`main`]; everything here can also be
