@@ -103,7 +103,7 @@ fn bad_arguments_give_one_line_and_a_non_zero_exit() {
 }
 
 #[test]
-fn verify_reads_the_pool_variables_serve_reads() {
+fn verify_bench_and_tune_read_the_pool_variables_serve_reads() {
     let db = SqliteDb::new();
     let env = [
         ("POOL_PRESET", "prod-low"),
@@ -140,6 +140,27 @@ fn verify_reads_the_pool_variables_serve_reads() {
              pool_timeout=0.3s (POOL_TIMEOUT)"
         ),
         "{lines}"
+    );
+    // tune measures its own sizes and shows the configured pool beside them.
+    let tune = queuepool(&[
+        "tune",
+        "--database-url",
+        &db.url,
+        "--sizes",
+        "1,2",
+        "--concurrency",
+        "2",
+        "--duration",
+        "200ms",
+    ])
+    .envs(env)
+    .output()
+    .expect("run");
+    let out = text(&tune.stdout);
+    assert!(
+        out.contains("now:   pool_size 3, max_overflow 1, pool_timeout 0.3 s"),
+        "{out}{}",
+        text(&tune.stderr)
     );
     // A flag still beats its variable.
     let flagged = queuepool(&["serve", "--print-config", "--pool-size", "4"])

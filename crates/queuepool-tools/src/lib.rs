@@ -109,12 +109,21 @@ pub fn main(command: Command) -> ExitCode {
                 Ok(true)
             }
             Command::Tune(args) => {
+                let current = args::build(args.pool.builder()?)?;
                 let report = tune::run(&args).await?;
                 if args.json {
                     let text = serde_json::to_string_pretty(&report).map_err(ToolsError::Json)?;
                     println!("{text}");
                 } else {
                     print!("{}", report.render());
+                    println!(
+                        "now:   pool_size {}, max_overflow {}, pool_timeout {} s (flags, POOL_* \
+                         variables, else the {} preset)",
+                        current.pool_size,
+                        current.max_overflow,
+                        current.pool_timeout.as_secs_f64(),
+                        args.pool.preset()?,
+                    );
                 }
                 Ok(true)
             }

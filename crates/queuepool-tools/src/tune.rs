@@ -56,6 +56,10 @@ pub struct TuneArgs {
     /// the instances. --database-url must then be the server itself
     #[arg(long)]
     pub via_pgbouncer: bool,
+    /// The pool as configured now (flags or the POOL_* variables `serve` reads): shown
+    /// beside the recommendation, not used for the measurement
+    #[command(flatten, next_help_heading = "Current pool (for comparison)")]
+    pub pool: crate::args::PoolArgs,
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
@@ -688,6 +692,7 @@ mod tests {
             duration: "1".into(),
             reserve: "5".into(),
             via_pgbouncer: false,
+            pool: crate::args::PoolArgs::default(),
             json: false,
         };
         let curve = vec![point(8, 5000.0, 9.0), point(32, 10000.0, 4.0)];
@@ -725,6 +730,7 @@ mod tests {
             duration: "1".into(),
             reserve: "5".into(),
             via_pgbouncer: true,
+            pool: crate::args::PoolArgs::default(),
             json: false,
         }
     }

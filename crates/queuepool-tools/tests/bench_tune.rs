@@ -36,6 +36,7 @@ fn tune_args(url: &str) -> TuneArgs {
         duration: "500ms".into(),
         reserve: "5".into(),
         via_pgbouncer: false,
+        pool: PoolArgs::default(),
         json: true,
     }
 }
