@@ -234,6 +234,22 @@ pub(crate) fn parse(input: &str) -> Result<Parsed, PgError> {
         }
         ssl_mode = SslMode::VerifyFull;
     }
+    // libpq: verification needs a root to verify against. Without `sslrootcert`,
+    // libpq reads ~/.postgresql/root.crt and fails when it is missing; it never falls
+    // back to the system store (which would accept any publicly trusted certificate,
+    // and under verify-ca for any name). The system store is opt-in: `system`.
+    if matches!(ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) && !explicit_root {
+        let mode = if ssl_mode == SslMode::VerifyCa {
+            "verify-ca"
+        } else {
+            "verify-full"
+        };
+        return Err(PgError::Config(format!(
+            "sslmode={mode} needs sslrootcert: the PEM file of the root certificate(s) to \
+             trust (sslrootcert=/path/root.crt), or sslrootcert=system for the system's \
+             trusted roots (which implies verify-full)"
+        )));
+    }
 
     pg.ssl_mode(match ssl_mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
@@ -544,7 +560,7 @@ mod tests {
     #[test]
     fn key_value_multi_host_with_read_write_target() {
         let p = parse(
-            "host=a,b port=5432,5433 user=u password='it\\'s' dbname=d sslmode=verify-ca target_session_attrs=read-write",
+            "host=a,b port=5432,5433 user=u password='it\\'s' dbname=d sslmode=verify-ca sslrootcert=/tmp/root.crt target_session_attrs=read-write",
         )
         .expect("valid");
         assert_eq!(
@@ -555,7 +571,7 @@ mod tests {
         assert_eq!(p.pg.get_password(), Some(&b"it's"[..]));
         assert_eq!(p.target, TargetSessionAttrs::ReadWrite);
         assert_eq!(p.ssl_mode, SslMode::VerifyCa);
-        assert_eq!(p.root_certs, RootCerts::System);
+        assert_eq!(p.root_certs, RootCerts::File("/tmp/root.crt".into()));
     }
 
     #[test]
@@ -595,6 +611,28 @@ mod tests {
             err.to_string().contains("did you mean `verify-full`?"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn verify_modes_need_sslrootcert_and_never_fall_back_to_the_system_store() {
+        for mode in ["verify-ca", "verify-full"] {
+            let Err(err) = parse(&format!("postgres://u:p@127.0.0.1:5433/d?sslmode={mode}")) else {
+                panic!("sslmode={mode} without sslrootcert was accepted");
+            };
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("sslmode={mode} needs sslrootcert"))
+                    && text.contains("sslrootcert=system"),
+                "{text}"
+            );
+            let p = parse(&format!(
+                "postgres://u@h/d?sslmode={mode}&sslrootcert=/r.crt"
+            ))
+            .expect("valid");
+            assert_eq!(p.root_certs, RootCerts::File("/r.crt".into()));
+        }
+        assert!(parse("postgres://u@h/d?sslmode=verify-ca&sslrootcert=system").is_err());
+        assert!(parse("postgres://u@h/d?sslmode=require").is_ok());
     }
 
     #[test]

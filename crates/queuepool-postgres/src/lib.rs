@@ -6,7 +6,7 @@
 //! use queuepool_postgres::PgManager;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let manager = PgManager::from_url("postgres://app:secret@db.internal/shop?sslmode=verify-full")?;
+//! let manager = PgManager::from_url("postgres://app:secret@db.internal/shop?sslrootcert=system")?;
 //! let pool = Pool::new(manager, PoolConfig::builder().pool_size(8).build()?).await?;
 //! let conn = pool.get().await?;
 //! let row = conn.query_typed_one("SELECT $1::int4 + 1", &[(&41i32, tokio_postgres::types::Type::INT4)]).await?;
@@ -23,8 +23,10 @@
 //! - `target_session_attrs` = `any` | `read-write` | `read-only` | `primary` |
 //!   `standby` | `prefer-standby` with libpq's meaning ([`TargetSessionAttrs`]).
 //! - `sslmode` = `disable` | `prefer` (default) | `require` | `verify-ca` | `verify-full`
-//!   with libpq's meaning ([`SslMode`]); roots from `sslrootcert=<pem file>` or the
-//!   system store (`sslrootcert=system`, or no `sslrootcert`).
+//!   with libpq's meaning ([`SslMode`]). `verify-ca`/`verify-full` need
+//!   `sslrootcert=<pem file>`, or `sslrootcert=system` for the system store (which
+//!   implies `verify-full`, as libpq 16); without it they are refused at parse time,
+//!   never silently verified against the system store.
 //! - `application_name` defaults to `queuepool`, so `pg_stat_activity` shows the pool.
 //!
 //! SCRAM-SHA-256 (with channel binding over TLS) and MD5 come from tokio-postgres.
@@ -73,6 +75,22 @@
 //! `query_typed` (unnamed statement, parameter types given, one round trip) or the
 //! simple protocol. Direct connections can keep named statements per connection with
 //! [`PgConnection::prepare_cached`] (opt-in, [`PgManager::statement_cache_capacity`]).
+//!
+//! Custom types (enums, composites, domains, arrays of them) behind PgBouncer in
+//! transaction mode: tokio-postgres resolves an unknown type OID by running its own
+//! *named* statements (`typeinfo`), prepared once per client connection and cached in
+//! the `Client`. Behind PgBouncer (before 1.21, or with `max_prepared_statements = 0`)
+//! the next lookup may run on a server connection that never saw them and fail with
+//! `prepared statement "sN" does not exist`; `query_typed` does not help, since the
+//! lookup happens when a result or parameter has such a type. What works there:
+//! - send and read such values as text: `query_typed("SELECT $1::text::mood", &[(&"ok",
+//!   Type::TEXT)])` and `SELECT mood_col::text`, or the simple protocol;
+//! - PgBouncer 1.21 or later with `max_prepared_statements` > 0, which re-prepares
+//!   protocol-level named statements on whichever server connection it uses.
+//!
+//! (What the pool itself does is safe there: pings and resets use the simple
+//! protocol, and [`ResetMode::DiscardAll`] does not deallocate statements, so direct
+//! connections keep their type lookups across resets.)
 //!
 //! # Timeouts
 //! The pool bounds connecting (`connect_timeout`). A query on a connection whose path

@@ -24,6 +24,9 @@ use crate::wire::{Mode, Sniff, WireState};
 
 type Raw = Sniff<RawStream>;
 
+/// The ALPN protocol name PostgreSQL 17 registered for its protocol.
+pub(crate) const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
 /// Builds the rustls configuration for the parsed `sslmode`, or `None` for `disable`.
 /// Root certificates are read here, once, so a bad `sslrootcert` fails at startup.
 pub(crate) fn client_config(parsed: &Parsed) -> Result<Option<TlsConnector>, PgError> {
@@ -53,10 +56,14 @@ pub(crate) fn client_config(parsed: &Parsed) -> Result<Option<TlsConnector>, PgE
             algorithms: provider.signature_verification_algorithms,
         })
     };
-    let config = builder
+    let mut config = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
+    // ALPN `postgresql`, as libpq 17 sends it: PostgreSQL 17 refuses a direct TLS
+    // connection (`sslnegotiation=direct`) without it, and ignores it (like any
+    // server that does not select a protocol) after an `SSLRequest`.
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(Some(TlsConnector::from(Arc::new(config))))
 }
 
@@ -362,6 +369,23 @@ impl AsyncWrite for PgTlsStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_tls_mode_offers_the_postgresql_alpn_protocol() {
+        for url in [
+            "postgres://u@h/d?sslmode=require",
+            "postgres://u@h/d?sslmode=require&sslnegotiation=direct",
+            "postgres://u@h/d?sslmode=prefer",
+        ] {
+            let parsed = crate::config::parse(url).expect("valid");
+            let connector = client_config(&parsed).expect("config").expect("tls");
+            assert_eq!(
+                connector.config().alpn_protocols,
+                vec![b"postgresql".to_vec()],
+                "{url}"
+            );
+        }
+    }
 
     #[test]
     fn end_point_hash_uses_the_certificate_signature_digest() {

@@ -278,6 +278,43 @@ async fn discard_all_mode_resets_session_state() -> TestResult {
     .await
 }
 
+/// tokio-postgres looks custom types up with named statements it prepares once per
+/// connection and keeps; a real `DISCARD ALL` deallocates them behind its back, and the
+/// second custom type after a reset failed with `prepared statement "s1" does not exist`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_mode_keeps_the_driver_type_lookups_working() -> TestResult {
+    bounded(60, async {
+        let db = TestDb::create().await?;
+        let config = PoolConfig::builder().pool_size(1).max_overflow(0).build()?;
+        let manager = db.manager()?.reset_mode(ResetMode::DiscardAll);
+        let pool = Pool::new(manager, config).await?;
+        pool.get()
+            .await?
+            .batch_execute(
+                "CREATE TYPE mood AS ENUM ('sad', 'ok'); CREATE TYPE color AS ENUM ('red', 'blue'); \
+                 CREATE TYPE pair AS (a int4, b text)",
+            )
+            .await?;
+        for (i, sql) in ["SELECT $1::mood", "SELECT $1::color", "SELECT $1::pair", "SELECT $1::mood[]"]
+            .into_iter()
+            .enumerate()
+        {
+            let conn = pool.get().await?;
+            conn.batch_execute("SET application_name = 'changed'").await?;
+            let stmt = conn
+                .prepare(sql)
+                .await
+                .map_err(|e| format!("custom type #{} after {i} resets: {}", i + 1, PgError::from(e)))?;
+            assert_eq!(stmt.params().len(), 1);
+        }
+        let conn = pool.get().await?;
+        let row = conn.query_typed_one("SHOW application_name", &[]).await?;
+        assert_eq!(row.get::<_, String>(0), db.application_name(), "the session was reset");
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_cache_keeps_one_named_statement_per_sql() -> TestResult {
     bounded(60, async {

@@ -43,9 +43,18 @@ async fn tls_modes_and_scram_against_an_ephemeral_cluster() -> TestResult {
         let ca = PgManager::from_url(&cluster.url_for("127.0.0.1", port, "verify-ca"))?;
         assert!(uses_tls(&ca).await?, "verify-ca accepts the chain under another name");
 
-        // verify-full against the system roots: the self-signed certificate is unknown.
+        // verify-ca or verify-full without sslrootcert: refused before connecting
+        // (the system store is never used unless asked for).
+        for mode in ["verify-ca", "verify-full"] {
+            let url = format!("postgres://postgres:{}@127.0.0.1:{port}/postgres?sslmode={mode}", cluster.password());
+            let err = PgManager::from_url(&url).err().ok_or("verify without sslrootcert must be refused")?;
+            assert!(err.to_string().contains("needs sslrootcert"), "{err}");
+        }
+
+        // sslrootcert=system: the system roots and verify-full; the cluster's
+        // self-signed certificate is unknown there.
         let system = format!(
-            "postgres://postgres:{}@localhost:{port}/postgres?sslmode=verify-full",
+            "postgres://postgres:{}@localhost:{port}/postgres?sslrootcert=system",
             cluster.password()
         );
         match PgManager::from_url(&system) {
