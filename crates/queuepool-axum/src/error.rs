@@ -10,10 +10,12 @@ use queuepool::PoolError;
 /// A boxed driver error.
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-/// The `Retry-After` value, in seconds, sent with a pool timeout.
+/// The `Retry-After` value, in seconds, sent with a pool timeout and an unavailable
+/// database.
 ///
-/// The pool was saturated for a whole `pool_timeout`; one second lets a burst drain
-/// without making a well-behaved client wait as long as the timeout itself.
+/// The pool was saturated for a whole `pool_timeout`, or the database refused or lost
+/// the connection; one second lets a burst drain or a restart finish without making a
+/// well-behaved client wait as long as the timeout itself.
 pub const RETRY_AFTER_SECS: u32 = 1;
 
 /// A database error as the HTTP layer sees it.
@@ -24,7 +26,7 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 /// | error | status | `error` code |
 /// |---|---|---|
 /// | pool limit reached for `pool_timeout` | 503 + `Retry-After` | `pool_timeout` |
-/// | database unreachable, connection lost | 503 | `database_unavailable` |
+/// | database unreachable, connection lost | 503 + `Retry-After` | `database_unavailable` |
 /// | pool closed (shutting down) | 503 | `shutting_down` |
 /// | any other driver error | 500 | `internal_error` |
 ///
@@ -140,7 +142,7 @@ impl IntoResponse for DbError {
             tracing::warn!(target: "queuepool_axum", code = self.code(), "{details}");
         }
         let mut response = json_error(status, self.code(), self.client_message());
-        if matches!(&self, DbError::Pool(e) if e.is_timeout()) {
+        if matches!(self.code(), "pool_timeout" | "database_unavailable") {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -178,6 +180,7 @@ mod tests {
         let response =
             DbError::from(PoolError::ConnectTimeout(Duration::from_secs(10))).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         assert_eq!(body(response).await["error"], "database_unavailable");
     }
 
@@ -185,6 +188,7 @@ mod tests {
     async fn query_error_is_500_and_hides_the_sql() {
         let response = DbError::driver(SqlError, false).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
         let json = body(response).await;
         assert_eq!(json["error"], "internal_error");
         let text = json.to_string();
@@ -193,9 +197,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn disconnect_error_is_503() {
+    async fn disconnect_error_is_503_with_retry_after() {
         let response = DbError::driver(SqlError, true).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         assert_eq!(body(response).await["error"], "database_unavailable");
     }
 

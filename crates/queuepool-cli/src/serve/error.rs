@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use queuepool_axum::{DbError, json_error};
@@ -58,78 +57,6 @@ impl From<DbError> for AppError {
     }
 }
 
-/// The field a serde message names, from `serde_path_to_error`'s `path: message` or
-/// serde's ``missing field `x` ``.
-fn field_of(message: &str) -> Option<String> {
-    if let Some(rest) = message.split("missing field `").nth(1) {
-        return rest.split('`').next().map(str::to_owned);
-    }
-    let (path, _) = message.split_once(": ")?;
-    let valid = !path.is_empty()
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
-    valid.then(|| path.to_owned())
-}
-
-/// The part of an axum rejection message after its fixed prefix.
-fn detail(text: &str) -> &str {
-    text.split_once(": ").map_or(text, |(_, rest)| rest)
-}
-
-impl From<JsonRejection> for AppError {
-    fn from(rejection: JsonRejection) -> Self {
-        let status = rejection.status();
-        let text = rejection.body_text();
-        match rejection {
-            JsonRejection::JsonDataError(_) => {
-                let message = detail(&text).to_owned();
-                let field = field_of(&message).unwrap_or_else(|| "body".to_owned());
-                AppError::Validation(vec![FieldError::new(field, message)])
-            }
-            JsonRejection::JsonSyntaxError(_) => AppError::Client {
-                status,
-                code: "invalid_json",
-                message: text,
-            },
-            JsonRejection::MissingJsonContentType(_) => AppError::Client {
-                status,
-                code: "unsupported_media_type",
-                message: "expected a body with `Content-Type: application/json`".to_owned(),
-            },
-            _ if status == StatusCode::PAYLOAD_TOO_LARGE => AppError::Client {
-                status,
-                code: "payload_too_large",
-                message: format!(
-                    "the request body is larger than {} bytes",
-                    super::BODY_LIMIT_BYTES
-                ),
-            },
-            _ => AppError::Client {
-                status,
-                code: "bad_request",
-                message: text,
-            },
-        }
-    }
-}
-
-impl From<QueryRejection> for AppError {
-    fn from(rejection: QueryRejection) -> Self {
-        let text = rejection.body_text();
-        let message = detail(&text).to_owned();
-        let field = field_of(&message).unwrap_or_else(|| "query".to_owned());
-        AppError::Validation(vec![FieldError::new(field, message)])
-    }
-}
-
-impl From<PathRejection> for AppError {
-    fn from(rejection: PathRejection) -> Self {
-        let text = rejection.body_text();
-        AppError::Validation(vec![FieldError::new("id", detail(&text).to_owned())])
-    }
-}
-
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match self {
@@ -173,24 +100,5 @@ impl IntoResponse for AppError {
                 message,
             } => json_error(status, code, message),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn field_is_found_in_serde_messages() {
-        assert_eq!(
-            field_of("missing field `name` at line 1 column 14").as_deref(),
-            Some("name")
-        );
-        assert_eq!(
-            field_of("price: invalid type: string \"x\", expected f64 at line 1 column 20")
-                .as_deref(),
-            Some("price")
-        );
-        assert_eq!(field_of("invalid type: map, expected a string"), None);
     }
 }

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use super::QUERY_GRACE;
 use super::error::{AppError, ErrorBody};
-use super::extract::{ItemId, JsonBody, QueryLimit, QueryParams};
+use super::extract::{ItemBody, ItemId, PageQuery, QueryLimit};
 use super::reads::{self, ReadsOf};
 use super::retry::{self, Find, List, Ping};
 use crate::store::{Item, ItemIn, ListParams, Store};
@@ -75,7 +75,8 @@ fn not_found(id: i64) -> AppError {
 #[utoipa::path(get, path = "/health", tag = "service",
     responses(
         (status = 200, description = "The database answered", body = HealthBody),
-        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
+        (status = 500, description = "Any other database error (`internal_error`); details only in the log", body = ErrorBody),
+        (status = 503, description = "Database unavailable (with `Retry-After`), pool exhausted (`pool_timeout`, with `Retry-After`), no answer within query_timeout or the request timeout, or shutting down", body = ErrorBody),
     ))]
 pub async fn health<M: Store>(
     QueryLimit(limit): QueryLimit,
@@ -94,16 +95,16 @@ pub async fn health<M: Store>(
         ("x-read-after" = Option<String>, Header, description = "The x-read-after value of this client's last write: the read then sees that write (with --read-url; ignored otherwise)")),
     responses(
         (status = 200, description = "One page of items", body = [Item]),
-        (status = 422, description = "Invalid limit or offset", body = ErrorBody),
-        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
+        (status = 422, description = "Invalid limit or offset, each listed in `fields`", body = ErrorBody),
+        (status = 500, description = "Any other database error (`internal_error`); details only in the log", body = ErrorBody),
+        (status = 503, description = "Database unavailable (with `Retry-After`), pool exhausted (`pool_timeout`, with `Retry-After`), no answer within query_timeout or the request timeout, or shutting down", body = ErrorBody),
     ))]
 pub async fn list_items<M: Store>(
-    QueryParams(params): QueryParams<ListParams>,
+    PageQuery(page): PageQuery,
     QueryLimit(limit): QueryLimit,
     ReadsOf(reads): ReadsOf<M>,
     ReadAfter(after): ReadAfter,
 ) -> Result<Json<Vec<Item>>, AppError> {
-    let page = params.validate().map_err(AppError::Validation)?;
     let db = DbRead::checkout(&reads, after.as_deref()).await?;
     let items = reads::read(db, List(page), limit).await?;
     Ok(Json(items))
@@ -115,16 +116,19 @@ pub async fn list_items<M: Store>(
         (status = 201, description = "Created; `Location` is its URL", body = Item,
             headers(("Location" = String, description = "/items/{id}"),
                 ("x-read-after" = String, description = "Read-your-writes token (with --read-url): send it back on reads"))),
-        (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
-        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
+        (status = 400, description = "The body is not valid JSON (`invalid_json`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "Invalid fields (or a non-integer `id`), each listed in `fields`; nothing was written", body = ErrorBody),
+        (status = 500, description = "Any other database error (`internal_error`); details only in the log", body = ErrorBody),
+        (status = 503, description = "Database unavailable (with `Retry-After`), pool exhausted (`pool_timeout`, with `Retry-After`), no answer within query_timeout or the request timeout, or shutting down", body = ErrorBody),
     ))]
 pub async fn create_item<M: Store>(
     QueryLimit(limit): QueryLimit,
     State(pool): State<Pool<M>>,
     ReadsOf(reads): ReadsOf<M>,
-    JsonBody(input): JsonBody<ItemIn>,
+    ItemBody(new): ItemBody,
 ) -> Result<Response, AppError> {
-    let new = input.validate().map_err(AppError::Validation)?;
     let mut db = Db::checkout(&pool).await?;
     let item = finish(
         bounded(limit, M::insert(&mut db, new, limit)).await,
@@ -148,7 +152,9 @@ pub async fn create_item<M: Store>(
     responses(
         (status = 200, description = "The item", body = Item),
         (status = 404, description = "No such item", body = ErrorBody),
-        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
+        (status = 422, description = "`id` is not a whole number", body = ErrorBody),
+        (status = 500, description = "Any other database error (`internal_error`); details only in the log", body = ErrorBody),
+        (status = 503, description = "Database unavailable (with `Retry-After`), pool exhausted (`pool_timeout`, with `Retry-After`), no answer within query_timeout or the request timeout, or shutting down", body = ErrorBody),
     ))]
 pub async fn get_item<M: Store>(
     ItemId(id): ItemId,
@@ -168,17 +174,20 @@ pub async fn get_item<M: Store>(
         (status = 200, description = "The updated item", body = Item,
             headers(("x-read-after" = String, description = "Read-your-writes token (with --read-url): send it back on reads"))),
         (status = 404, description = "No such item", body = ErrorBody),
-        (status = 422, description = "Invalid field; nothing was written", body = ErrorBody),
-        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
+        (status = 400, description = "The body is not valid JSON (`invalid_json`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "Invalid fields (or a non-integer `id`), each listed in `fields`; nothing was written", body = ErrorBody),
+        (status = 500, description = "Any other database error (`internal_error`); details only in the log", body = ErrorBody),
+        (status = 503, description = "Database unavailable (with `Retry-After`), pool exhausted (`pool_timeout`, with `Retry-After`), no answer within query_timeout or the request timeout, or shutting down", body = ErrorBody),
     ))]
 pub async fn update_item<M: Store>(
     ItemId(id): ItemId,
     QueryLimit(limit): QueryLimit,
     State(pool): State<Pool<M>>,
     ReadsOf(reads): ReadsOf<M>,
-    JsonBody(input): JsonBody<ItemIn>,
+    ItemBody(new): ItemBody,
 ) -> Result<Response, AppError> {
-    let new = input.validate().map_err(AppError::Validation)?;
     let mut db = Db::checkout(&pool).await?;
     let item = finish(
         bounded(limit, M::update(&mut db, id, new, limit)).await,
@@ -195,7 +204,9 @@ pub async fn update_item<M: Store>(
     responses(
         (status = 204, description = "Deleted", headers(("x-read-after" = String, description = "Read-your-writes token (with --read-url): send it back on reads"))),
         (status = 404, description = "No such item", body = ErrorBody),
-        (status = 503, description = "Database unavailable, pool exhausted, or no answer within query_timeout", body = ErrorBody),
+        (status = 422, description = "`id` is not a whole number", body = ErrorBody),
+        (status = 500, description = "Any other database error (`internal_error`); details only in the log", body = ErrorBody),
+        (status = 503, description = "Database unavailable (with `Retry-After`), pool exhausted (`pool_timeout`, with `Retry-After`), no answer within query_timeout or the request timeout, or shutting down", body = ErrorBody),
     ))]
 pub async fn delete_item<M: Store>(
     ItemId(id): ItemId,

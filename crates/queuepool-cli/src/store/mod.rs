@@ -4,19 +4,19 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use queuepool::Manager;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
+mod input;
 mod mysql;
 mod postgres;
 mod sqlite;
 
-/// Longest item name, in characters.
-pub const NAME_MAX_CHARS: usize = 200;
-/// Largest page of `GET /items`.
-pub const LIST_MAX_LIMIT: i64 = 100;
+pub use input::{
+    FieldError, ItemIn, LIST_MAX_LIMIT, ListParams, NAME_MAX_CHARS, NewItem, Page, parse_integer,
+};
 
 /// The database behind the service, chosen by the scheme of `DATABASE_URL`.
 pub use queuepool::url::Backend;
@@ -38,125 +38,6 @@ pub struct Item {
     pub price: f64,
     /// When the item was created (UTC, microseconds).
     pub created_at: DateTime<Utc>,
-}
-
-/// The body of `POST /items` and `PUT /items/{id}`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-pub struct ItemIn {
-    /// 1 to 200 characters.
-    #[schema(example = "Widget", min_length = 1, max_length = 200)]
-    pub name: String,
-    /// Free text, optional.
-    #[serde(default)]
-    #[schema(example = "A small widget")]
-    pub description: Option<String>,
-    /// Zero or more.
-    #[schema(example = 9.99, minimum = 0.0)]
-    pub price: f64,
-}
-
-/// A field that failed validation, as listed in a 422 response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FieldError {
-    /// The field's name (`name`, `price`, `limit`...).
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl FieldError {
-    /// A field error.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// A validated item, ready to write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewItem {
-    /// 1 to 200 characters.
-    pub name: String,
-    /// Optional.
-    pub description: Option<String>,
-    /// Finite and >= 0.
-    pub price: f64,
-    /// Creation time, set by the service so that every backend stores the same value.
-    pub created_at: DateTime<Utc>,
-}
-
-impl ItemIn {
-    /// Checks every field; the error lists each invalid one.
-    pub fn validate(self) -> Result<NewItem, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        let chars = self.name.chars().count();
-        if chars == 0 || chars > NAME_MAX_CHARS {
-            errors.push(FieldError::new(
-                "name",
-                format!("must be 1 to {NAME_MAX_CHARS} characters long (got {chars})"),
-            ));
-        }
-        if !self.price.is_finite() || self.price < 0.0 {
-            errors.push(FieldError::new("price", "must be a number >= 0"));
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(NewItem {
-            name: self.name,
-            description: self.description,
-            price: self.price,
-            // Microseconds: what every backend's timestamp type keeps.
-            created_at: Utc::now().trunc_subsecs(6),
-        })
-    }
-}
-
-/// The query string of `GET /items`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// Items per page, 1 to 100 (default 100).
-    pub limit: Option<i64>,
-    /// Items to skip, >= 0 (default 0).
-    pub offset: Option<i64>,
-}
-
-/// A validated page request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
-    /// 1..=100.
-    pub limit: i64,
-    /// >= 0.
-    pub offset: i64,
-}
-
-impl ListParams {
-    /// Applies the defaults and checks the bounds.
-    pub fn validate(self) -> Result<Page, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        let limit = self.limit.unwrap_or(LIST_MAX_LIMIT);
-        if !(1..=LIST_MAX_LIMIT).contains(&limit) {
-            errors.push(FieldError::new(
-                "limit",
-                format!("must be between 1 and {LIST_MAX_LIMIT} (got {limit})"),
-            ));
-        }
-        let offset = self.offset.unwrap_or(0);
-        if offset < 0 {
-            errors.push(FieldError::new(
-                "offset",
-                format!("must be >= 0 (got {offset})"),
-            ));
-        }
-        if errors.is_empty() {
-            Ok(Page { limit, offset })
-        } else {
-            Err(errors)
-        }
-    }
 }
 
 /// The SQL of the service for one backend, on that backend's pooled connection.
@@ -242,14 +123,6 @@ pub trait Store: Manager + Sized {
 mod tests {
     use super::*;
 
-    fn item(name: &str, price: f64) -> ItemIn {
-        ItemIn {
-            name: name.to_owned(),
-            description: None,
-            price,
-        }
-    }
-
     #[test]
     fn backend_is_chosen_by_scheme() {
         assert_eq!(
@@ -273,48 +146,5 @@ mod tests {
         assert_eq!(Backend::from_url("sqlite::memory:"), Some(Backend::Sqlite));
         assert_eq!(Backend::from_url("redis://h"), None);
         assert_eq!(Backend::from_url("queuepool.db"), None);
-    }
-
-    #[test]
-    fn name_length_is_counted_in_characters() {
-        assert!(item(&"é".repeat(200), 0.0).validate().is_ok());
-        let errors = item(&"é".repeat(201), 0.0).validate().unwrap_err();
-        assert_eq!(errors[0].field, "name");
-        assert_eq!(item("", 1.0).validate().unwrap_err()[0].field, "name");
-    }
-
-    #[test]
-    fn negative_price_is_rejected_and_every_bad_field_is_listed() {
-        assert!(item("free", 0.0).validate().is_ok());
-        let errors = item("", -0.01).validate().unwrap_err();
-        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["name", "price"]);
-    }
-
-    #[test]
-    fn page_defaults_and_bounds() {
-        assert_eq!(
-            ListParams::default().validate().unwrap(),
-            Page {
-                limit: 100,
-                offset: 0
-            }
-        );
-        let bad = ListParams {
-            limit: Some(101),
-            offset: Some(-1),
-        };
-        let fields: Vec<_> = bad
-            .validate()
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.field)
-            .collect();
-        assert_eq!(fields, ["limit", "offset"]);
-        let zero = ListParams {
-            limit: Some(0),
-            offset: None,
-        };
-        assert_eq!(zero.validate().unwrap_err()[0].field, "limit");
     }
 }

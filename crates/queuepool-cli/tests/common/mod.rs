@@ -3,11 +3,15 @@
 //! must pass.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::MatchedPath;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::middleware::{self, Next};
 use mysql_async::prelude::Queryable;
 use queuepool::{Pool, PoolConfig};
 use queuepool_cli::serve::{open_pool, router};
@@ -216,10 +220,77 @@ async fn count(app: &Router) -> usize {
     reply.body.as_array().expect("array").len()
 }
 
+/// `(method, route pattern, status)` of every response an app gave.
+pub type Seen = Arc<Mutex<BTreeSet<(String, String, u16)>>>;
+
+/// `app` with a layer that records each response's route and status in the result.
+pub fn recording(app: Router) -> (Router, Seen) {
+    let seen = Seen::default();
+    let log = seen.clone();
+    let app = app.layer(middleware::from_fn(
+        move |request: axum::extract::Request, next: Next| {
+            let log = log.clone();
+            async move {
+                let method = request.method().to_string();
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(|p| p.as_str().to_owned());
+                let response = next.run(request).await;
+                if let Some(route) = route {
+                    log.lock()
+                        .expect("seen")
+                        .insert((method, route, response.status().as_u16()));
+                }
+                response
+            }
+        },
+    ));
+    (app, seen)
+}
+
+/// Asserts that `/openapi.json` lists, for each operation it documents, every status
+/// the app was seen to answer; returns how many responses were checked.
+pub async fn assert_documented(app: &Router, seen: &Seen) -> usize {
+    let doc = get(app, "/openapi.json").await.body;
+    let mut checked = 0;
+    let seen = seen.lock().expect("seen").clone();
+    for (method, route, status) in seen {
+        let operation = &doc["paths"][&route][method.to_ascii_lowercase()];
+        if operation.is_null() {
+            continue;
+        }
+        assert!(
+            !operation["responses"][status.to_string()].is_null(),
+            "{method} {route} answered {status}, which /openapi.json does not list: {}",
+            operation["responses"]
+        );
+        checked += 1;
+    }
+    checked
+}
+
+/// The error messages of a 422 body: in a client's words, never a Rust type's.
+fn assert_plain_messages(reply: &Reply) {
+    for field in reply.body["fields"].as_array().into_iter().flatten() {
+        let message = field["message"].as_str().unwrap_or_default();
+        for word in [
+            "struct",
+            "i64",
+            "f64",
+            "invalid type",
+            "Cannot parse",
+            "ItemIn",
+        ] {
+            assert!(!message.contains(word), "{word:?} in {}", reply.body);
+        }
+    }
+}
+
 /// The items API specification, run against every backend: each endpoint, each error,
 /// and that a rejected write writes nothing.
 pub async fn crud_spec<M: Store>(pool: Pool<M>, backend: &str) {
-    let app = router(pool.clone(), None);
+    let (app, seen) = recording(router(pool.clone(), None));
 
     let health = get(&app, "/health").await;
     assert_eq!(health.status, StatusCode::OK);
@@ -282,6 +353,19 @@ pub async fn crud_spec<M: Store>(pool: Pool<M>, backend: &str) {
         (json!({"name": "ok"}), vec!["price"]),
         (json!({"name": 5, "price": 1.0}), vec!["name"]),
         (json!({"name": "ok", "price": "cheap"}), vec!["price"]),
+        // A NUL: PostgreSQL cannot store it, so no backend takes it.
+        (json!({"name": "a\u{0}b", "price": 1}), vec!["name"]),
+        (
+            json!({"name": "ok", "description": "x\u{0}", "price": 1}),
+            vec!["description"],
+        ),
+        // Every bad field at once, each once.
+        (
+            json!({"name": 5, "description": 7, "price": "x"}),
+            vec!["name", "description", "price"],
+        ),
+        (json!({}), vec!["name", "price"]),
+        (json!(["Widget", 1.0, null]), vec!["body"]),
     ] {
         let reply = send(&app, Method::POST, "/items", Some(body.clone())).await;
         assert_eq!(
@@ -293,7 +377,24 @@ pub async fn crud_spec<M: Store>(pool: Pool<M>, backend: &str) {
         assert!(reply.is_json());
         assert_eq!(reply.body["error"], "validation_error");
         assert_eq!(reply.fields(), fields, "{body}: {}", reply.body);
+        assert_plain_messages(&reply);
     }
+    // A number no double holds is the field's error, not a syntax error.
+    let huge_price = send_raw(
+        &app,
+        Request::post("/items")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"name": "x", "price": 1e400}"#))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(
+        huge_price.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        huge_price.body
+    );
+    assert_eq!(huge_price.fields(), ["price"]);
     assert_eq!(count(&app).await, before, "a rejected POST wrote a row");
 
     // Malformed bodies are JSON 4xx too.
@@ -349,6 +450,15 @@ pub async fn crud_spec<M: Store>(pool: Pool<M>, backend: &str) {
     .await;
     assert_eq!(rejected.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(rejected.fields(), ["price"]);
+    let nul = send(
+        &app,
+        Method::PUT,
+        &format!("/items/{id}"),
+        Some(json!({"name": "N\u{0}pe", "description": "\u{0}", "price": 1})),
+    )
+    .await;
+    assert_eq!(nul.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", nul.body);
+    assert_eq!(nul.fields(), ["name", "description"]);
     assert_eq!(get(&app, &format!("/items/{id}")).await.body, updated.body);
 
     // Missing items: 404 JSON for read, update, delete.
@@ -365,6 +475,7 @@ pub async fn crud_spec<M: Store>(pool: Pool<M>, backend: &str) {
     let not_a_number = get(&app, "/items/abc").await;
     assert_eq!(not_a_number.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(not_a_number.fields(), ["id"]);
+    assert_plain_messages(&not_a_number);
 
     // Listing: order by id, limit/offset, bounds.
     for n in 0..3 {
@@ -411,7 +522,10 @@ pub async fn crud_spec<M: Store>(pool: Pool<M>, backend: &str) {
         let reply = get(&app, &format!("/items?{query}")).await;
         assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
         assert_eq!(reply.fields(), [field], "{query}: {}", reply.body);
+        assert_plain_messages(&reply);
     }
+    let both = get(&app, "/items?limit=abc&offset=-1").await;
+    assert_eq!(both.fields(), ["limit", "offset"], "{}", both.body);
 
     // Delete.
     let deleted = send(&app, Method::DELETE, &format!("/items/{id}"), None).await;
@@ -429,6 +543,10 @@ pub async fn crud_spec<M: Store>(pool: Pool<M>, backend: &str) {
     let wrong_method = send(&app, Method::PATCH, "/items/1", None).await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong_method.body["error"], "method_not_allowed");
+
+    // Every status seen is in the OpenAPI document.
+    let checked = assert_documented(&app, &seen).await;
+    assert!(checked >= 15, "only {checked} route statuses checked");
 
     // No request kept a connection.
     all_returned(&pool).await;
