@@ -22,9 +22,10 @@
 //! * [`pool_routes`]: `GET /pool` (the SQLAlchemy status line and every counter, as
 //!   JSON) and `GET /metrics` (Prometheus text, from a [`PrometheusHandle`] whose
 //!   recorder the binary installs: a library never installs one).
-//! * [`dashboard::routes`]: `GET /dashboard`, a live page of the same pool (charts of
-//!   idle, in-use and waiting connections, checkouts, waits and timeouts), served from
-//!   the crate's own assets.
+//! * [`health_routes`]: `GET /health/live` (the process answers) and `GET /health/ready`
+//!   (the pool can lend a connection), for load balancers and orchestrators.
+//! * [`record_http_metrics`]: a middleware counting and timing requests by route and
+//!   status; [`describe_metrics`] gives every metric its `# HELP` line.
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -57,4 +58,7 @@ pub use extract::Db;
 pub use read::{
     BoxFuture, DbRead, READ_AFTER, ReadAfter, ReadRoute, ReadRouter, Reads, RoutedConn,
 };
-pub use routes::{pool_report, pool_routes};
+pub use routes::{
+    READY_TIMEOUT, describe_metrics, health_routes, live, pool_report, pool_routes, ready,
+    record_http_metrics,
+};

@@ -39,23 +39,37 @@ struct Server {
     child: Child,
     base: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread reading stderr: ends at EOF, once the process and its pipe are gone.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
     /// Starts `queuepool serve --bind 127.0.0.1:0` and waits for its "listening on" line.
     fn start(env: &[(&str, &str)], extra: &[&str]) -> Server {
+        Server::start_with(env, extra, false)
+    }
+
+    /// [`Server::start`]; with `close_stderr`, the reading end of its stderr (and its
+    /// stdout) is closed right after the "listening on" line, as `queuepool serve 2>&1
+    /// | head -1` does.
+    fn start_with(env: &[(&str, &str)], extra: &[&str], close_stderr: bool) -> Server {
         let mut args = vec!["serve", "--bind", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let mut child = command(env, &args)
-            .stdout(Stdio::null())
+            .stdout(if close_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn queuepool");
+        drop(child.stdout.take());
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let lines = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest
@@ -64,6 +78,9 @@ impl Server {
                         .unwrap_or_default()
                         .to_owned();
                     let _ = tx.send(addr);
+                    if close_stderr {
+                        return; // drops the reader: the server's stderr is now a broken pipe
+                    }
                 }
                 lines.lock().expect("log").push(line);
             }
@@ -79,6 +96,7 @@ impl Server {
             child,
             base: format!("http://{addr}"),
             log,
+            reader: Some(reader),
         }
     }
 
@@ -86,21 +104,34 @@ impl Server {
         self.log.lock().expect("log").join("\n")
     }
 
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(20))
+    }
+
+    /// Waits at most `bound` for the exit status.
+    fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + bound;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
+                // Every line the process wrote is in the log once the reader saw EOF.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("no exit after SIGTERM:\n{}", self.log());
+                panic!("no exit within {bound:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -134,6 +165,19 @@ async fn binary_on_sqlite_serves_and_exits_0_on_sigterm() {
         metrics.contains("queuepool_connections_created_total"),
         "{metrics}"
     );
+    // Described, histograms (they add up across instances), and the HTTP requests by
+    // route and status.
+    for line in [
+        "# HELP queuepool_acquire_seconds ",
+        "# TYPE queuepool_acquire_seconds histogram",
+        "# HELP queuepool_connections_created_total ",
+        "# TYPE http_request_duration_seconds histogram",
+        "http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 1",
+        "http_request_duration_seconds_bucket{method=\"GET\",route=\"/health\",status=\"200\",le=\"+Inf\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("quantile="), "{metrics}");
     let status = server.terminate();
     assert!(status.success(), "{status:?}\n{}", server.log());
     let log = server.log();
@@ -145,6 +189,31 @@ async fn binary_on_sqlite_serves_and_exits_0_on_sigterm() {
     assert!(log.contains("Connection checked out from pool"), "{log}");
     assert!(log.contains("received SIGTERM"), "{log}");
     assert!(log.contains("pool closed"), "{log}");
+    // The startup line names every page; the access log has one line per request.
+    assert!(log.contains("/dashboard"), "{log}");
+    let access = log
+        .lines()
+        .find(|l| l.contains("method=GET path=/health}") && l.contains("finished processing"))
+        .unwrap_or_else(|| panic!("no access log line for /health:\n{log}"));
+    assert!(access.contains(" INFO "), "{access}");
+    assert!(access.contains("status=200"), "{access}");
+    assert!(access.contains("latency="), "{access}");
+    // The summary is true: every connection opened was closed.
+    let summary = log
+        .lines()
+        .find(|l| l.contains("pool closed"))
+        .expect("summary");
+    let numbers: Vec<u64> = summary
+        .rsplit('(')
+        .next()
+        .unwrap_or_default()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        numbers.len() == 2 && numbers[0] == numbers[1] && numbers[0] > 0,
+        "{summary}"
+    );
     assert!(db.dir.path().join("items.db").exists());
 }
 
@@ -182,6 +251,13 @@ async fn binary_on_postgres_exits_0_on_sigterm_with_no_connection_left() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(server);
+    // A second start finds the table: nothing in the log says so.
+    let mut again = Server::start(&[("DATABASE_URL", db.url())], &[]);
+    assert!(again.terminate().success(), "{}", again.log());
+    let log = again.log();
+    assert!(log.contains("pool closed"), "{log}");
+    assert!(!log.contains("already exists"), "{log}");
+    drop(again);
     db.drop_database().await.expect("drop test database");
 }
 
@@ -228,4 +304,67 @@ fn unknown_key_in_the_config_file_exits_2_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("pool_sise"), "{stderr}");
     assert!(stderr.contains("queuepool.toml"), "{stderr}");
+}
+
+#[tokio::test]
+async fn closed_stderr_and_stdout_never_stop_the_service_even_with_echo_pool() {
+    let db = SqliteDb::new();
+    let mut server = Server::start_with(&[("DATABASE_URL", &db.url)], &["--echo-pool"], true);
+    let client = reqwest::Client::new();
+    // Every request logs (access log, pool lines) into the broken pipe.
+    for n in 0..20 {
+        let reply = client
+            .post(format!("{}/items", server.base))
+            .json(&serde_json::json!({"name": format!("n{n}"), "price": 1}))
+            .send()
+            .await
+            .expect("answered with stderr closed");
+        assert_eq!(reply.status(), 201);
+        let health = client
+            .get(format!("{}/health", server.base))
+            .send()
+            .await
+            .expect("answered with stderr closed");
+        assert_eq!(health.status(), 200);
+    }
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once_while_shutdown_waits_for_a_request() {
+    use tokio::io::AsyncWriteExt;
+
+    let db = SqliteDb::new();
+    let mut server = Server::start(&[("DATABASE_URL", &db.url)], &["--shutdown-timeout", "60"]);
+    // A request whose body never finishes arriving: graceful shutdown waits for it.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut stuck = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stuck
+        .write_all(
+            b"POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"name\"",
+        )
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("shutting down") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        server.child.try_wait().expect("wait").is_none(),
+        "graceful shutdown did not wait for the running request:\n{}",
+        server.log()
+    );
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(143), "{}", server.log());
+    assert!(server.log().contains("exiting now"), "{}", server.log());
+    drop(stuck);
 }

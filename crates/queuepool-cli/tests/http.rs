@@ -162,10 +162,44 @@ async fn unreachable_database_is_503_json_with_retry_after_without_the_password(
         // Like pool_timeout: a client should come back, not hammer a restarting server.
         assert_eq!(reply.headers[header::RETRY_AFTER], "1", "{uri}");
     }
+    // Not ready, but alive: take it out of rotation, do not restart it.
+    let ready = get(&app, "/health/ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.body["error"], "database_unavailable");
+    assert_eq!(ready.headers[header::RETRY_AFTER], "1");
+    assert_eq!(get(&app, "/health/live").await.status, StatusCode::OK);
     // A validation error is reported before any checkout: no database needed.
     let reply = get(&app, "/items?limit=1000").await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
     pool.close(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn ready_is_503_within_a_second_when_the_pool_cannot_lend_and_after_close() {
+    let db = SqliteDb::new();
+    let pool = db.pool(config(1, 0, Duration::from_secs(30))).await;
+    let app = router(pool.clone(), None);
+    assert_eq!(get(&app, "/health/ready").await.status, StatusCode::OK);
+    let held = pool.get().await.expect("the only connection");
+    let started = std::time::Instant::now();
+    let busy = get(&app, "/health/ready").await;
+    let took = started.elapsed();
+    assert_eq!(
+        busy.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        busy.body
+    );
+    assert_eq!(busy.body["error"], "not_ready");
+    // Well inside a probe's usual 1 s timeout, not the pool's 30 s pool_timeout.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(get(&app, "/health/live").await.status, StatusCode::OK);
+    drop(held);
+    assert_eq!(get(&app, "/health/ready").await.status, StatusCode::OK);
+    pool.close(Duration::from_secs(5)).await;
+    let closed = get(&app, "/health/ready").await;
+    assert_eq!(closed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(closed.body["error"], "shutting_down");
 }
 
 #[tokio::test]

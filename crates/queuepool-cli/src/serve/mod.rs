@@ -14,9 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use queuepool::{Pool, PoolConfig};
-use queuepool_axum::pool_routes;
+use queuepool_axum::{health_routes, pool_routes, record_http_metrics};
 use tokio::net::TcpListener;
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tower_http::LatencyUnit;
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::trace::{DefaultOnFailure, DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -146,6 +148,7 @@ pub fn routes_with<M: Store>(
                 .put(update_item::<M>)
                 .delete(delete_item::<M>),
         )
+        .merge(health_routes::<M, AppState<M>>())
         .merge(pool_routes::<M, AppState<M>>(prometheus))
         .merge(queuepool_axum::dashboard::routes::<M, AppState<M>>())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api::ApiDoc::openapi()))
@@ -153,9 +156,42 @@ pub fn routes_with<M: Store>(
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn_with_state(timeouts, bound_request))
-        // Request logs at debug (`RUST_LOG=tower_http=debug`); failures are already
-        // logged once, with their cause, where they are mapped to a status code.
-        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        .layer(access_log())
+        .layer(middleware::from_fn(record_http_metrics))
+}
+
+/// The type of [`access_log`]'s layer.
+type AccessLog = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    fn(&Request) -> tracing::Span,
+    DefaultOnRequest,
+    DefaultOnResponse,
+>;
+
+/// The access log: one `info` line per request, when its response is ready, with the
+/// method and path (not the query string, which may carry secrets) in the span and the
+/// status and latency in the event:
+///
+/// ```text
+/// INFO request{method=GET path=/items/7}: tower_http::trace::on_response: finished processing request latency=812 μs status=200
+/// ```
+///
+/// Off with `RUST_LOG=info,tower_http=warn`. Failures are also logged once, with their
+/// cause, where they are mapped to a status code, so the layer's own failure line is at
+/// debug.
+fn access_log() -> AccessLog {
+    fn span(request: &Request) -> tracing::Span {
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+    }
+    TraceLayer::new_for_http()
+        .make_span_with(span as fn(&Request) -> tracing::Span)
+        .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+        .on_response(
+            DefaultOnResponse::new()
+                .level(Level::INFO)
+                .latency_unit(LatencyUnit::Micros),
+        )
+        .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
 }
 
 /// The complete app for `pool`, with the default [`Timeouts`].
@@ -244,9 +280,11 @@ async fn run_with<M: Store>(
             source,
         })?;
     let addr = listener.local_addr().map_err(CliError::Serve)?;
+    let shutdown = shutdown_signal();
     let shown = display_addr(addr);
     tracing::info!(
-        "listening on http://{shown} (API docs: http://{shown}/docs, pool: http://{shown}/pool)"
+        "listening on http://{shown} (API docs: http://{shown}/docs, dashboard: \
+         http://{shown}/dashboard, pool: http://{shown}/pool, metrics: http://{shown}/metrics)"
     );
     let app = router_with_reads(
         pool.clone(),
@@ -258,7 +296,7 @@ async fn run_with<M: Store>(
         listener,
         app,
         pool,
-        shutdown_signal(),
+        shutdown,
         config.shutdown_timeout,
     )
     .await;
@@ -347,31 +385,83 @@ pub async fn serve_app<M: Store>(
     Ok(())
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM, and from then on a second one
+/// ends the process at once (exit status 130 or 143, as a shell reports a process
+/// killed by that signal) without waiting for running requests or the pool.
+///
+/// The handlers are installed when this function is called, not when the future is
+/// first polled: call it before announcing the service, so that a signal sent as soon
+/// as the "listening on" line appears is a graceful shutdown, not the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let mut signals = Signals::install();
+    async move {
+        let first = signals.recv().await;
+        tracing::info!("received {first}; send it again to exit at once");
+        tokio::spawn(async move {
+            let second = signals.recv().await;
+            tracing::warn!(
+                "received {second} during shutdown: exiting now, without waiting for \
+                 running requests"
+            );
+            std::process::exit(match second {
+                "SIGTERM" => 143,
+                _ => 130,
+            });
+        });
+    }
+}
+
+/// SIGINT and SIGTERM handlers, installed once and received from many times.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .map_err(|error| tracing::warn!("cannot listen for {name}: {error}"))
+                .ok()
+        };
+        Signals {
+            interrupt: install(SignalKind::interrupt(), "SIGINT"),
+            terminate: install(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Signals {
+        Signals {}
+    }
+
+    /// Waits for the next SIGINT or SIGTERM and names it.
+    #[cfg(unix)]
+    async fn recv(&mut self) -> &'static str {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = next(&mut self.interrupt) => "SIGINT",
+            () = next(&mut self.terminate) => "SIGTERM",
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn recv(&mut self) -> &'static str {
         if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!("cannot listen for SIGINT: {error}");
+            tracing::warn!("cannot listen for Ctrl-C: {error}");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!("cannot listen for SIGTERM: {error}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("received SIGINT"),
-        () = terminate => tracing::info!("received SIGTERM"),
+        "SIGINT"
     }
 }

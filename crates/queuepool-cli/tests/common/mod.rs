@@ -295,6 +295,12 @@ pub async fn crud_spec<M: Store>(pool: Pool<M>, backend: &str) {
     let health = get(&app, "/health").await;
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.body, json!({"status": "ok", "database": backend}));
+    let live = get(&app, "/health/live").await;
+    assert_eq!(live.status, StatusCode::OK);
+    assert_eq!(live.body["status"], "alive");
+    let ready = get(&app, "/health/ready").await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert_eq!(ready.body["status"], "ready");
 
     assert_eq!(get(&app, "/items").await.body, json!([]));
 
