@@ -292,14 +292,7 @@ async fn run_with<M: Store>(
         prometheus,
         config.timeouts(),
     );
-    let served = serve_app(
-        listener,
-        app,
-        pool,
-        shutdown,
-        config.shutdown_timeout,
-    )
-    .await;
+    let served = serve_app(listener, app, pool, shutdown, config.shutdown_timeout).await;
     read_side.close(Duration::from_secs(1)).await;
     served
 }
