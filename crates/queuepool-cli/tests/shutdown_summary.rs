@@ -57,7 +57,9 @@ async fn close_returns_only_after_the_last_connection_is_counted_closed() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!closer.is_finished());
     // Discarded from a thread outside the runtime, so that close() can wake on a
-    // worker while this thread is still inside the pool's close bookkeeping.
+    // worker while this thread is still inside the pool's close bookkeeping. (Also a
+    // guard dropped where no runtime runs: the discard must not poll the manager's
+    // close, which needs one, and panic.)
     std::thread::spawn(move || {
         PooledConn::invalidate(&mut conn);
         drop(conn);
