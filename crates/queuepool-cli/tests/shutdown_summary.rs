@@ -56,11 +56,12 @@ async fn close_returns_only_after_the_last_connection_is_counted_closed() {
     // close() is now waiting for the lent connection.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!closer.is_finished());
-    // Discarded from a thread outside the runtime, so that close() can wake on a
-    // worker while this thread is still inside the pool's close bookkeeping. (Also a
-    // guard dropped where no runtime runs: the discard must not poll the manager's
-    // close, which needs one, and panic.)
+    // Discarded from a thread that is not one of the runtime's workers (but inside its
+    // context, as the manager's close needs), so that close() can wake on a worker
+    // while this thread is still inside the pool's close bookkeeping.
+    let runtime = tokio::runtime::Handle::current();
     std::thread::spawn(move || {
+        let _context = runtime.enter();
         PooledConn::invalidate(&mut conn);
         drop(conn);
     })

@@ -515,19 +515,13 @@ impl<M: Manager> Inner<M> {
             lease.inner.manager.close(conn.raw).await;
             lease
         });
-        if !rt::can_spawn() {
-            // No runtime (a guard dropped on a plain thread): a close that needs one
-            // (I/O, `spawn_blocking`) would panic when polled. The connection is
-            // dropped, and with it the slot, without it.
-            drop(op);
-            return;
-        }
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match op.as_mut().poll(&mut cx) {
             std::task::Poll::Ready(lease) => drop(lease),
-            std::task::Poll::Pending => rt::spawn(async move {
+            std::task::Poll::Pending if rt::can_spawn() => rt::spawn(async move {
                 let _ = rt::deadline(deadline, op).await;
             }),
+            std::task::Poll::Pending => drop(op),
         }
     }
 
