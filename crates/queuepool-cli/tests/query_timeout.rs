@@ -159,6 +159,10 @@ async fn a_request_that_never_completes_ends_with_503_at_the_request_timeout() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     // A body announced but never sent: the handler waits for it forever.
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Before the write: the server's timer starts when the request arrives, which can
+    // be before this task runs again after `write_all` (measured 799 ms against 800 ms
+    // under load when the clock was read after the write).
+    let started = Instant::now();
     socket
         .write_all(
             b"POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
@@ -166,7 +170,6 @@ async fn a_request_that_never_completes_ends_with_503_at_the_request_timeout() {
         )
         .await
         .unwrap();
-    let started = Instant::now();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
         .await
