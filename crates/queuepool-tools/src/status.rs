@@ -28,12 +28,19 @@ pub struct StatusArgs {
 
 /// `<base>/pool`, checked to be an http(s) URL.
 pub fn pool_url(base: &str) -> Result<String, ToolsError> {
-    let parsed = url::Url::parse(base.trim())
-        .map_err(|e| ToolsError::arg("--url", format!("invalid URL {base:?}: {e}")))?;
+    let trimmed = base.trim();
+    // `127.0.0.1:8000` or `localhost:8000`: the scheme is missing; say which to add.
+    let hint = if trimmed.contains("://") {
+        String::new()
+    } else {
+        format!(" (did you mean \"http://{trimmed}\"?)")
+    };
+    let parsed = url::Url::parse(trimmed)
+        .map_err(|e| ToolsError::arg("--url", format!("invalid URL {base:?}: {e}{hint}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ToolsError::arg(
             "--url",
-            format!("invalid URL {base:?}: expected http:// or https://"),
+            format!("invalid URL {base:?}: expected http:// or https://{hint}"),
         ));
     }
     Ok(format!("{}/pool", parsed.as_str().trim_end_matches('/')))
@@ -197,6 +204,15 @@ mod tests {
         let err = pool_url("ftp://x").unwrap_err().to_string();
         assert!(err.starts_with("--url: invalid URL"), "{err}");
         assert!(pool_url("not a url").is_err());
+        for bare in ["127.0.0.1:8123", "localhost:8123"] {
+            let err = pool_url(bare).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("did you mean \"http://{bare}\"?")),
+                "{err}"
+            );
+        }
+        let err = pool_url("ftp://x").unwrap_err().to_string();
+        assert!(!err.contains("did you mean"), "{err}");
     }
 
     #[test]
