@@ -28,6 +28,7 @@ use queuepool_tools::args::{self as parse, PoolArgs, Recycle};
 use serde::Deserialize;
 
 use crate::error::CliError;
+use crate::telemetry::LogFormat;
 
 /// Default `DATABASE_URL`: an SQLite file in the working directory, so that the
 /// service runs with nothing installed.
@@ -112,6 +113,11 @@ pub struct ServeArgs {
     #[arg(long, env = "QUERY_TIMEOUT", value_name = "SECONDS",
           value_parser = parse::positive_duration)]
     pub query_timeout: Option<Duration>,
+
+    /// How log lines are written: `text` (one line per event) or `json` (one JSON
+    /// object per line, for log collectors)
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Print the effective configuration, each value with where it came from, and exit
     /// without opening the database
@@ -288,6 +294,8 @@ pub struct ServeConfig {
     pub read_url: Option<DatabaseUrl>,
     /// A standby lagging more gets no reads (`--max-replica-lag`).
     pub max_replica_lag: Duration,
+    /// How log lines are written (`--log-format`, `LOG_FORMAT`).
+    pub log_format: LogFormat,
     /// Print the configuration and exit (`--print-config`).
     pub print_config: bool,
     /// Where each setting came from, by key name.
@@ -535,6 +543,7 @@ impl ServeConfig {
             query_timeout,
             read_url,
             max_replica_lag,
+            log_format: args.log_format,
             print_config: args.print_config,
             origins: layers.origins,
         })

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
                 }
                 return ExitCode::SUCCESS;
             }
-            telemetry::init_tracing(config.echo_pool, telemetry::LogFormat::default());
+            telemetry::init_tracing(config.echo_pool, config.log_format);
             let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

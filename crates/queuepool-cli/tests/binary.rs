@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const CONFIG_ENV: [&str; 11] = [
+const CONFIG_ENV: [&str; 12] = [
     "DATABASE_URL",
     "POOL_PRESET",
     "POOL_SIZE",
@@ -22,6 +22,7 @@ const CONFIG_ENV: [&str; 11] = [
     "POOL_PRE_PING",
     "BIND",
     "SHUTDOWN_TIMEOUT",
+    "LOG_FORMAT",
     "RUST_LOG",
     "NO_COLOR",
 ];
@@ -304,6 +305,40 @@ fn unknown_key_in_the_config_file_exits_2_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("pool_sise"), "{stderr}");
     assert!(stderr.contains("queuepool.toml"), "{stderr}");
+}
+
+#[tokio::test]
+async fn log_format_json_writes_every_line_as_a_json_object_with_the_access_log() {
+    let db = SqliteDb::new();
+    let mut server = Server::start(
+        &[("DATABASE_URL", &db.url), ("LOG_FORMAT", "json")],
+        &["--echo-pool"],
+    );
+    let reply = reqwest::get(format!("{}/health", server.base))
+        .await
+        .expect("health");
+    assert_eq!(reply.status(), 200);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() > 3, "{log}");
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        assert!(
+            value.get("level").is_some() && value.get("fields").is_some(),
+            "{line}"
+        );
+    }
+    // The access log line of the request, and a pool line from --echo-pool.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("/health") && l.contains("200")),
+        "{log}"
+    );
+    assert!(lines.iter().any(|l| l.contains("queuepool::pool")), "{log}");
 }
 
 #[tokio::test]
