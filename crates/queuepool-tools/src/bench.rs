@@ -66,6 +66,21 @@ pub struct BenchArgs {
     /// number of CPUs]
     #[arg(long, value_name = "N")]
     pub client_threads: Option<String>,
+    /// Compare pool sizes instead of pooled/unpooled: whole numbers and `auto` (between
+    /// 2 and the largest size) or `auto:FLOOR..CEILING`, like 2,4,8,16,32,64,auto;
+    /// PostgreSQL only. Each size runs every --workload for --duration
+    #[arg(long, value_name = "LIST")]
+    pub sizes: Option<String>,
+    /// With --sizes: cpu (an aggregate over generate_series), latency (SELECT 1
+    /// through a proxy adding 5 ms each way), hot-row (every client updates one row),
+    /// switch (cpu, then latency from half-time), several comma-separated, or all;
+    /// --plot F.svg then writes F-<workload>.svg for each [default: all]
+    #[arg(long, value_name = "W", requires = "sizes")]
+    pub workload: Option<String>,
+    /// With --sizes: concurrent clients, each running one query after another
+    /// [default: the largest size, at least 64]
+    #[arg(long, value_name = "N", requires = "sizes")]
+    pub clients: Option<String>,
     /// No progress bar
     #[arg(long)]
     pub quiet: bool,

@@ -40,6 +40,7 @@ pub mod pgbench;
 pub mod pgbouncer;
 pub mod plot;
 pub mod progress;
+pub mod sizes;
 pub mod status;
 pub mod table;
 pub mod target;
@@ -99,8 +100,13 @@ pub fn main(command: Command) -> ExitCode {
                 Ok(report.passed)
             }
             Command::Bench(args) => {
-                let report = bench::run(&args).await?;
-                print!("{}", report.render());
+                if let Some(sizes) = &args.sizes {
+                    let report = sizes::run(&args, sizes).await?;
+                    print!("{}", report.render());
+                } else {
+                    let report = bench::run(&args).await?;
+                    print!("{}", report.render());
+                }
                 for (flag, path) in [("json", &args.json), ("plot", &args.plot)] {
                     if let Some(path) = path {
                         println!("{flag}: wrote {}", path.display());
