@@ -451,14 +451,12 @@ impl ServeConfig {
             layers.origins.insert(key, Origin::Preset(preset));
         }
         layers.origins.insert("pool_pre_ping", Origin::Default);
-        if let Some(n) = layers.pick(
+        let pool_size = layers.pick(
             "pool_size",
             p.pool_size,
             file.pool_size.clone(),
-            parse::count,
-        )? {
-            builder = builder.pool_size(n);
-        }
+            parse::pool_size,
+        )?;
         match layers.pick(
             "max_overflow",
             p.max_overflow,
@@ -468,6 +466,10 @@ impl ServeConfig {
             Some(Overflow::Limited(n)) => builder = builder.max_overflow(n),
             Some(Overflow::Unlimited) => builder = builder.unlimited_overflow(),
             None => {}
+        }
+        // After max_overflow: `auto`'s default ceiling is pool_size + max_overflow.
+        if let Some(size) = pool_size {
+            builder = size.apply(builder);
         }
         if let Some(t) = layers.pick(
             "pool_timeout",
@@ -568,6 +570,12 @@ impl ServeConfig {
     /// with where it came from: what startup logs.
     pub fn describe(&self) -> Vec<String> {
         let p = &self.pool;
+        let size = match p.auto_size {
+            Some((floor, ceiling)) => {
+                format!("auto:{floor}..{ceiling} (kept open {})", p.pool_size)
+            }
+            None => p.pool_size.to_string(),
+        };
         let recycle = p
             .pool_recycle
             .map_or_else(|| "off".to_owned(), |d| format!("{}s", d.as_secs_f64()));
@@ -583,7 +591,7 @@ impl ServeConfig {
                  pool_recycle={} ({}) pre_ping={} ({})",
                 self.preset,
                 self.origin("pool_preset"),
-                p.pool_size,
+                size,
                 self.origin("pool_size"),
                 p.max_overflow,
                 self.origin("max_overflow"),

@@ -80,7 +80,7 @@ fn defaults_are_sqlite_dev_preset_and_localhost_8000() {
 fn flags_and_env_beat_file_beat_preset() {
     let f = file("pool_size = 7\npool_preset = \"prod-low\"\n");
     let mut args = with_file(&f);
-    args.pool.pool_size = Some(9);
+    args.pool.pool_size = Some(queuepool_tools::args::PoolSize::Fixed(9));
     let c = load(&args, &[]).unwrap();
     assert_eq!(
         (c.pool.pool_size, &c.origins["pool_size"]),
@@ -172,7 +172,7 @@ fn clap_reads_every_flag_with_its_typed_parser_and_tags_it_as_a_flag() {
     }
     let error = parse(&["--pool-size", "many"]).unwrap_err().to_string();
     assert!(
-        error.contains("'many' for '--pool-size <N>': expected a whole number >= 0"),
+        error.contains("'many' for '--pool-size <N|auto>': expected a whole number >= 0"),
         "{error}"
     );
     assert!(parse(&["--query-timeout", "0"]).is_err());
@@ -384,4 +384,30 @@ fn redact_url_agrees_with_the_password_the_driver_would_use() {
         let shown = redact_url(url);
         assert!(!shown.contains("s3cret"), "{url} is shown as {shown}");
     }
+}
+
+#[test]
+fn pool_size_auto_from_flag_or_file_takes_the_presets_bounds_or_its_own() {
+    let f = file("pool_size = \"auto\"\npool_preset = \"prod-low\"\n");
+    let c = load(&with_file(&f), &[]).unwrap();
+    // prod-low: pool_size 10 + max_overflow 20.
+    assert_eq!(c.pool.auto_size, Some((2, 30)));
+    assert_eq!(c.pool.pool_size, 10);
+    assert!(
+        c.describe()[1].contains("pool_size=auto:2..30"),
+        "{:?}",
+        c.describe()
+    );
+    let (args, _) = parse(&["--pool-size", "auto:3..8"]).unwrap();
+    let c = load(&args, &[]).unwrap();
+    assert_eq!((c.pool.auto_size, c.pool.pool_size), (Some((3, 8)), 5));
+    let (args, _) = parse(&["--pool-size", "7"]).unwrap();
+    assert_eq!(load(&args, &[]).unwrap().pool.auto_size, None);
+    let f = file("pool_size = \"auto:9..2\"\n");
+    let e = error(&with_file(&f), &[]);
+    assert!(
+        e.contains("pool_size") && e.contains("auto:FLOOR..CEILING"),
+        "{e}"
+    );
+    assert!(parse(&["--pool-size", "automatic"]).is_err());
 }

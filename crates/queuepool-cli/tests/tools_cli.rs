@@ -63,7 +63,7 @@ fn bad_arguments_give_one_line_and_a_non_zero_exit() {
         (
             &["verify", "--database-url", sqlite, "--pool-size", "-3"],
             2,
-            "invalid value '-3' for '--pool-size <N>': expected a whole number >= 0",
+            "invalid value '-3' for '--pool-size <N|auto>': expected a whole number >= 0",
         ),
         (
             &["verify", "--database-url", sqlite, "--preset", "huge"],

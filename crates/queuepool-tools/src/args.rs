@@ -20,10 +20,12 @@ pub struct PoolArgs {
     #[arg(long, env = "POOL_PRESET", value_name = "NAME", visible_alias = "preset",
           value_parser = preset)]
     pub pool_preset: Option<Preset>,
-    /// Connections kept open and reused [default: from the preset, 5]
-    #[arg(long, env = "POOL_SIZE", value_name = "N", allow_hyphen_values = true,
-          value_parser = count)]
-    pub pool_size: Option<u32>,
+    /// Connections kept open and reused [default: from the preset, 5]; `auto` lets
+    /// the pool find the database's best concurrency between 2 and pool_size +
+    /// max_overflow of the preset, `auto:FLOOR..CEILING` between those
+    #[arg(long, env = "POOL_SIZE", value_name = "N|auto", allow_hyphen_values = true,
+          value_parser = pool_size)]
+    pub pool_size: Option<PoolSize>,
     /// Extra connections above pool_size under load; -1 or "unlimited" for no limit
     /// [default: from the preset, 10]
     #[arg(long, env = "MAX_OVERFLOW", value_name = "N", allow_hyphen_values = true,
@@ -45,6 +47,61 @@ pub struct PoolArgs {
     pub pool_pre_ping: Option<bool>,
 }
 
+/// A `pool_size` value: a number, or `auto` with optional bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolSize {
+    /// A fixed `pool_size`.
+    Fixed(u32),
+    /// `pool_size = auto` ([`queuepool::autosize`]), with `(floor, ceiling)` if given
+    /// (`auto:2..40`); otherwise 2 and `pool_size + max_overflow` of the preset.
+    Auto(Option<(u32, u32)>),
+}
+
+impl PoolSize {
+    /// Applies it to `builder`, after the preset and `max_overflow` (the default
+    /// ceiling of `auto` is `pool_size + max_overflow`).
+    pub fn apply(self, builder: ConfigBuilder) -> ConfigBuilder {
+        match self {
+            PoolSize::Fixed(n) => builder.pool_size(n),
+            PoolSize::Auto(None) => builder.auto_size_default(),
+            PoolSize::Auto(Some((floor, ceiling))) => builder.auto_size(floor, ceiling),
+        }
+    }
+}
+
+impl std::fmt::Display for PoolSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolSize::Fixed(n) => write!(f, "{n}"),
+            PoolSize::Auto(None) => f.write_str("auto"),
+            PoolSize::Auto(Some((lo, hi))) => write!(f, "auto:{lo}..{hi}"),
+        }
+    }
+}
+
+/// Value parser: `pool_size`, a whole number >= 0, `auto` or `auto:FLOOR..CEILING`.
+pub fn pool_size(raw: &str) -> Result<PoolSize, String> {
+    let value = raw.trim();
+    if value.eq_ignore_ascii_case("auto") {
+        return Ok(PoolSize::Auto(None));
+    }
+    if let Some(bounds) = value
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("auto:"))
+        .map(|_| &value[5..])
+    {
+        return queuepool::autosize::parse_bounds(bounds)
+            .map(|b| PoolSize::Auto(Some(b)))
+            .ok_or_else(|| {
+                "expected auto:FLOOR..CEILING with 1 <= FLOOR <= CEILING <= 10000, like auto:2..40"
+                    .to_owned()
+            });
+    }
+    count(value)
+        .map(PoolSize::Fixed)
+        .map_err(|_| "expected a whole number >= 0, auto, or auto:FLOOR..CEILING".to_owned())
+}
+
 /// A `pool_recycle` value: a lifetime, or `None` for "keep connections forever".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recycle(pub Option<Duration>);
@@ -56,7 +113,7 @@ impl PoolArgs {
     }
 
     /// `--pool-size`, if given.
-    pub fn pool_size(&self) -> Result<Option<u32>, ToolsError> {
+    pub fn pool_size(&self) -> Result<Option<PoolSize>, ToolsError> {
         Ok(self.pool_size)
     }
 
@@ -73,13 +130,13 @@ impl PoolArgs {
     /// A builder with the preset and every given flag applied.
     pub fn builder(&self) -> Result<ConfigBuilder, ToolsError> {
         let mut builder = PoolConfig::builder().preset(self.preset()?);
-        if let Some(n) = self.pool_size {
-            builder = builder.pool_size(n);
-        }
         match self.max_overflow {
             Some(Overflow::Limited(n)) => builder = builder.max_overflow(n),
             Some(Overflow::Unlimited) => builder = builder.unlimited_overflow(),
             None => {}
+        }
+        if let Some(size) = self.pool_size {
+            builder = size.apply(builder);
         }
         if let Some(t) = self.pool_timeout {
             builder = builder.pool_timeout(t);
@@ -314,9 +371,41 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            error
-                .contains("invalid value '-3' for '--pool-size <N>': expected a whole number >= 0"),
+            error.contains(
+                "invalid value '-3' for '--pool-size <N|auto>': expected a whole number >= 0"
+            ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn pool_size_auto_takes_the_presets_bounds_after_max_overflow_or_its_own() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            pool: PoolArgs,
+        }
+        let config = |argv: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("x").chain(argv.iter().copied())).unwrap();
+            cli.pool.builder().unwrap().build().unwrap()
+        };
+        // dev: pool_size 5; max_overflow given after --pool-size still sets the ceiling.
+        let c = config(&["--pool-size", "auto", "--max-overflow", "6"]);
+        assert_eq!((c.auto_size, c.pool_size), (Some((2, 11)), 5));
+        let c = config(&["--pool-size", "AUTO:3..4"]);
+        assert_eq!(
+            (c.auto_size, c.pool_size, c.max_connections()),
+            (Some((3, 4)), 4, 4)
+        );
+        assert_eq!(config(&["--pool-size", "8"]).auto_size, None);
+        for bad in ["auto:0..4", "auto:5..2", "auto:", "autox"] {
+            assert!(
+                Cli::try_parse_from(["x", "--pool-size", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(pool_size("auto:2..40").unwrap().to_string(), "auto:2..40");
     }
 }

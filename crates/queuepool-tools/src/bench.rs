@@ -425,6 +425,7 @@ async fn run_with<T: Target>(args: &BenchArgs) -> Result<BenchReport, ToolsError
             let mut builder = args.pool.builder()?.pool_timeout(Duration::from_secs(30));
             builder = builder.name("bench").reset_on_return(plan.reset);
             if args.pool.pool_size()?.is_none() {
+                // `--pool-size auto` keeps its own bounds; without it, one per client.
                 builder = builder.pool_size(c);
             }
             if args.pool.max_overflow()?.is_none() {

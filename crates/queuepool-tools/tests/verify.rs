@@ -11,7 +11,7 @@ fn args(url: &str, app: Option<&str>) -> VerifyArgs {
         database_url: url.to_owned(),
         pool: PoolArgs {
             pool_preset: Some(Preset::Dev),
-            pool_size: Some(2),
+            pool_size: Some(queuepool_tools::args::PoolSize::Fixed(2)),
             max_overflow: Some(Overflow::Limited(3)),
             pool_timeout: Some(Duration::from_millis(500)),
             ..PoolArgs::default()

@@ -14,8 +14,9 @@
 //! - above `beta` the limit drops to `X · B + alpha` (the concurrency the measured
 //!   throughput needs at baseline speed, plus a margin), at most halving it;
 //! - below `alpha`, and only if checkouts waited for the limit in that window (the
-//!   limit, not the application, bounds the load), it rises: by a quarter while `H`
-//!   stays at the baseline, by one when queueing starts to show;
+//!   limit, not the application, bounds the load), it rises: doubling until queueing
+//!   first shows (slow start), then by a quarter while `H` stays at the baseline, by
+//!   one when queueing starts to show;
 //! - between the two it holds still (the dead band is what keeps it from oscillating).
 //!
 //! What the designs' own issue trackers say goes wrong, and what this one does:
@@ -165,6 +166,8 @@ pub struct AutoSize {
     baseline: Option<f64>,
     /// When the next probe window starts.
     next_probe: Instant,
+    /// Queueing has shown since the start: growth is by a quarter, no longer doubling.
+    congested: bool,
     /// `(in use, held)` of the window that decided the last decrease.
     decreased_from: Option<(f64, f64)>,
     window: Window,
@@ -185,6 +188,7 @@ impl AutoSize {
             settle_from: now,
             baseline: None,
             next_probe: now + PROBE_INTERVAL,
+            congested: false,
             decreased_from: None,
             window: Window::new(now),
             last: None,
@@ -314,7 +318,10 @@ impl AutoSize {
             let target = target.max((limit / 2.0).ceil()).min(limit - 1.0);
             (target as usize, LimitReason::Queueing)
         } else if queue < alpha && w.queued {
-            let step = if queue < alpha / 2.0 {
+            let step = if queue < alpha / 2.0 && !self.congested {
+                // Slow start (as TCP's): double until the first sign of queueing.
+                self.limit
+            } else if queue < alpha / 2.0 {
                 (self.limit / 4).max(1)
             } else {
                 1
@@ -338,6 +345,9 @@ impl AutoSize {
             if to < self.limit {
                 self.decreased_from = Some((in_use, held));
             }
+            if reason == LimitReason::Queueing || step_was_small(self.limit, to) {
+                self.congested = true;
+            }
             self.limit = to;
             self.settle_from = now;
             self.last = Some(c);
@@ -349,6 +359,11 @@ impl AutoSize {
         }
         change
     }
+}
+
+/// Whether a rise from `from` to `to` was the one-step kind (queueing began to show).
+fn step_was_small(from: usize, to: usize) -> bool {
+    to == from + 1 && from >= 4
 }
 
 /// Parses the bounds of `auto:FLOOR..CEILING` (the part after `auto:`), as every

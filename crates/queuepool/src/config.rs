@@ -360,9 +360,11 @@ impl ConfigBuilder {
     /// wait in the same queue and for the same `pool_timeout` as at a fixed limit; the
     /// limit shrinks by not lending returned connections again, never by taking one
     /// away. `ceiling` is then the most connections open (it replaces `pool_size +
-    /// max_overflow`); `pool_size` stays the number kept open and must not exceed it.
+    /// max_overflow`); `pool_size` stays the number kept open, lowered to the ceiling
+    /// if above it (call `pool_size` after this to choose another).
     pub fn auto_size(mut self, floor: u32, ceiling: u32) -> Self {
         self.config.auto_size = Some((floor, ceiling));
+        self.config.pool_size = self.config.pool_size.min(ceiling).max(1);
         self
     }
 

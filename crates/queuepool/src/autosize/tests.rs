@@ -381,10 +381,11 @@ fn a_limit_at_its_floor_re_measures_the_baseline_by_probing() {
 #[test]
 fn does_not_grow_when_the_application_is_the_limit() {
     // Six clients never make a checkout wait at a limit of six or more: the limit
-    // stops there, though the database would take 36.
+    // stops within one step (a doubling, at the start) of them, though the database
+    // would take 36.
     let run = simulate(&mut auto(2, 64), 6, 20.0, Spread::Uniform, |_| far_away());
     let (_, _, max) = run.limit_range(0.0, 20.0);
-    assert!((6..=7).contains(&max), "{max}");
+    assert!((6..=8).contains(&max), "{max}");
 }
 
 #[test]
