@@ -21,6 +21,9 @@ fn bench_args(url: &str, dir: &std::path::Path) -> BenchArgs {
         plot: Some(dir.join("bench.svg")),
         client_threads: None,
         repeat: "1".into(),
+        sizes: None,
+        workload: None,
+        clients: None,
         quiet: true,
     }
 }

@@ -466,7 +466,7 @@ mod tests {
             (PoolConfig::builder().auto_size(5, 3), "auto_size"),
             (PoolConfig::builder().auto_size(2, 20_000), "auto_size"),
             (
-                PoolConfig::builder().pool_size(10).auto_size(2, 8),
+                PoolConfig::builder().auto_size(2, 8).pool_size(10),
                 "pool_size",
             ),
         ];
