@@ -21,7 +21,37 @@ usage: queuepool-bench core [--json FILE] [--reps N] [--secs S] [--warmup S]
                   queuepool-reset (manager asks for a no-op reset on every return),
                   deadpool, bb8 (default: these four), or the diagnostic
                   tokio-semaphore (bare semaphore, no connections: the fair-handoff ceiling)
-  --scenario LIST scenarios to run: 1-task, 64-tasks-pool-8, 8-tasks-pool-8 (default all)";
+  --scenario LIST scenarios to run: 1-task, 64-tasks-pool-8, 8-tasks-pool-8 (default all)
+
+usage: queuepool-bench pg [--json FILE] [--database-url URL] [--reps N] [--seconds S]
+                          [--warmup S]
+
+  PostgreSQL pools side by side: 32 tasks, pool of 8, SELECT 1 (simple protocol),
+  plain TCP: queuepool + PgManager (defaults), deadpool-postgres (Fast),
+  bb8-postgres (test_on_check_out false, then its default true)
+  --database-url URL  server to use (default postgres://postgres@127.0.0.1:5432/test);
+                      sslmode=disable is added, any other sslmode is refused
+  --reps N            interleaved repetitions per pool; median reported (default 3)
+  --seconds S         measured duration of one repetition (default 3; --secs too)
+  --warmup S          warm-up before each repetition (default 0.5)";
+
+/// Default server of the `pg` group.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// What the `pg` group runs.
+#[derive(Debug, Clone)]
+pub struct PgArgs {
+    /// Where to write the JSON report, if anywhere.
+    pub json: Option<PathBuf>,
+    /// Connection string, as given.
+    pub database_url: String,
+    /// Repetitions per pool.
+    pub reps: usize,
+    /// Measured duration of one repetition.
+    pub secs: Duration,
+    /// Warm-up before each repetition.
+    pub warmup: Duration,
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -45,6 +75,8 @@ pub struct CoreArgs {
 pub enum Command {
     /// `core`: the core pool benchmark.
     Core(CoreArgs),
+    /// `pg`: the PostgreSQL pools against a real server.
+    Pg(PgArgs),
     /// `--help` / `-h` / `help`.
     Help,
 }
@@ -54,12 +86,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, BenchEr
     let mut args = args.into_iter();
     match args.next().as_deref() {
         Some("core") => parse_core(args).map(Command::Core),
+        Some("pg") => parse_pg(args).map(Command::Pg),
         Some("-h" | "--help" | "help") => Ok(Command::Help),
         Some(other) => Err(BenchError::Args(format!(
-            "unknown subcommand `{other}` (expected `core`; try --help)"
+            "unknown subcommand `{other}` (expected `core` or `pg`; try --help)"
         ))),
         None => Err(BenchError::Args(
-            "missing subcommand (expected `core`; try --help)".to_owned(),
+            "missing subcommand (expected `core` or `pg`; try --help)".to_owned(),
         )),
     }
 }
@@ -128,6 +161,85 @@ fn parse_core(mut args: impl Iterator<Item = String>) -> Result<CoreArgs, BenchE
     Ok(out)
 }
 
+/// Splits `--flag=value` / `--flag value`; `Ok(None)` at the end of the arguments.
+fn next_flag(
+    args: &mut impl Iterator<Item = String>,
+    known: &[&str],
+) -> Result<Option<(String, String)>, BenchError> {
+    let Some(arg) = args.next() else {
+        return Ok(None);
+    };
+    let (flag, inline) = match arg.split_once('=') {
+        Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+        _ => (arg.clone(), None),
+    };
+    if flag == "-h" || flag == "--help" {
+        return Err(BenchError::Help);
+    }
+    if !known.contains(&flag.as_str()) {
+        return Err(BenchError::Args(format!(
+            "unknown argument `{arg}` (try --help)"
+        )));
+    }
+    let value = match inline {
+        Some(v) => v,
+        None => args
+            .next()
+            .ok_or_else(|| BenchError::Args(format!("`{flag}` needs a value")))?,
+    };
+    Ok(Some((flag, value)))
+}
+
+fn parse_reps(value: &str) -> Result<usize, BenchError> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        _ => Err(BenchError::Args(format!(
+            "`--reps {value}`: expected an integer from 1 to 100"
+        ))),
+    }
+}
+
+fn parse_pg(mut args: impl Iterator<Item = String>) -> Result<PgArgs, BenchError> {
+    let mut out = PgArgs {
+        json: None,
+        database_url: DEFAULT_DATABASE_URL.to_owned(),
+        reps: 3,
+        secs: Duration::from_secs(3),
+        warmup: Duration::from_millis(500),
+    };
+    let known = [
+        "--json",
+        "--database-url",
+        "--reps",
+        "--seconds",
+        "--secs",
+        "--warmup",
+    ];
+    while let Some((flag, value)) = next_flag(&mut args, &known)? {
+        match flag.as_str() {
+            "--json" => {
+                if value.is_empty() {
+                    return Err(BenchError::Args("`--json` needs a file name".to_owned()));
+                }
+                out.json = Some(PathBuf::from(value));
+            }
+            "--database-url" => {
+                if value.trim().is_empty() {
+                    return Err(BenchError::Args(
+                        "`--database-url` needs a connection string".to_owned(),
+                    ));
+                }
+                out.database_url = value;
+            }
+            "--reps" => out.reps = parse_reps(&value)?,
+            "--seconds" | "--secs" => out.secs = parse_secs(&flag, &value, 0.01)?,
+            "--warmup" => out.warmup = parse_secs(&flag, &value, 0.0)?,
+            _ => unreachable!("flag checked against `known` above"),
+        }
+    }
+    Ok(out)
+}
+
 fn parse_secs(flag: &str, value: &str, min: f64) -> Result<Duration, BenchError> {
     const MAX: f64 = 600.0;
     match value.parse::<f64>() {
@@ -165,7 +277,54 @@ mod tests {
             .map(str::to_owned);
         match parse(all)? {
             Command::Core(c) => Ok(c),
-            Command::Help => panic!("unexpected help"),
+            _ => panic!("expected core"),
+        }
+    }
+
+    fn pg(args: &[&str]) -> Result<PgArgs, BenchError> {
+        let all = std::iter::once("pg")
+            .chain(args.iter().copied())
+            .map(str::to_owned);
+        match parse(all)? {
+            Command::Pg(c) => Ok(c),
+            _ => panic!("expected pg"),
+        }
+    }
+
+    #[test]
+    fn pg_defaults_to_the_local_test_database_three_reps_of_three_seconds() {
+        let c = pg(&[]).unwrap();
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.reps, 3);
+        assert_eq!(c.secs, Duration::from_secs(3));
+        assert!(c.json.is_none());
+    }
+
+    #[test]
+    fn pg_flags_are_parsed_and_bad_ones_are_one_line_errors() {
+        let c = pg(&[
+            "--json",
+            "pg.json",
+            "--database-url=postgres://u@h/db",
+            "--reps",
+            "5",
+            "--seconds",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(c.json, Some(PathBuf::from("pg.json")));
+        assert_eq!(c.database_url, "postgres://u@h/db");
+        assert_eq!(c.reps, 5);
+        assert_eq!(c.secs, Duration::from_millis(1_500));
+        for bad in [
+            vec!["--reps", "0"],
+            vec!["--seconds", "x"],
+            vec!["--database-url", ""],
+            vec!["--database-url"],
+            vec!["--pool", "bb8"],
+        ] {
+            let err = pg(&bad).unwrap_err().to_string();
+            assert!(!err.contains('\n') && !err.is_empty(), "{bad:?}: {err}");
         }
     }
 

@@ -1,9 +1,11 @@
 //! `queuepool-bench`: queuepool side by side with deadpool 0.12 and bb8 0.9, in one
-//! process and one run, with the same no-op manager. See README.md for how to run it
-//! and how to read the figures.
+//! process and one run, with the same no-op manager (`core`), and with deadpool-postgres
+//! and bb8-postgres against a real PostgreSQL server (`pg`). See README.md for how to run
+//! it and how to read the figures.
 
 mod args;
 mod error;
+mod pg;
 mod pools;
 mod report;
 mod runner;
@@ -18,6 +20,7 @@ use report::{RepFigures, Report};
 fn main() -> ExitCode {
     let result = args::parse(std::env::args().skip(1)).and_then(|cmd| match cmd {
         Command::Core(a) => core(&a),
+        Command::Pg(a) => pg::run_group(&a),
         Command::Help => Err(BenchError::Help),
     });
     match result {

@@ -166,7 +166,7 @@ pub fn table(report: &Report) -> String {
 
 /// Writes the JSON report to `path` through a temporary file in the same directory and
 /// a rename, so a reader never sees a half-written file.
-pub fn write_json(report: &Report, path: &Path) -> Result<(), BenchError> {
+pub fn write_json<T: Serialize>(report: &T, path: &Path) -> Result<(), BenchError> {
     let write_err = |source| BenchError::Write {
         path: path.display().to_string(),
         source,
