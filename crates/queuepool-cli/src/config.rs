@@ -114,6 +114,11 @@ pub struct ServeArgs {
           value_parser = parse::positive_duration)]
     pub query_timeout: Option<Duration>,
 
+    /// At start, keep trying to reach the database for this long (seconds, or 500ms,
+    /// 2m) instead of exiting at once when it is down [default: 0, exit at once]
+    #[arg(long, env = "WAIT_FOR_DB", value_name = "SECONDS", value_parser = parse::duration)]
+    pub wait_for_db: Option<Duration>,
+
     /// How log lines are written: `text` (one line per event) or `json` (one JSON
     /// object per line, for log collectors)
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -294,6 +299,8 @@ pub struct ServeConfig {
     pub read_url: Option<DatabaseUrl>,
     /// A standby lagging more gets no reads (`--max-replica-lag`).
     pub max_replica_lag: Duration,
+    /// How long to keep trying to reach the database at start (`--wait-for-db`).
+    pub wait_for_db: Duration,
     /// How log lines are written (`--log-format`, `LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Print the configuration and exit (`--print-config`).
@@ -545,6 +552,7 @@ impl ServeConfig {
             query_timeout,
             read_url,
             max_replica_lag,
+            wait_for_db: args.wait_for_db.unwrap_or_default(),
             log_format: args.log_format,
             print_config: args.print_config,
             origins: layers.origins,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const CONFIG_ENV: [&str; 12] = [
+const CONFIG_ENV: [&str; 13] = [
     "DATABASE_URL",
     "POOL_PRESET",
     "POOL_SIZE",
@@ -23,6 +23,7 @@ const CONFIG_ENV: [&str; 12] = [
     "BIND",
     "SHUTDOWN_TIMEOUT",
     "LOG_FORMAT",
+    "WAIT_FOR_DB",
     "RUST_LOG",
     "NO_COLOR",
 ];
@@ -305,6 +306,55 @@ fn unknown_key_in_the_config_file_exits_2_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("pool_sise"), "{stderr}");
     assert!(stderr.contains("queuepool.toml"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_db_starts_the_service_once_the_database_accepts_connections() {
+    use queuepool_testkit::{FaultMode, FaultProxy};
+
+    let db = pg_db().await;
+    let port = db.manager().unwrap().pg_config().get_ports()[0];
+    let proxy = Arc::new(
+        FaultProxy::start(([127, 0, 0, 1], port).into())
+            .await
+            .unwrap(),
+    );
+    proxy.set_mode(FaultMode::RefuseNew);
+    let url = db.url_via("127.0.0.1", proxy.port()).unwrap();
+    // Without the flag, a database that refuses connections ends the start at once.
+    let output = command(
+        &[("DATABASE_URL", &url)],
+        &["serve", "--bind", "127.0.0.1:0"],
+    )
+    .output()
+    .expect("run queuepool");
+    assert_eq!(output.status.code(), Some(1));
+    // With it, the service waits and starts once the database answers.
+    let opener = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            proxy.set_mode(FaultMode::PassThrough);
+        })
+    };
+    let started = Instant::now();
+    let mut server = Server::start(&[("DATABASE_URL", &url), ("WAIT_FOR_DB", "30")], &[]);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "started before the database answered"
+    );
+    opener.await.unwrap();
+    assert!(
+        server.log().contains("database not reachable yet"),
+        "{}",
+        server.log()
+    );
+    let reply = reqwest::get(format!("{}/health", server.base))
+        .await
+        .expect("health");
+    assert_eq!(reply.status(), 200);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]

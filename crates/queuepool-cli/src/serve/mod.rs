@@ -235,6 +235,33 @@ pub async fn open_pool<M: Store>(url: &str, config: PoolConfig) -> Result<Pool<M
     Ok(pool)
 }
 
+/// [`open_pool`], tried again while the pool cannot start, for at most `wait`
+/// (`--wait-for-db`; zero: once). A service started before its database (a fleet
+/// booting together) waits for it instead of exiting, as HikariCP's
+/// `initializationFailTimeout` allows. A bad URL or a failed migration ends at once.
+pub async fn open_pool_waiting<M: Store>(
+    url: &str,
+    config: PoolConfig,
+    wait: std::time::Duration,
+) -> Result<Pool<M>, CliError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut delay = std::time::Duration::from_millis(250);
+    loop {
+        match open_pool::<M>(url, config.clone()).await {
+            Err(CliError::Pool(error)) if tokio::time::Instant::now() + delay < deadline => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tracing::warn!(
+                    "database not reachable yet ({error}); trying again for {:.1} s more (--wait-for-db)",
+                    left.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs the service with `config` until SIGINT or SIGTERM.
 pub async fn run(
     config: ServeConfig,
@@ -270,7 +297,12 @@ async fn run_with<M: Store>(
     for line in config.describe() {
         tracing::info!("{line}");
     }
-    let pool = open_pool::<M>(config.database_url.expose(), config.pool.clone()).await?;
+    let pool = open_pool_waiting::<M>(
+        config.database_url.expose(),
+        config.pool.clone(),
+        config.wait_for_db,
+    )
+    .await?;
     tracing::info!("pool ready: {}", pool.status());
     let read_side = read_side(&pool, &config).await?;
     let listener = TcpListener::bind(config.bind)
