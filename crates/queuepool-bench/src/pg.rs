@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::args::PgArgs;
 use crate::error::BenchError;
 use crate::report::{self, median};
+use crate::runner::histogram;
 
 /// Pool size of every pool in the group.
 pub const POOL_SIZE: u32 = 8;
@@ -254,11 +255,6 @@ fn run<P: PgBench>(
             p99_wait_us: waits.value_at_quantile(0.99) as f64 / 1_000.0,
         })
     })
-}
-
-fn histogram() -> Histogram<u64> {
-    // Constant bounds within hdrhistogram's limits: construction cannot fail.
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant valid histogram bounds")
 }
 
 async fn worker<P: PgBench>(

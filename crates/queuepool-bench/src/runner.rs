@@ -46,7 +46,7 @@ impl Measurement {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // Bounds are constants within hdrhistogram's limits (low >= 1, high >= 2 * low,
     // sigfig <= 5), so construction cannot fail.
     Histogram::new_with_bounds(1, MAX_WAIT_NS, 3).expect("constant valid histogram bounds")
