@@ -95,7 +95,7 @@ async fn probe(
     limit: Duration,
 ) -> Result<Answer, PgError> {
     let open = match conn.take() {
-        Some(c) if !c.client_ref().is_closed() && !c.is_broken() => c,
+        Some(c) if !c.is_closed() && !c.is_broken() => c,
         _ => match tokio::time::timeout(limit, manager.connect_one()).await {
             Ok(result) => result?,
             Err(_) => return Err(PgError::Timeout(limit)),
@@ -124,7 +124,9 @@ async fn probe(
 }
 
 /// `pg_is_in_recovery()` and `pg_last_wal_replay_lsn()` (NULL on a server that never
-/// was in recovery), one round trip bounded by `limit`.
+/// was in recovery), one round trip bounded by `limit`. Tracked: the connection (a
+/// standby's pooled one, lent on afterwards by a recheck) goes back to its pool
+/// without a round trip.
 pub(super) async fn replay_position(
     conn: &PgConnection,
     limit: Duration,
@@ -132,8 +134,7 @@ pub(super) async fn replay_position(
     let messages = conn
         .timeout(
             limit,
-            conn.client_ref()
-                .simple_query("SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text"),
+            conn.simple_query("SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text"),
         )
         .await?;
     let row = messages
@@ -148,8 +149,10 @@ pub(super) async fn replay_position(
 }
 
 /// The first column of the first row of `sql` (simple protocol), `None` for NULL.
+/// Tracked, like [`replay_position`]: [`ReadWrite::token`](super::ReadWrite::token)
+/// runs it on the borrower's connection.
 pub(super) async fn one_text(conn: &PgConnection, sql: &str) -> Result<Option<String>, PgError> {
-    let messages = conn.client_ref().simple_query(sql).await?;
+    let messages = conn.simple_query(sql).await?;
     Ok(messages.iter().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
         _ => None,
@@ -158,4 +161,52 @@ pub(super) async fn one_text(conn: &PgConnection, sql: &str) -> Result<Option<St
 
 fn parse_lsn(text: Option<&str>) -> Result<Option<Lsn>, PgError> {
     text.map(str::parse).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracked::Pending;
+
+    /// The shared test server (DATABASE_URL, else the local one).
+    fn manager() -> PgManager {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| {
+                "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into()
+            });
+        PgManager::from_url(&url).expect("DATABASE_URL parses")
+    }
+
+    /// A probe round and the token query use the tracked path: the connection is left
+    /// with nothing to settle, so a pooled one (a recheck's, a token's) goes back
+    /// without the empty query an untracked return costs.
+    #[tokio::test]
+    async fn a_monitor_round_leaves_its_connection_tracked() {
+        let manager = manager();
+        let limit = Duration::from_secs(5);
+        let mut conn = None;
+        let flushed = probe(&mut conn, &manager, Watch::Primary, limit)
+            .await
+            .expect("the primary probe answers");
+        assert!(matches!(flushed, Answer::Flushed(Some(_))));
+        let first = conn.as_ref().expect("the probe keeps its connection");
+        assert_eq!(first.pending(), Pending::Nothing, "after the primary probe");
+        assert!(first.was_used(), "the probe did run its query on it");
+
+        // The standby query on a primary: not in recovery, no replay position.
+        let replay = probe(&mut conn, &manager, Watch::Standby(0), limit)
+            .await
+            .expect("the standby probe answers");
+        assert!(matches!(replay, Answer::Replay(false, None)));
+        let open = conn.take().expect("the probe keeps its connection");
+        assert_eq!(open.pending(), Pending::Nothing, "after the standby probe");
+
+        // What `ReadWrite::token` runs on a borrower's connection.
+        let text = one_text(&open, "SELECT 'tracked'").await.expect("query");
+        assert_eq!(text.as_deref(), Some("tracked"));
+        assert_eq!(open.pending(), Pending::Nothing, "after one_text");
+        manager.close(open).await;
+    }
 }
