@@ -349,11 +349,19 @@ impl Manager for SqliteManager {
     }
 
     /// Closes the connection on the blocking pool (closing the last connection of a WAL
-    /// database checkpoints it, which writes to disk).
+    /// database checkpoints it, which writes to disk). Without a tokio runtime (a
+    /// discarded guard dropped on a plain thread) there is no blocking pool: the
+    /// connection is closed on the calling thread, which is not a runtime's worker.
     async fn close(&self, mut conn: SqliteConnection) {
         if let Some(c) = conn.take() {
-            let closed = tokio::task::spawn_blocking(move || c.close().map_err(|(_, e)| e)).await;
-            if let Ok(Err(error)) = closed {
+            let closed = match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => runtime
+                    .spawn_blocking(move || c.close().map_err(|(_, e)| e))
+                    .await
+                    .unwrap_or(Ok(())),
+                Err(_) => c.close().map_err(|(_, e)| e),
+            };
+            if let Err(error) = closed {
                 tracing::debug!(target: "queuepool::sqlite", %error, "error closing SQLite connection");
             }
         }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use queuepool::{Health, Manager, Pool, PoolConfig};
+use queuepool::{Health, Manager, Pool, PoolConfig, PooledConn};
 use queuepool_sqlite::{DEFAULT_BUSY_TIMEOUT, SqliteConnection, SqliteError, SqliteManager};
 use rusqlite::ErrorCode;
 
@@ -555,4 +555,57 @@ async fn connections_opened_together_on_a_new_file_all_succeed() {
         }
     })
     .await
+}
+
+/// A discarded guard dropped on a thread with no tokio runtime: the core polls
+/// `Manager::close` there, which has no blocking pool to use. It closes the connection
+/// on that thread instead of panicking (`spawn_blocking` outside a runtime), and the
+/// slot comes back.
+#[test]
+fn a_guard_discarded_on_a_thread_without_a_runtime_closes_there_and_frees_its_slot() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = runtime.block_on(pool_on(&dir, 1));
+    let mut guard = runtime.block_on(async {
+        let mut guard = pool.get().await.unwrap();
+        guard
+            .interact(|c| c.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);"))
+            .await
+            .unwrap();
+        guard
+    });
+    PooledConn::invalidate(&mut guard);
+    let closed_before = pool.stats().closed;
+    let dropped = std::thread::spawn(move || {
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "a plain thread"
+        );
+        drop(guard);
+    })
+    .join();
+    assert!(dropped.is_ok(), "dropping the discarded guard panicked");
+    assert_eq!(pool.status().checked_out, 0, "the slot came back");
+    assert_eq!(
+        pool.stats().closed,
+        closed_before + 1,
+        "the connection was closed"
+    );
+    runtime.block_on(async {
+        let mut again = tokio::time::timeout(Duration::from_secs(2), pool.get())
+            .await
+            .expect("the only slot is free again")
+            .unwrap();
+        assert_eq!(
+            count(&mut again, "t").await,
+            1,
+            "a new connection, same database"
+        );
+        drop(again);
+        pool.close(Duration::from_secs(5)).await;
+    });
 }
