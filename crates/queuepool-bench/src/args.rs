@@ -24,13 +24,16 @@ usage: queuepool-bench core [--json FILE] [--reps N] [--secs S] [--warmup S]
   --scenario LIST scenarios to run: 1-task, 64-tasks-pool-8, 8-tasks-pool-8 (default all)
 
 usage: queuepool-bench pg [--json FILE] [--database-url URL] [--reps N] [--seconds S]
-                          [--warmup S]
+                          [--warmup S] [--tls]
 
-  PostgreSQL pools side by side: 32 tasks, pool of 8, SELECT 1 (simple protocol),
-  plain TCP: queuepool + PgManager (defaults), deadpool-postgres (Fast),
-  bb8-postgres (test_on_check_out false, then its default true)
+  PostgreSQL pools side by side: 32 tasks, pool of 8, SELECT 1 (simple protocol):
+  queuepool + PgManager (defaults), deadpool-postgres (Fast), bb8-postgres
+  (test_on_check_out false, then its default true), sqlx PgPool (test_before_acquire
+  false, then its default true)
   --database-url URL  server to use (default postgres://postgres@127.0.0.1:5432/test);
                       sslmode=disable is added, any other sslmode is refused
+  --tls               every pool over TLS (certificate verified, SCRAM) against an
+                      ephemeral cluster of queuepool-testkit instead of --database-url
   --reps N            interleaved repetitions per pool; median reported (default 3)
   --seconds S         measured duration of one repetition (default 3; --secs too)
   --warmup S          warm-up before each repetition (default 0.5)";
@@ -51,6 +54,8 @@ pub struct PgArgs {
     pub secs: Duration,
     /// Warm-up before each repetition.
     pub warmup: Duration,
+    /// `--tls`: against an ephemeral TLS cluster instead of `database_url`.
+    pub tls: bool,
 }
 
 /// What to run.
@@ -162,6 +167,9 @@ fn parse_core(mut args: impl Iterator<Item = String>) -> Result<CoreArgs, BenchE
 }
 
 /// Splits `--flag=value` / `--flag value`; `Ok(None)` at the end of the arguments.
+/// Flags that take no value (only where a subcommand lists them in `known`).
+const SWITCHES: [&str; 1] = ["--tls"];
+
 fn next_flag(
     args: &mut impl Iterator<Item = String>,
     known: &[&str],
@@ -180,6 +188,12 @@ fn next_flag(
         return Err(BenchError::Args(format!(
             "unknown argument `{arg}` (try --help)"
         )));
+    }
+    if SWITCHES.contains(&flag.as_str()) {
+        if inline.is_some() {
+            return Err(BenchError::Args(format!("`{flag}` takes no value")));
+        }
+        return Ok(Some((flag, String::new())));
     }
     let value = match inline {
         Some(v) => v,
@@ -206,6 +220,7 @@ fn parse_pg(mut args: impl Iterator<Item = String>) -> Result<PgArgs, BenchError
         reps: 3,
         secs: Duration::from_secs(3),
         warmup: Duration::from_millis(500),
+        tls: false,
     };
     let known = [
         "--json",
@@ -214,6 +229,7 @@ fn parse_pg(mut args: impl Iterator<Item = String>) -> Result<PgArgs, BenchError
         "--seconds",
         "--secs",
         "--warmup",
+        "--tls",
     ];
     while let Some((flag, value)) = next_flag(&mut args, &known)? {
         match flag.as_str() {
@@ -234,6 +250,7 @@ fn parse_pg(mut args: impl Iterator<Item = String>) -> Result<PgArgs, BenchError
             "--reps" => out.reps = parse_reps(&value)?,
             "--seconds" | "--secs" => out.secs = parse_secs(&flag, &value, 0.01)?,
             "--warmup" => out.warmup = parse_secs(&flag, &value, 0.0)?,
+            "--tls" => out.tls = true,
             _ => unreachable!("flag checked against `known` above"),
         }
     }
@@ -298,6 +315,7 @@ mod tests {
         assert_eq!(c.reps, 3);
         assert_eq!(c.secs, Duration::from_secs(3));
         assert!(c.json.is_none());
+        assert!(!c.tls);
     }
 
     #[test]
@@ -310,8 +328,10 @@ mod tests {
             "5",
             "--seconds",
             "1.5",
+            "--tls",
         ])
         .unwrap();
+        assert!(c.tls, "--tls takes no value");
         assert_eq!(c.json, Some(PathBuf::from("pg.json")));
         assert_eq!(c.database_url, "postgres://u@h/db");
         assert_eq!(c.reps, 5);
@@ -322,6 +342,7 @@ mod tests {
             vec!["--database-url", ""],
             vec!["--database-url"],
             vec!["--pool", "bb8"],
+            vec!["--tls=yes"],
         ] {
             let err = pg(&bad).unwrap_err().to_string();
             assert!(!err.contains('\n') && !err.is_empty(), "{bad:?}: {err}");
@@ -367,6 +388,7 @@ mod tests {
             vec!["--json"],
             vec!["--frobnicate"],
             vec!["--pool", "r2d2"],
+            vec!["--tls"],
         ] {
             let err = core(&bad).unwrap_err().to_string();
             assert!(!err.contains('\n'), "{bad:?}: {err}");

@@ -1,6 +1,6 @@
 //! `queuepool-bench`: queuepool side by side with deadpool 0.12 and bb8 0.9, in one
-//! process and one run, with the same no-op manager (`core`), and with deadpool-postgres
-//! and bb8-postgres against a real PostgreSQL server (`pg`). See README.md for how to run
+//! process and one run, with the same no-op manager (`core`), and with deadpool-postgres,
+//! bb8-postgres and sqlx against a real PostgreSQL server (`pg`). See README.md for how to run
 //! it and how to read the figures.
 
 mod args;

@@ -1,16 +1,24 @@
 //! The `pg` group (issue 10 §4): the PostgreSQL pools side by side against a real
 //! server. 32 tasks share a pool of 8; each checks a connection out (timed), runs
-//! `SELECT 1` over the simple protocol and returns it. Plain TCP only (`sslmode=disable`
-//! for every pool); TLS and sqlx are not measured yet.
+//! `SELECT 1` over the simple protocol and returns it. Plain TCP against the given
+//! server (`sslmode=disable` for every pool), or with `--tls` every pool over TLS
+//! (certificate verified) against an ephemeral cluster of the testkit.
 
 use std::future::Future;
 use std::io::Read as _;
+use std::path::Path;
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use queuepool_postgres::tokio_postgres::{self, NoTls};
+use queuepool_postgres::tokio_postgres::config::{Host, SslMode};
+use queuepool_postgres::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use queuepool_postgres::tokio_postgres::{self, NoTls, Socket};
+use queuepool_testkit::EphemeralCluster;
 use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::args::PgArgs;
 use crate::error::BenchError;
@@ -21,8 +29,10 @@ use crate::runner::histogram;
 pub const POOL_SIZE: u32 = 8;
 /// Concurrent tasks.
 pub const TASKS: usize = 32;
-/// Scenario name in the table and the JSON.
+/// Scenario name in the table and the JSON (plain TCP).
 pub const SCENARIO: &str = "select1-32-tasks-pool-8";
+/// Scenario name with `--tls`.
+pub const SCENARIO_TLS: &str = "select1-32-tasks-pool-8-tls";
 /// Runtime worker threads (the machine the figures come from has two cores).
 const WORKERS: usize = 2;
 /// Longest wait a pool may impose before the run is declared broken.
@@ -39,15 +49,22 @@ pub enum PgPoolKind {
     Bb8NoTest,
     /// bb8-postgres with its defaults (`SELECT` round trip on every checkout).
     Bb8Default,
+    /// sqlx `PgPool` with `test_before_acquire(false)`.
+    SqlxNoTest,
+    /// sqlx `PgPool` with its default `test_before_acquire(true)` (a ping on every
+    /// checkout of a connection idle for more than a second, as sqlx 0.8 does).
+    SqlxDefault,
 }
 
 impl PgPoolKind {
     /// The pools of a run, in the order they are interleaved and printed.
-    pub const ALL: [PgPoolKind; 4] = [
+    pub const ALL: [PgPoolKind; 6] = [
         PgPoolKind::Queuepool,
         PgPoolKind::Deadpool,
         PgPoolKind::Bb8NoTest,
         PgPoolKind::Bb8Default,
+        PgPoolKind::SqlxNoTest,
+        PgPoolKind::SqlxDefault,
     ];
 
     /// The name used in the table and the JSON (`pool` key).
@@ -57,14 +74,16 @@ impl PgPoolKind {
             PgPoolKind::Deadpool => "deadpool-postgres",
             PgPoolKind::Bb8NoTest => "bb8-postgres",
             PgPoolKind::Bb8Default => "bb8-postgres-test-on-checkout",
+            PgPoolKind::SqlxNoTest => "sqlx-pgpool",
+            PgPoolKind::SqlxDefault => "sqlx-pgpool-test-before-acquire",
         }
     }
 }
 
 /// The connection string every pool gets: the user's, with `sslmode=disable` added when
 /// it names no `sslmode` (PostgreSQL's default `prefer` would give queuepool TLS and the
-/// `NoTls` peers plain TCP). Any other `sslmode` is refused: this group measures plain
-/// connections only.
+/// `NoTls` peers plain TCP). Any other `sslmode` is refused: TLS is `--tls`, against
+/// a cluster whose certificate the bench knows.
 pub fn plain_url(url: &str) -> Result<String, BenchError> {
     let lower = url.to_ascii_lowercase();
     if let Some(at) = lower.find("sslmode=") {
@@ -76,8 +95,9 @@ pub fn plain_url(url: &str) -> Result<String, BenchError> {
             return Ok(url.to_owned());
         }
         return Err(BenchError::Args(format!(
-            "`--database-url`: sslmode={value}: the pg group measures plain connections only \
-             (--tls is not implemented yet); use sslmode=disable or leave it out"
+            "`--database-url`: sslmode={value}: without --tls the pg group measures plain \
+             connections; use sslmode=disable or leave it out, or --tls for TLS against an \
+             ephemeral cluster"
         )));
     }
     if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
@@ -95,82 +115,169 @@ fn pool_error(kind: PgPoolKind, err: impl std::fmt::Display) -> BenchError {
     }
 }
 
-/// One operation as the bench sees it: check out (returning how long that waited), run
-/// `SELECT 1` over the simple protocol, return the connection.
-trait PgBench: Clone + Send + Sync + 'static {
-    fn op(&self) -> impl Future<Output = Result<Duration, BenchError>> + Send;
-    fn prefill(&self) -> impl Future<Output = Result<(), BenchError>> + Send;
-}
-
 const QUERY: &str = "SELECT 1";
 
-impl PgBench for queuepool::Pool<queuepool_postgres::PgManager> {
-    async fn op(&self) -> Result<Duration, BenchError> {
-        let t0 = Instant::now();
-        let conn = self
-            .get()
+/// A lent connection that runs the bench's query, `SELECT 1` over the simple protocol.
+trait Select1: Send {
+    fn select1(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// A pool as the bench uses it: lend one connection (returned when it is dropped).
+trait Lend: Send + Sync + 'static {
+    type Conn<'a>: Select1
+    where
+        Self: 'a;
+    /// Whether building the pool already opened `POOL_SIZE` connections.
+    const PREFILLED: bool;
+    fn lend(&self) -> impl Future<Output = Result<Self::Conn<'_>, String>> + Send;
+}
+
+impl Select1 for queuepool::PooledConn<queuepool_postgres::PgManager> {
+    async fn select1(&mut self) -> Result<(), String> {
+        // `PgConnection::simple_query`, the tracked path (not the raw client's).
+        self.simple_query(QUERY)
             .await
-            .map_err(|e| pool_error(PgPoolKind::Queuepool, e))?;
-        let waited = t0.elapsed();
-        conn.simple_query(QUERY)
-            .await
-            .map_err(|e| pool_error(PgPoolKind::Queuepool, e))?;
-        Ok(waited)
-    }
-    async fn prefill(&self) -> Result<(), BenchError> {
-        // `Pool::new` already opened `pool_size` connections.
-        Ok(())
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 
-impl PgBench for deadpool_postgres::Pool {
-    async fn op(&self) -> Result<Duration, BenchError> {
-        let t0 = Instant::now();
-        let conn = self
-            .get()
-            .await
-            .map_err(|e| pool_error(PgPoolKind::Deadpool, e))?;
-        let waited = t0.elapsed();
-        conn.simple_query(QUERY)
-            .await
-            .map_err(|e| pool_error(PgPoolKind::Deadpool, e))?;
-        Ok(waited)
+impl Lend for queuepool::Pool<queuepool_postgres::PgManager> {
+    type Conn<'a> = queuepool::PooledConn<queuepool_postgres::PgManager>;
+    const PREFILLED: bool = true;
+    async fn lend(&self) -> Result<Self::Conn<'_>, String> {
+        self.get().await.map_err(|e| e.to_string())
     }
-    async fn prefill(&self) -> Result<(), BenchError> {
-        let mut held = Vec::new();
-        for _ in 0..POOL_SIZE {
-            held.push(
-                self.get()
-                    .await
-                    .map_err(|e| pool_error(PgPoolKind::Deadpool, e))?,
-            );
+}
+
+impl Select1 for deadpool_postgres::Object {
+    async fn select1(&mut self) -> Result<(), String> {
+        self.simple_query(QUERY)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Lend for deadpool_postgres::Pool {
+    type Conn<'a> = deadpool_postgres::Object;
+    const PREFILLED: bool = false;
+    async fn lend(&self) -> Result<Self::Conn<'_>, String> {
+        self.get().await.map_err(|e| e.to_string())
+    }
+}
+
+/// What bb8-postgres and deadpool-postgres need of a TLS connector ([`NoTls`] or
+/// rustls).
+trait PgTls: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static
+where
+    Self::Stream: Send + Sync,
+    Self::TlsConnect: Send + Sync,
+    <Self::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+}
+
+impl<T> PgTls for T
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+}
+
+type Bb8Pool<T> = bb8::Pool<bb8_postgres::PostgresConnectionManager<T>>;
+
+impl<T: PgTls> Select1 for bb8::PooledConnection<'_, bb8_postgres::PostgresConnectionManager<T>>
+where
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    async fn select1(&mut self) -> Result<(), String> {
+        self.simple_query(QUERY)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl<T: PgTls> Lend for Bb8Pool<T>
+where
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    type Conn<'a> = bb8::PooledConnection<'a, bb8_postgres::PostgresConnectionManager<T>>;
+    const PREFILLED: bool = false;
+    async fn lend(&self) -> Result<Self::Conn<'_>, String> {
+        self.get().await.map_err(|e| e.to_string())
+    }
+}
+
+impl Select1 for sqlx::pool::PoolConnection<sqlx::Postgres> {
+    async fn select1(&mut self) -> Result<(), String> {
+        // `raw_sql` is sqlx's simple-protocol query (no statement preparation). Through
+        // `Executor::execute`, whose boxed future is `Send` as written (what
+        // `RawSql::execute` calls too); the generic `RawSql::execute` inside an
+        // `async fn` of a trait trips the compiler's higher-ranked `Send` check.
+        sqlx::Executor::execute(&mut **self, sqlx::raw_sql(QUERY))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Lend for sqlx::PgPool {
+    type Conn<'a> = sqlx::pool::PoolConnection<sqlx::Postgres>;
+    const PREFILLED: bool = false;
+    async fn lend(&self) -> Result<Self::Conn<'_>, String> {
+        self.acquire().await.map_err(|e| e.to_string())
+    }
+}
+
+/// One pool under test, with the name its errors are reported under.
+struct Bench<P> {
+    pool: Arc<P>,
+    kind: PgPoolKind,
+}
+
+impl<P> Clone for Bench<P> {
+    fn clone(&self) -> Self {
+        Bench {
+            pool: self.pool.clone(),
+            kind: self.kind,
         }
-        Ok(())
     }
 }
 
-type Bb8Pool = bb8::Pool<bb8_postgres::PostgresConnectionManager<NoTls>>;
-
-impl PgBench for Bb8Pool {
+impl<P: Lend> Bench<P> {
+    /// One operation: check out (returning how long that waited), run `SELECT 1`,
+    /// return the connection.
     async fn op(&self) -> Result<Duration, BenchError> {
         let t0 = Instant::now();
-        let conn = self
-            .get()
+        let mut conn = self
+            .pool
+            .lend()
             .await
-            .map_err(|e| pool_error(PgPoolKind::Bb8NoTest, e))?;
+            .map_err(|e| pool_error(self.kind, e))?;
         let waited = t0.elapsed();
-        conn.simple_query(QUERY)
-            .await
-            .map_err(|e| pool_error(PgPoolKind::Bb8NoTest, e))?;
+        conn.select1().await.map_err(|e| pool_error(self.kind, e))?;
         Ok(waited)
     }
+
+    /// Opens `POOL_SIZE` connections (all held at once) unless the pool did already.
     async fn prefill(&self) -> Result<(), BenchError> {
+        if P::PREFILLED {
+            return Ok(());
+        }
         let mut held = Vec::new();
         for _ in 0..POOL_SIZE {
             held.push(
-                self.get()
+                self.pool
+                    .lend()
                     .await
-                    .map_err(|e| pool_error(PgPoolKind::Bb8NoTest, e))?,
+                    .map_err(|e| pool_error(self.kind, e))?,
             );
         }
         Ok(())
@@ -218,12 +325,17 @@ fn parse_cpu(stat: &str) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-fn run<P: PgBench>(
+fn run<P: Lend>(
     rt: &tokio::runtime::Runtime,
+    kind: PgPoolKind,
     pool: P,
     warmup: Duration,
     secs: Duration,
 ) -> Result<PgRep, BenchError> {
+    let pool = Bench {
+        pool: Arc::new(pool),
+        kind,
+    };
     rt.block_on(pool.prefill())?;
     let warm_end = Instant::now() + warmup;
     let end = warm_end + secs;
@@ -257,8 +369,8 @@ fn run<P: PgBench>(
     })
 }
 
-async fn worker<P: PgBench>(
-    pool: P,
+async fn worker<P: Lend>(
+    pool: Bench<P>,
     warm_end: Instant,
     end: Instant,
 ) -> Result<(u64, Histogram<u64>), BenchError> {
@@ -278,10 +390,141 @@ async fn worker<P: PgBench>(
     Ok((ops, waits))
 }
 
+/// Where the pools connect.
+enum Server {
+    /// The given server, plain TCP: the connection string with `sslmode=disable`.
+    Plain(String),
+    /// An ephemeral cluster of the testkit, TLS with its certificate verified.
+    Tls(TlsServer),
+}
+
+/// The `--tls` server and what each client needs to verify it.
+struct TlsServer {
+    /// Kept for the run: dropping it stops the cluster.
+    cluster: EphemeralCluster,
+    /// rustls configuration of the tokio-postgres peers (the cluster's certificate
+    /// as the only root).
+    rustls: Arc<rustls::ClientConfig>,
+}
+
+impl TlsServer {
+    fn start(rt: &tokio::runtime::Runtime) -> Result<TlsServer, BenchError> {
+        let cluster = rt
+            .block_on(EphemeralCluster::new())
+            .map_err(|e| BenchError::Pool {
+                pool: "ephemeral TLS cluster",
+                message: e.to_string(),
+            })?;
+        let rustls = Arc::new(rustls_config(&cluster.root_cert_path())?);
+        Ok(TlsServer { cluster, rustls })
+    }
+
+    /// The cluster's TCP settings for the tokio-postgres peers; the certificate is
+    /// verified by the rustls configuration (`sslmode` here only asks for TLS).
+    fn pg_config(&self) -> tokio_postgres::Config {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host("localhost")
+            .port(self.cluster.port())
+            .user("postgres")
+            .password(self.cluster.password())
+            .dbname("postgres")
+            .ssl_mode(SslMode::Require);
+        pg
+    }
+}
+
+fn rustls_config(root: &Path) -> Result<rustls::ClientConfig, BenchError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let tls_error = |e: &dyn std::fmt::Display| BenchError::Pool {
+        pool: "TLS configuration",
+        message: format!("{}: {e}", root.display()),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(root).map_err(|e| tls_error(&e))? {
+        roots
+            .add(cert.map_err(|e| tls_error(&e))?)
+            .map_err(|e| tls_error(&e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// sqlx's options for the same server as `pg` (plain) or the TLS cluster.
+fn sqlx_options(pg: &tokio_postgres::Config, tls: Option<&TlsServer>) -> PgConnectOptions {
+    let mut options = PgConnectOptions::new_without_pgpass();
+    if let Some(Host::Tcp(host)) = pg.get_hosts().first() {
+        options = options.host(host);
+    }
+    if let Some(port) = pg.get_ports().first() {
+        options = options.port(*port);
+    }
+    if let Some(user) = pg.get_user() {
+        options = options.username(user);
+    }
+    if let Some(password) = pg.get_password() {
+        options = options.password(&String::from_utf8_lossy(password));
+    }
+    if let Some(dbname) = pg.get_dbname() {
+        options = options.database(dbname);
+    }
+    match tls {
+        None => options.ssl_mode(PgSslMode::Disable),
+        Some(server) => options
+            .ssl_mode(PgSslMode::VerifyFull)
+            .ssl_root_cert(server.cluster.root_cert_path()),
+    }
+}
+
+fn deadpool<T>(pg: tokio_postgres::Config, tls: T) -> Result<deadpool_postgres::Pool, BenchError>
+where
+    T: PgTls,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(POOL_SIZE as usize)
+        .build()
+        .map_err(|e| pool_error(PgPoolKind::Deadpool, e))
+}
+
+fn bb8<T>(
+    rt: &tokio::runtime::Runtime,
+    kind: PgPoolKind,
+    pg: tokio_postgres::Config,
+    tls: T,
+) -> Result<Bb8Pool<T>, BenchError>
+where
+    T: PgTls,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let manager = bb8_postgres::PostgresConnectionManager::new(pg, tls);
+    let builder = bb8::Pool::builder()
+        .max_size(POOL_SIZE)
+        .connection_timeout(CHECKOUT_LIMIT)
+        .test_on_check_out(kind == PgPoolKind::Bb8Default);
+    rt.block_on(builder.build(manager))
+        .map_err(|e| pool_error(kind, e))
+}
+
 /// One measurement: a fresh runtime and a fresh, full pool of `kind`.
 fn measure(
     kind: PgPoolKind,
-    url: &str,
+    server: &Server,
     warmup: Duration,
     secs: Duration,
 ) -> Result<PgRep, BenchError> {
@@ -290,11 +533,21 @@ fn measure(
         .enable_all()
         .build()
         .map_err(BenchError::Runtime)?;
-    let pg_config = || tokio_postgres::Config::from_str(url).map_err(|e| pool_error(kind, e));
+    let (pg, tls) = match server {
+        Server::Plain(url) => (
+            tokio_postgres::Config::from_str(url).map_err(|e| pool_error(kind, e))?,
+            None,
+        ),
+        Server::Tls(t) => (t.pg_config(), Some(t)),
+    };
     let rep = match kind {
         PgPoolKind::Queuepool => {
+            let url = match server {
+                Server::Plain(url) => url.clone(),
+                Server::Tls(t) => t.cluster.url("verify-full"),
+            };
             let manager =
-                queuepool_postgres::PgManager::from_url(url).map_err(|e| pool_error(kind, e))?;
+                queuepool_postgres::PgManager::from_url(&url).map_err(|e| pool_error(kind, e))?;
             let config = queuepool::PoolConfig::builder()
                 .pool_size(POOL_SIZE)
                 .max_overflow(0)
@@ -305,34 +558,34 @@ fn measure(
             let pool = rt
                 .block_on(queuepool::Pool::new(manager, config))
                 .map_err(|e| pool_error(kind, e))?;
-            run(&rt, pool, warmup, secs)
+            run(&rt, kind, pool, warmup, secs)
         }
-        PgPoolKind::Deadpool => {
-            let manager = deadpool_postgres::Manager::from_config(
-                pg_config()?,
-                NoTls,
-                deadpool_postgres::ManagerConfig {
-                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-                },
-            );
-            let pool = deadpool_postgres::Pool::builder(manager)
-                .max_size(POOL_SIZE as usize)
-                .build()
-                .map_err(|e| pool_error(kind, e))?;
-            run(&rt, pool, warmup, secs)
-        }
-        PgPoolKind::Bb8NoTest | PgPoolKind::Bb8Default => {
-            let manager = bb8_postgres::PostgresConnectionManager::new(pg_config()?, NoTls);
-            let mut builder = bb8::Pool::builder()
-                .max_size(POOL_SIZE)
-                .connection_timeout(CHECKOUT_LIMIT);
-            if kind == PgPoolKind::Bb8NoTest {
-                builder = builder.test_on_check_out(false);
+        PgPoolKind::Deadpool => match tls {
+            None => run(&rt, kind, deadpool(pg, NoTls)?, warmup, secs),
+            Some(t) => {
+                let tls = MakeRustlsConnect::new((*t.rustls).clone());
+                run(&rt, kind, deadpool(pg, tls)?, warmup, secs)
             }
+        },
+        PgPoolKind::Bb8NoTest | PgPoolKind::Bb8Default => match tls {
+            None => run(&rt, kind, bb8(&rt, kind, pg, NoTls)?, warmup, secs),
+            Some(t) => {
+                let tls = MakeRustlsConnect::new((*t.rustls).clone());
+                run(&rt, kind, bb8(&rt, kind, pg, tls)?, warmup, secs)
+            }
+        },
+        PgPoolKind::SqlxNoTest | PgPoolKind::SqlxDefault => {
+            let options = sqlx_options(&pg, tls);
             let pool = rt
-                .block_on(builder.build(manager))
+                .block_on(
+                    PgPoolOptions::new()
+                        .max_connections(POOL_SIZE)
+                        .acquire_timeout(CHECKOUT_LIMIT)
+                        .test_before_acquire(kind == PgPoolKind::SqlxDefault)
+                        .connect_with(options),
+                )
                 .map_err(|e| pool_error(kind, e))?;
-            run(&rt, pool, warmup, secs)
+            run(&rt, kind, pool, warmup, secs)
         }
     };
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -375,18 +628,37 @@ pub struct PgReport {
     pub pool_size: u32,
     /// Concurrent tasks.
     pub tasks: usize,
+    /// Whether every pool ran over TLS (`--tls`, ephemeral cluster).
+    pub tls: bool,
 }
 
 /// Runs the group.
 pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
-    let url = plain_url(&a.database_url)?;
+    // With `--tls` the cluster lives on its own runtime for the whole run (the
+    // testkit's setup and teardown use it); the measurements get fresh ones.
+    let cluster_rt;
+    let server = if a.tls {
+        cluster_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(BenchError::Runtime)?;
+        let server = TlsServer::start(&cluster_rt)?;
+        eprintln!(
+            "TLS: ephemeral cluster on localhost:{} (sslmode=verify-full, SCRAM)",
+            server.cluster.port()
+        );
+        Server::Tls(server)
+    } else {
+        Server::Plain(plain_url(&a.database_url)?)
+    };
     let mut results: Vec<(PgPoolKind, Vec<PgRep>)> =
         PgPoolKind::ALL.iter().map(|&k| (k, Vec::new())).collect();
     for rep in 0..a.reps {
         for (kind, reps) in &mut results {
-            let r = measure(*kind, &url, a.warmup, a.secs)?;
+            let r = measure(*kind, &server, a.warmup, a.secs)?;
             eprintln!(
-                "{:<30} rep {}/{}: {:>9.0} ops/s  {:>6.1} µs CPU/op  p99 wait {:>9.1} µs",
+                "{:<32} rep {}/{}: {:>9.0} ops/s  {:>6.1} µs CPU/op  p99 wait {:>9.1} µs",
                 kind.name(),
                 rep + 1,
                 a.reps,
@@ -409,7 +681,7 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
             let ops = med(reps, |x| x.ops_per_sec);
             let cpu = med(reps, |x| x.cpu_us_per_op);
             PgRow {
-                name: SCENARIO,
+                name: if a.tls { SCENARIO_TLS } else { SCENARIO },
                 pool: kind.name(),
                 ops_per_sec: ops,
                 cpu_us_per_op: cpu,
@@ -427,7 +699,9 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
         warmup_secs: a.warmup.as_secs_f64(),
         pool_size: POOL_SIZE,
         tasks: TASKS,
+        tls: a.tls,
     };
+    drop(server);
     print!("{}", table(&report));
     if let Some(path) = &a.json {
         report::write_json(&report, path)?;
@@ -438,8 +712,17 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
 
 fn table(r: &PgReport) -> String {
     let mut out = format!(
-        "pg group: {} tasks, pool {}, SELECT 1 (simple protocol), plain TCP; median of {} reps x {:.1} s (warm-up {:.1} s)\n",
-        r.tasks, r.pool_size, r.reps, r.secs, r.warmup_secs
+        "pg group: {} tasks, pool {}, SELECT 1 (simple protocol), {}; median of {} reps x {:.1} s (warm-up {:.1} s)\n",
+        r.tasks,
+        r.pool_size,
+        if r.tls {
+            "TLS (verify-full, ephemeral cluster)"
+        } else {
+            "plain TCP"
+        },
+        r.reps,
+        r.secs,
+        r.warmup_secs
     );
     out.push_str(
         "| pool | ops/s | CPU µs/op | p99 wait µs | ops vs deadpool | CPU vs deadpool |\n",
