@@ -88,6 +88,11 @@
 //! - PgBouncer 1.21 or later with `max_prepared_statements` > 0, which re-prepares
 //!   protocol-level named statements on whichever server connection it uses.
 //!
+//! Both are tested against PgBouncer 1.18 in transaction mode (`tests/pgbouncer.rs`:
+//! an enum in a typed query fails with `prepared statement "sN" does not exist` once
+//! lookups of several client connections mix server connections; as text and over the
+//! simple protocol it never fails under the same load).
+//!
 //! (What the pool itself does is safe there: pings and resets use the simple
 //! protocol, and [`ResetMode::DiscardAll`] does not deallocate statements, so direct
 //! connections keep their type lookups across resets.)
