@@ -109,3 +109,90 @@ async fn guards_dropped_mid_query_never_take_the_server_past_the_pool_limit() ->
     })
     .await
 }
+
+/// Borrowers that hang up mid-query while `close()` waits for them: their connections
+/// are closed as they come back (a cancel request first), so the server holds none of
+/// the pool's backends soon after, though each statement would have run 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_dropped_mid_query_while_the_pool_closes_leave_the_server() -> TestResult {
+    bounded(60, async {
+        let db = Arc::new(TestDb::create().await?);
+        let limit = 2;
+        let config = PoolConfig::builder()
+            .pool_size(limit)
+            .max_overflow(0)
+            .pool_timeout(Duration::from_secs(5))
+            .build()?;
+        let pool = Pool::new(db.manager()?, config).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample(db.clone(), stop.clone());
+        let (hang_up, hung_up) = tokio::sync::watch::channel(false);
+        let running = Arc::new(AtomicUsize::new(0));
+        let borrowers: Vec<_> = (0..limit)
+            .map(|_| {
+                let (pool, running, mut hung_up) = (pool.clone(), running.clone(), hung_up.clone());
+                tokio::spawn(async move {
+                    let conn = pool.get().await?;
+                    running.fetch_add(1, Ordering::SeqCst);
+                    tokio::select! {
+                        r = conn.batch_execute(LINGERING) => {
+                            return Err(format!("the statement ended on its own: {r:?}").into());
+                        }
+                        _ = hung_up.wait_for(|h| *h) => {}
+                    }
+                    drop(conn);
+                    Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+                })
+            })
+            .collect();
+        let both = eventually(Duration::from_secs(10), || async {
+            let active = db
+                .observer()
+                .await?
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                     AND query LIKE 'DO %' AND state = 'active'",
+                    &[&db.application_name()],
+                )
+                .await?
+                .get::<_, i64>(0);
+            Ok(running.load(Ordering::SeqCst) == limit as usize && active == limit as i64)
+        })
+        .await?;
+        assert!(both, "both statements run");
+
+        let closing = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.close(Duration::from_secs(20)).await })
+        };
+        let closed = eventually(Duration::from_secs(5), || async {
+            // Both slots are lent: before close() a checkout waits (and is dropped here).
+            let checkout = tokio::time::timeout(Duration::from_millis(50), pool.get()).await;
+            Ok(matches!(checkout, Ok(Err(e)) if e.is_closed()))
+        })
+        .await?;
+        assert!(closed, "close() began");
+        hang_up.send(true)?;
+        for b in borrowers {
+            b.await??;
+        }
+        let lent = tokio::time::timeout(Duration::from_secs(5), closing).await??;
+        assert_eq!(lent, 0, "both guards came back within the grace");
+        // The statements catch their cancel and linger 0.4 s; without the cancel they
+        // would run for 10 s.
+        let gone = eventually(Duration::from_secs(2), || async {
+            Ok(db.count_connections(db.application_name()).await? == 0)
+        })
+        .await?;
+        stop.store(true, Ordering::Relaxed);
+        let max = sampler.await??;
+        assert!(gone, "backends left after close()");
+        assert!(
+            max <= limit as usize,
+            "{max} backends of a pool limited to {limit}"
+        );
+        assert!(max >= 1, "the sampler saw the pool");
+        Ok(())
+    })
+    .await
+}
