@@ -57,7 +57,8 @@ pub enum PgPoolKind {
 }
 
 impl PgPoolKind {
-    /// The pools of a run, in the order they are interleaved and printed.
+    /// The pools of a run, in the order they are printed and interleaved (reversed
+    /// in every other repetition).
     pub const ALL: [PgPoolKind; 6] = [
         PgPoolKind::Queuepool,
         PgPoolKind::Deadpool,
@@ -655,7 +656,13 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
     let mut results: Vec<(PgPoolKind, Vec<PgRep>)> =
         PgPoolKind::ALL.iter().map(|&k| (k, Vec::new())).collect();
     for rep in 0..a.reps {
-        for (kind, reps) in &mut results {
+        // Every other repetition runs the pools in reverse order, so that no pool
+        // always follows the same one or always runs first, and a drift of the
+        // machine's load during the run weighs on all pools alike (with a fixed order,
+        // two runs that only swapped queuepool and deadpool-postgres moved the ratio
+        // between them by up to 7 %).
+        for i in run_order(results.len(), rep) {
+            let (kind, reps) = &mut results[i];
             let r = measure(*kind, &server, a.warmup, a.secs)?;
             eprintln!(
                 "{:<32} rep {}/{}: {:>9.0} ops/s  {:>6.1} µs CPU/op  p99 wait {:>9.1} µs",
@@ -708,6 +715,15 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The order of the pools in repetition `rep`: forward, then backward, in turn.
+fn run_order(pools: usize, rep: usize) -> Vec<usize> {
+    if rep.is_multiple_of(2) {
+        (0..pools).collect()
+    } else {
+        (0..pools).rev().collect()
+    }
 }
 
 fn table(r: &PgReport) -> String {
@@ -774,6 +790,13 @@ mod tests {
             assert!(err.contains("sslmode="), "{err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn repetitions_alternate_forward_and_backward() {
+        assert_eq!(run_order(3, 0), [0, 1, 2]);
+        assert_eq!(run_order(3, 1), [2, 1, 0]);
+        assert_eq!(run_order(3, 2), [0, 1, 2]);
     }
 
     #[test]
