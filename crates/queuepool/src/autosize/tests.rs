@@ -309,6 +309,43 @@ fn grows_to_the_little_law_optimum_behind_network_latency() {
     assert!(run.mean_held(5.0, 30.0) < 1.3 * (db.work + db.rtt));
 }
 
+/// When the limit first reaches `at_least`, in seconds of the run.
+fn first_reached(run: &Run, at_least: f64) -> Option<f64> {
+    run.limits
+        .iter()
+        .find(|(_, l)| *l as f64 >= at_least)
+        .map(|(t, _)| *t)
+}
+
+#[test]
+fn slow_start_doubles_from_the_floor_to_the_little_law_optimum() {
+    // From a floor of 2 to the 36 connections a database 8 ms away needs: doubling
+    // until queueing first shows takes 4 windows to 32, growing by a quarter would
+    // take 13 (the first runs on PostgreSQL took 9 s to reach 64).
+    let db = far_away();
+    let run = simulate(&mut auto(2, 64), 100, 5.0, Spread::Uniform, |_| db);
+    let reached = first_reached(&run, 0.85 * db.optimum());
+    assert!(
+        reached.is_some_and(|t| t < 0.8),
+        "85 % of the optimum {} first reached at {reached:?} s: {:?}",
+        db.optimum(),
+        run.changes_between(0.0, 5.0)
+    );
+    // The first moves double.
+    let doubled: Vec<(usize, usize)> = run.changes.iter().take(3).map(|c| (c.from, c.to)).collect();
+    assert_eq!(doubled, [(2, 4), (4, 8), (8, 16)]);
+    // So the first second, from 2 connections, already serves over a third of what
+    // the optimum serves (growing by a quarter: a sixth).
+    let x = run.throughput(0.0, 1.0);
+    assert!(
+        x >= 0.35 * db.best_throughput(100),
+        "{x}/s in the first second"
+    );
+    // And slow start ends with the first queueing: after it the limit stays within
+    // ±20 % of where it settles, well below the ceiling it overshot to.
+    run.assert_steady(2.0, 5.0);
+}
+
 #[test]
 fn highly_variable_queries_keep_throughput_and_bounds() {
     for (db, clients, lo, hi) in [(cpu_bound(), 64, 6, 24), (far_away(), 100, 30, 64)] {
