@@ -15,8 +15,10 @@
 //!   throughput needs at baseline speed, plus a margin), at most halving it;
 //! - below `alpha`, and only if checkouts waited for the limit in that window (the
 //!   limit, not the application, bounds the load), it rises: doubling until queueing
-//!   first shows (slow start), then by a quarter while `H` stays at the baseline, by
-//!   one when queueing starts to show;
+//!   first shows (slow start, whose windows are a few round trips long: 2 mean held
+//!   times and 2 returns per connection, so that 2 to 64 takes a fraction of a
+//!   second), then by a quarter while `H` stays at the baseline, by one when queueing
+//!   starts to show;
 //! - between the two it holds still (the dead band is what keeps it from oscillating).
 //!
 //! What the designs' own issue trackers say goes wrong, and what this one does:
@@ -27,7 +29,11 @@
 //!   connections faster (the latency is not ours: the baseline moved, take the new
 //!   value at once), and, when no window has come near it for [`PROBE_INTERVAL`], by
 //!   one short window at half the limit (brpc's and BBR's probe), whose mean becomes
-//!   the new baseline.
+//!   the new baseline. "Near" is inside the dead band's lower edge (`queue < alpha`)
+//!   with at least 1.5 times the connections in use that the baseline was measured
+//!   with: the held time is then flat over that range, and a probe would only make
+//!   checkouts wait (a baseline measured at the limit itself proves nothing and is
+//!   probed).
 //! - *Growth when the application is the limit.* With no waiting checkouts the held time
 //!   says nothing about more connections; the limit does not grow then (Netflix's
 //!   "inflight below half the limit" guard).
@@ -58,6 +64,19 @@ const MIN_WINDOW: Duration = Duration::from_millis(10);
 /// …or after this long, with at least [`MIN_SAMPLES_SLOW`] returns (slow traffic).
 const MAX_WINDOW: Duration = Duration::from_secs(1);
 const MIN_SAMPLES_SLOW: u32 = 4;
+
+/// During slow start (until queueing first shows) a window is shorter: this many
+/// returns, [`START_SAMPLES_PER_CONN`] per connection of the limit, and
+/// [`START_HELD_TIMES`] mean held times, so that the doubling takes a few round trips
+/// (as TCP's, once per round trip) rather than a few seconds: the clients waiting
+/// behind a small limit are what the start costs.
+const START_MIN_SAMPLES: u32 = 8;
+const START_SAMPLES_PER_CONN: u32 = 2;
+const START_HELD_TIMES: f64 = 2.0;
+
+/// A window whose held time is near the baseline, with at least this many times the
+/// connections in use of the windows that measured it, postpones the next probe.
+const PROBE_SKIP_IN_USE: f64 = 1.5;
 
 /// A probe that finds a baseline this much lower than the one it replaces is followed
 /// by another after the next window.
@@ -164,6 +183,9 @@ pub struct AutoSize {
     settle_from: Instant,
     /// Held time at low load, in seconds.
     baseline: Option<f64>,
+    /// The fewest connections in use (window mean) among the windows that set the
+    /// baseline.
+    baseline_in_use: f64,
     /// When the next probe window starts.
     next_probe: Instant,
     /// Queueing has shown since the start: growth is by a quarter, no longer doubling.
@@ -187,6 +209,7 @@ impl AutoSize {
             probing: None,
             settle_from: now,
             baseline: None,
+            baseline_in_use: 0.0,
             next_probe: now + PROBE_INTERVAL,
             congested: false,
             decreased_from: None,
@@ -247,11 +270,14 @@ impl AutoSize {
             // Lent under the previous limit: it says nothing about this one.
             return None;
         }
-        let per_conn = match self.probing {
-            Some(_) => SAMPLES_PER_CONN / 2,
-            None => SAMPLES_PER_CONN,
+        let (min, per_conn, held_times) = match self.probing {
+            Some(_) => (MIN_SAMPLES, SAMPLES_PER_CONN / 2, WINDOW_HELD_TIMES),
+            None if !self.congested => {
+                (START_MIN_SAMPLES, START_SAMPLES_PER_CONN, START_HELD_TIMES)
+            }
+            None => (MIN_SAMPLES, SAMPLES_PER_CONN, WINDOW_HELD_TIMES),
         };
-        let wanted = MIN_SAMPLES.max(per_conn.saturating_mul(self.effective_limit() as u32));
+        let wanted = min.max(per_conn.saturating_mul(self.effective_limit() as u32));
         let w = &mut self.window;
         w.n += 1;
         w.held_sum += held.as_secs_f64();
@@ -259,9 +285,8 @@ impl AutoSize {
         w.queued |= queued;
         let elapsed = now.saturating_duration_since(w.start);
         let mean = w.held_sum / f64::from(w.n);
-        let full = w.n >= wanted
-            && elapsed >= MIN_WINDOW
-            && elapsed.as_secs_f64() >= WINDOW_HELD_TIMES * mean;
+        let full =
+            w.n >= wanted && elapsed >= MIN_WINDOW && elapsed.as_secs_f64() >= held_times * mean;
         let slow = elapsed >= MAX_WINDOW && w.n >= MIN_SAMPLES_SLOW;
         if !(full || slow) {
             return None;
@@ -284,6 +309,7 @@ impl AutoSize {
             // after the next window.
             let again = self.baseline.is_some_and(|old| held < PROBE_AGAIN * old);
             self.baseline = Some(held);
+            self.baseline_in_use = in_use;
             self.next_probe = if again { now } else { now + PROBE_INTERVAL };
             self.limit = restore;
             self.settle_from = now;
@@ -293,16 +319,23 @@ impl AutoSize {
         let decreased_from = self.decreased_from.take();
         let baseline = match self.baseline {
             // Halfway down: one lucky window does not set it alone.
-            Some(b) if held < b => (b + held) / 2.0,
+            Some(b) if held < b => {
+                self.baseline_in_use = self.baseline_in_use.min(in_use);
+                (b + held) / 2.0
+            }
             // A decrease that left connections as slow as before: the latency is not
             // ours (the database or the path to it got slower). Measure anew.
             Some(_)
                 if decreased_from.is_some_and(|(c0, h0)| in_use < 0.85 * c0 && held > 0.9 * h0) =>
             {
+                self.baseline_in_use = in_use;
                 held
             }
             Some(b) => b,
-            None => held,
+            None => {
+                self.baseline_in_use = in_use;
+                held
+            }
         };
         self.baseline = Some(baseline);
 
@@ -311,6 +344,17 @@ impl AutoSize {
         let alpha = (3.0 * log).max(1.0);
         let beta = (6.0 * log).max(2.0);
         let queue = in_use * (1.0 - baseline / held);
+        if queue < alpha
+            && in_use >= PROBE_SKIP_IN_USE * self.baseline_in_use
+            && self.next_probe > now
+        {
+            // Connections are held about as long as when the baseline was measured at
+            // well below this concurrency: the held time is flat over that range, the
+            // baseline is current, and a probe would only make checkouts wait. (A
+            // baseline measured at this concurrency may be one above the knee: that
+            // one is probed.)
+            self.next_probe = now + PROBE_INTERVAL;
+        }
         let (to, reason) = if queue > beta {
             // The concurrency the measured throughput (in_use / held, Little's law)
             // needs at baseline speed, plus the margin; never more than halving at once.
