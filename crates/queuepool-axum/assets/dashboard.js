@@ -34,7 +34,8 @@
     return state.samples.filter((s) => s.t_ms > end - WINDOW_S * 1000);
   }
 
-  // One chart: series of [t_ms, value]; optional dashed reference lines; bars or lines.
+  // One chart: series of [t_ms, value] (a series with `step` holds each value until the
+  // next, on whole pixels); optional dashed reference lines; bars or lines.
   function chart(canvas, series, opts) {
     const dpr = window.devicePixelRatio || 1;
     const w = canvas.clientWidth, h = canvas.clientHeight;
@@ -85,10 +86,13 @@
         continue;
       }
       g.beginPath();
-      let started = false;
+      let started = false, prev = null;
       for (const p of s.points) {
         if (p[0] < t0) continue;
-        if (!started) { g.moveTo(x(p[0]), y(p[1])); started = true; } else g.lineTo(x(p[0]), y(p[1]));
+        const px = s.step ? Math.round(x(p[0])) : x(p[0]), py = s.step ? Math.round(y(p[1])) : y(p[1]);
+        if (!started) { g.moveTo(px, py); started = true; }
+        else { if (s.step) g.lineTo(px, prev); g.lineTo(px, py); }
+        prev = py;
       }
       g.stroke();
     }
@@ -120,12 +124,20 @@
     $("max-connections").textContent = pool.max_connections === null ? "unlimited" : fmt(pool.max_connections);
     $("pool-name").textContent = pool.name ? "pool " + pool.name : "";
     $("status-line").textContent = pool.status || "";
+    const auto = pool.auto_size || null;
+    $("limit-legend").hidden = auto === null;
+    $("limit").textContent = auto ? auto.limit : "-";
+    $("limit-reason").textContent = auto ? auto.reason : "-";
     const pts = (f) => win.map((s) => [s.t_ms, f(s)]);
-    chart($("chart-connections"), [
+    const connections = [
       { color: css("--idle"), points: pts((s) => s.idle) },
       { color: css("--use"), points: pts((s) => s.in_use_peak) },
       { color: css("--wait"), points: pts((s) => s.waiting_peak) },
-    ], { min: 1, refs: [
+    ];
+    // pool_size = auto: the adaptive limit, drawn last so that it stays on top.
+    const limits = win.filter((s) => s.limit !== null && s.limit !== undefined).map((s) => [s.t_ms, s.limit]);
+    if (limits.length) connections.push({ color: css("--limit"), points: limits, step: true });
+    chart($("chart-connections"), connections, { min: 1, refs: [
       { value: pool.pool_size === undefined ? null : pool.pool_size, color: css("--idle") },
       { value: pool.max_connections === undefined ? null : pool.max_connections, color: css("--timeout") },
     ] });

@@ -5,7 +5,8 @@
 //! second, and keeps ten minutes of one-second samples (idle, in use and waiting, with
 //! the peak of in use and waiting within the second so that short bursts show,
 //! checkouts per second, timeouts, the mean wait within the second and the pool's wait
-//! p99). The sampler starts with the first request to the dashboard and stops when the
+//! p99, and with `pool_size = auto` the adaptive limit, drawn as a line on the
+//! connections chart). The sampler starts with the first request to the dashboard and stops when the
 //! router is dropped. Charts are drawn by the page's own script on `<canvas>`.
 
 use std::collections::VecDeque;
@@ -65,6 +66,9 @@ pub struct Sample {
     pub wait_p99_ms: f64,
     /// Connections opened since the pool started.
     pub connections_created: u64,
+    /// `pool_size = auto`: the adaptive limit at the end of the second (null for a
+    /// fixed pool, whose limit is `pool_size + max_overflow`).
+    pub limit: Option<usize>,
 }
 
 /// The server-side history behind the page.
@@ -115,6 +119,7 @@ async fn sample<M: Manager>(history: Weak<History>, pool: Pool<M>) {
     let mut tick = tokio::time::interval(INTERVAL / SUBSAMPLES);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
+    let auto = pool.config().auto_size.is_some();
     loop {
         let (mut in_use_peak, mut waiting_peak) = (0, 0);
         for _ in 0..SUBSAMPLES {
@@ -155,6 +160,7 @@ async fn sample<M: Manager>(history: Weak<History>, pool: Pool<M>) {
             },
             wait_p99_ms: ms(stats.wait.p99),
             connections_created: stats.connections_created,
+            limit: auto.then_some(status.limit),
         });
         previous = stats;
     }
@@ -230,6 +236,14 @@ fn samples_json<M: Manager>(
         Overflow::Limited(_) => Some(config.max_connections()),
         _ => None,
     };
+    let auto = pool.stats().auto_size.map(|a| {
+        serde_json::json!({
+            "limit": a.limit,
+            "floor": a.floor,
+            "ceiling": a.ceiling,
+            "reason": a.reason.name(),
+        })
+    });
     (
         [(header::CACHE_CONTROL, "no-cache")],
         axum::Json(serde_json::json!({
@@ -241,6 +255,7 @@ fn samples_json<M: Manager>(
                 "max_connections": max,
                 "pool_timeout_s": config.pool_timeout.as_secs_f64(),
                 "status": pool.status().to_string(),
+                "auto_size": auto,
             },
             "samples": history.after(after),
         })),

@@ -1,5 +1,6 @@
 //! `GET /dashboard` over a no-op manager: the page and its assets are served from the
-//! crate (no CDN), and the sampler records a burst of checkouts second by second.
+//! crate (no CDN), the sampler records a burst of checkouts second by second, and with
+//! `pool_size = auto` the adaptive limit of every second.
 //! Virtual time: the sampler's ticks and the held connections follow the paused clock.
 
 use std::convert::Infallible;
@@ -133,4 +134,78 @@ async fn dashboard_records_a_burst_second_by_second() {
     let newer = newer["samples"].as_array().unwrap();
     assert!(!newer.is_empty());
     assert!(newer.iter().all(|s| s["seq"].as_u64().unwrap() > last_seq));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dashboard_samples_carry_the_auto_limit_as_it_moves() {
+    // Two idle seconds at the floor, then 30 clients, each holding a connection 20 ms
+    // (a database far away: the held time does not grow with concurrency), against
+    // auto between 2 and 8: the controller doubles 2 -> 4 -> 8 within the next
+    // second, and every sample says where it was.
+    let config = PoolConfig::builder()
+        .pool_size(2)
+        .auto_size(2, 8)
+        .name("svc")
+        .build()
+        .unwrap();
+    let auto_pool = Pool::new(Noop, config).await.unwrap();
+    let auto_app = app(auto_pool.clone());
+    assert_eq!(
+        samples(&auto_app, None).await["samples"],
+        Value::Array(vec![])
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let clients: Vec<_> = (0..30)
+        .map(|_| {
+            let pool = auto_pool.clone();
+            tokio::spawn(async move {
+                let end = tokio::time::Instant::now() + Duration::from_secs(4);
+                while tokio::time::Instant::now() < end {
+                    let conn = pool.get().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    drop(conn);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let body = samples(&auto_app, None).await;
+    let auto = &body["pool"]["auto_size"];
+    assert_eq!(
+        (auto["floor"].as_u64(), auto["ceiling"].as_u64()),
+        (Some(2), Some(8))
+    );
+    assert_eq!(auto["limit"], 8, "{auto}");
+    assert_eq!(auto["reason"], "headroom");
+    let limits: Vec<u64> = body["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["limit"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no limit in {s}"))
+        })
+        .collect();
+    assert!(limits.len() >= 4, "{limits:?}");
+    // It rose from the floor to the ceiling, and never above it.
+    assert_eq!(limits[..2], [2, 2], "{limits:?}");
+    assert_eq!(*limits.last().unwrap(), 8, "{limits:?}");
+    assert!(limits.iter().all(|l| (2..=8).contains(l)), "{limits:?}");
+    // What the page draws for the last second is what the pool says now.
+    assert_eq!(auto_pool.status().limit, 8);
+
+    // A fixed pool has no adaptive limit: the samples say null, the page draws no line.
+    let fixed_app = app(pool().await);
+    samples(&fixed_app, None).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let body = samples(&fixed_app, None).await;
+    assert_eq!(body["pool"]["auto_size"], Value::Null);
+    let list = body["samples"].as_array().unwrap();
+    assert!(!list.is_empty());
+    assert!(list.iter().all(|s| s["limit"].is_null()), "{list:?}");
 }

@@ -1,7 +1,9 @@
 //! The live dashboard of `queuepool serve`, in headless Chromium (Debian's `chromium`
 //! and `chromium-driver`; `.ci/run` installs them): load `/dashboard`, drive a burst of
-//! slow requests, and read from the page's DOM that the in-use figure rose and fell.
-//! A screenshot is saved as `$CARGO_TARGET_TMPDIR/dashboard.png`.
+//! slow requests, and read from the page's DOM that the in-use figure rose and fell;
+//! with `pool_size = auto`, that the chart draws the adaptive limit as a line while a
+//! load makes it move. Screenshots are saved as `$CARGO_TARGET_TMPDIR/dashboard.png`
+//! and `dashboard-auto.png`.
 
 mod common;
 
@@ -138,6 +140,28 @@ impl Browser {
     }
 }
 
+/// Pixels of the connections chart painted exactly in the limit line's colour.
+const LIMIT_PIXELS: &str = "const c = document.getElementById('chart-connections'); \
+    const hex = getComputedStyle(document.documentElement).getPropertyValue('--limit').trim(); \
+    const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)); \
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+    let n = 0; for (let i = 0; i < d.length; i += 4) \
+      if (d[i] === r && d[i + 1] === g && d[i + 2] === b && d[i + 3] === 255) n++; \
+    return n;";
+
+/// Rows of the connections chart holding a horizontal run of the limit line's colour
+/// (at least 15 pixels): one pair of rows per level the limit held.
+const LIMIT_ROWS: &str = "const c = document.getElementById('chart-connections'); \
+    const hex = getComputedStyle(document.documentElement).getPropertyValue('--limit').trim(); \
+    const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)); \
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+    const rows = []; \
+    for (let y = 0; y < c.height; y++) { let n = 0; \
+      for (let x = 0; x < c.width; x++) { const i = 4 * (y * c.width + x); \
+        if (d[i] === r && d[i + 1] === g && d[i + 2] === b && d[i + 3] === 255) n++; } \
+      if (n >= 15) rows.push(y); } \
+    return rows;";
+
 /// Polls the page until `ok(in_use)` or the deadline; returns the last figure.
 async fn wait_in_use(browser: &Browser, what: &str, ok: impl Fn(i64) -> bool) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -210,11 +234,114 @@ async fn dashboard_in_chromium_shows_in_use_rise_and_fall_during_a_burst() {
         )
         .await;
     assert!(drawn.as_u64().unwrap_or(0) > 1000, "chart pixels: {drawn}");
+    // A fixed pool has no adaptive limit: no line of its colour, no legend.
+    assert_eq!(browser.eval(LIMIT_PIXELS).await, json!(0));
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('limit-legend').hidden")
+            .await,
+        json!(true)
+    );
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+    browser.quit().await;
+    pool.close(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_chromium_draws_the_auto_limit_as_it_moves() {
+    let db = SqliteDb::new();
+    let config = queuepool::PoolConfig::builder()
+        .pool_size(2)
+        .auto_size(2, 8)
+        .pool_timeout(Duration::from_secs(10))
+        .name("test")
+        .build()
+        .expect("valid config");
+    let pool = db.pool(config).await;
+    // A route that holds its connection 20 ms, as a query to a far database would:
+    // under a load of 24 clients the controller finds headroom and raises the limit.
+    let app = routes::<SqliteManager>(None)
+        .route(
+            "/far",
+            route_get(|db: Db<SqliteManager>| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(db);
+                StatusCode::OK
+            }),
+        )
+        .with_state(AppState { pool: pool.clone() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://{addr}/dashboard")).await;
+    wait_in_use(&browser, "page live before the load", |n| n == 0).await;
+    // Four seconds at the floor first, so that the line has a level to rise from
+    // (about 10 pixels a second on a chart of the last minute).
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    assert_eq!(browser.text("limit").await, "2");
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('limit-legend').hidden")
+            .await,
+        json!(false)
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let load: Vec<_> = (0..24)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = client.get(format!("http://{addr}/far")).send().await;
+                    assert_eq!(r.map(|r| r.status()).ok(), Some(reqwest::StatusCode::OK));
+                }
+            })
+        })
+        .collect();
+    // The page's readout follows the pool's limit up to the ceiling.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = browser.text("limit").await;
+        if shown == "8" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page shows limit {shown}, the pool {}",
+            pool.status().limit
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(browser.text("limit-reason").await, "headroom");
+    // Three more samples at the ceiling, then stop the load.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    // The line is drawn: pixels of its colour, in horizontal runs at (at least) two
+    // levels (the floor before the load, the ceiling under it).
+    let pixels = browser.eval(LIMIT_PIXELS).await.as_u64().unwrap_or(0);
+    assert!(pixels > 100, "limit pixels: {pixels}");
+    let rows: Vec<u64> = serde_json::from_value(browser.eval(LIMIT_ROWS).await).unwrap();
+    let levels = rows.windows(2).filter(|w| w[1] > w[0] + 1).count() + 1;
+    assert!(
+        levels >= 2 && !rows.is_empty(),
+        "rows of the limit line: {rows:?}"
+    );
+
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-auto.png");
     std::fs::write(&path, &png).unwrap();
     eprintln!("screenshot: {}", path.display());
     browser.quit().await;
