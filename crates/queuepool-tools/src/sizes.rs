@@ -191,10 +191,60 @@ pub struct SizeRow {
     /// `(seconds since the start, limit)` every 250 ms (`auto` only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limit_timeline: Vec<(f64, u32)>,
+    /// The controller's moves as the 250 ms sampler saw them (`auto` only): the last
+    /// move before each sample that followed one or more.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limit_changes: Vec<TracedChange>,
     /// Queries per second in each second of the run.
     pub per_second: Vec<f64>,
     /// Queries per second of each repetition, in the order they ran.
     pub runs_ops_per_sec: Vec<f64>,
+}
+
+/// One move of the limit, as `stats().auto_size` reported it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TracedChange {
+    /// Seconds since the start of the run, when the sampler saw it.
+    pub t: f64,
+    /// Moves since the previous sample (only the last is described).
+    pub moves: u64,
+    /// The limit before and after the last move.
+    pub from: usize,
+    /// The limit after it.
+    pub to: usize,
+    /// `headroom` or `queueing`.
+    pub reason: &'static str,
+    /// Mean held time of the window that decided, ms.
+    pub held_ms: f64,
+    /// The baseline it was compared with, ms.
+    pub baseline_ms: f64,
+    /// Mean connections in use in that window.
+    pub in_use: f64,
+}
+
+impl TracedChange {
+    /// The last move, if the controller made any since `seen` of its `changes`.
+    fn traced(
+        t: f64,
+        seen: &mut u64,
+        changes: u64,
+        last: Option<queuepool::autosize::LimitChange>,
+    ) -> Option<Self> {
+        let moves = changes.checked_sub(*seen).filter(|n| *n > 0)?;
+        *seen = changes;
+        let c = last?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Some(TracedChange {
+            t,
+            moves,
+            from: c.from,
+            to: c.to,
+            reason: c.reason.name(),
+            held_ms: ms(c.held),
+            baseline_ms: ms(c.baseline),
+            in_use: c.in_use,
+        })
+    }
 }
 
 /// The report: `{"workloads": [...]}` plus how it was measured.
@@ -285,6 +335,7 @@ struct Measured {
     latency: Histogram<u64>,
     limit_final: u32,
     timeline: Vec<(f64, u32)>,
+    changes: Vec<TracedChange>,
     per_second: Vec<f64>,
 }
 
@@ -491,6 +542,8 @@ async fn measure(
     }
     // The sampler: the limit every 250 ms, completions every second, the switch.
     let mut timeline = Vec::new();
+    let mut changes = Vec::new();
+    let mut seen_changes = 0;
     let mut per_second = Vec::new();
     let mut last_count = 0;
     let mut next_second = started + Duration::from_secs(1);
@@ -504,6 +557,14 @@ async fn measure(
         if matches!(size, Size::Auto { .. }) {
             let t = now.duration_since(started).as_secs_f64();
             timeline.push((t, pool.status().limit as u32));
+            if let Some(a) = pool.stats().auto_size {
+                changes.extend(TracedChange::traced(
+                    t,
+                    &mut seen_changes,
+                    a.changes,
+                    a.last_change,
+                ));
+            }
         }
         if now >= next_second {
             let count = done.load(Relaxed);
@@ -524,6 +585,7 @@ async fn measure(
         latency: histogram(),
         limit_final: pool.status().limit as u32,
         timeline,
+        changes,
         per_second,
     };
     for t in tasks {
@@ -689,6 +751,7 @@ async fn run_all(
                 errors: m.errors,
                 settle_s,
                 limit_timeline: m.timeline,
+                limit_changes: m.changes,
                 per_second: m.per_second,
                 runs_ops_per_sec: all,
             });
@@ -833,6 +896,7 @@ mod tests {
             errors: 0,
             settle_s: None,
             limit_timeline: Vec::new(),
+            limit_changes: Vec::new(),
             per_second: Vec::new(),
             runs_ops_per_sec: vec![1.0],
         };
@@ -848,6 +912,39 @@ mod tests {
         assert_eq!(v[1]["size"], "auto");
         assert_eq!(v[1]["name"], "cpu");
         assert!(v[1].get("settle_s").is_none());
+    }
+
+    #[test]
+    fn the_trace_describes_each_sample_that_followed_moves() {
+        use queuepool::autosize::AutoSize;
+        let epoch = tokio::time::Instant::now();
+        let mut a = AutoSize::new(2, 64, 2, epoch);
+        // Two connections held 10 ms while checkouts wait: slow start doubles.
+        let mut i = 0u64;
+        while a.last_change().is_none() {
+            i += 1;
+            assert!(i < 1000, "no move");
+            let now = epoch + Duration::from_millis(10 + 5 * i);
+            a.on_return(Duration::from_millis(10), 2, true, now);
+        }
+        let mut seen = 0;
+        let c = TracedChange::traced(1.5, &mut seen, 1, a.last_change()).unwrap();
+        assert_eq!(
+            (c.t, c.moves, c.from, c.to, c.reason),
+            (1.5, 1, 2, 4, "headroom")
+        );
+        assert!(
+            (c.held_ms - 10.0).abs() < 1e-6 && (c.in_use - 2.0).abs() < 1e-9,
+            "{c:?}"
+        );
+        assert_eq!(seen, 1);
+        // Nothing new since: no entry; three more moves: one entry counting them.
+        assert_eq!(
+            TracedChange::traced(1.75, &mut seen, 1, a.last_change()),
+            None
+        );
+        let c = TracedChange::traced(2.0, &mut seen, 4, a.last_change()).unwrap();
+        assert_eq!((c.moves, seen), (3, 4));
     }
 
     #[test]
