@@ -1,11 +1,14 @@
 //! The shared state of a pool and its accounting: every connection is either idle or
 //! belongs to one *slot*, and `idle + slots <= limit` always.
 //!
-//! Slots are the permits of a tokio [`Semaphore`]. A checkout takes one with
-//! `try_acquire` (no await, no timer); at the limit it waits in the semaphore's own FIFO
-//! queue, bounded by its own `pool_timeout` timer. A freed permit goes to the oldest
-//! waiter, never to a newcomer: nobody can overtake a waiter. The connections live in
-//! the idle queue under a mutex, which also counts the slots for `status()`; a return
+//! Slots are permits, counted under the pool's one mutex, which also holds the idle
+//! queue. Below the limit a checkout takes a free permit and an idle connection in one
+//! critical section (no atomic read-modify-write besides the lock, no await, no timer),
+//! and a return gives both back in one. At the limit a checkout registers as a waiter,
+//! under the same lock, and waits in a tokio [`Semaphore`]'s FIFO queue, bounded by its
+//! own `pool_timeout` timer; the semaphore holds permits only on their way to
+//! registered waiters. While anyone waits, a freed permit goes into the semaphore (to
+//! the oldest waiter), never to the free count: nobody can overtake a waiter. A return
 //! puts its connection into the idle queue *before* it frees the permit, so the waiter
 //! that receives the permit finds the connection there.
 //!
@@ -21,7 +24,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use std::time::Duration;
 
@@ -40,8 +43,13 @@ pub(crate) const LOG: &str = "queuepool::pool";
 /// Connections used within this long are lent without a pre-ping.
 pub(crate) const PING_SKIP: Duration = Duration::from_secs(1);
 
-/// A pooled connection and what the pool knows about it.
-pub(crate) struct Conn<C> {
+/// A pooled connection and what the pool knows about it, boxed: it moves through the
+/// idle queue, the checkout's future and the guard as one pointer, whatever the size
+/// of the driver's connection.
+pub(crate) type Conn<C> = Box<ConnData<C>>;
+
+/// What [`Conn`] points to.
+pub(crate) struct ConnData<C> {
     pub(crate) raw: C,
     pub(crate) id: u64,
     /// The pool's invalidation generation when the connection was opened.
@@ -86,6 +94,15 @@ pub(crate) struct State<C> {
     /// Permits to withhold as slots are released: the lend limit was lowered below the
     /// slots in use.
     debt: usize,
+    /// Permits held by nobody and not in the semaphore: what a checkout takes without
+    /// waiting. Zero whenever someone waits.
+    free: usize,
+    /// Checkouts registered as waiting for a permit (from the moment they found none
+    /// until they claim one or leave).
+    waiters: usize,
+    /// Permits put into the semaphore for waiters and not yet claimed. Never more than
+    /// `waiters` once a leaving waiter has rebalanced.
+    in_sem: usize,
     /// `pool_size = auto`: the controller that moves `lend_limit`.
     auto: Option<Governor>,
 }
@@ -95,11 +112,10 @@ pub(crate) struct Inner<M: Manager> {
     pub(crate) config: PoolConfig,
     /// `pool_size + max_overflow` (capped at the semaphore's maximum when unlimited).
     pub(crate) limit: usize,
-    /// One permit per slot; its queue is the checkouts waiting at the limit.
+    /// The queue of the checkouts waiting at the limit: it holds only permits on their
+    /// way to them (see `State::in_sem`).
     slots: Semaphore,
     state: Mutex<State<M::Connection>>,
-    /// Checkouts waiting for a slot (kept beside the semaphore so `status()` is O(1)).
-    waiting: AtomicUsize,
     pub(crate) counters: Counters,
     pub(crate) metrics: MetricHandles,
     pub(crate) connect_sem: Semaphore,
@@ -134,8 +150,7 @@ impl<M: Manager> Inner<M> {
         });
         let inner = Inner {
             limit,
-            slots: Semaphore::new(limit),
-            waiting: AtomicUsize::new(0),
+            slots: Semaphore::new(0),
             connect_sem: Semaphore::new(config.max_connecting as usize),
             metrics: MetricHandles::new(&config.name),
             manager,
@@ -150,6 +165,9 @@ impl<M: Manager> Inner<M> {
                 loans: LoanStats::new(),
                 lend_limit: limit,
                 debt: 0,
+                free: limit,
+                waiters: 0,
+                in_sem: 0,
                 auto,
             }),
             counters: Counters::new(),
@@ -172,67 +190,120 @@ impl<M: Manager> Inner<M> {
         inner
     }
 
-    /// Takes a permit without waiting: `Some(true)` taken, `Some(false)` none free,
-    /// `None` the pool is closed. A taken permit must be passed to [`Inner::take`]
-    /// before the next await.
-    pub(crate) fn try_permit(&self) -> Option<bool> {
-        match self.slots.try_acquire() {
-            Ok(permit) => {
-                permit.forget();
-                Some(true)
-            }
-            Err(tokio::sync::TryAcquireError::NoPermits) => Some(false),
-            Err(tokio::sync::TryAcquireError::Closed) => None,
-        }
-    }
-
-    /// Waits for a permit in arrival order, until `deadline`. `Ok(true)`: taken (same
-    /// rule as [`Inner::try_permit`]); `Ok(false)`: timed out; `Err`: closed.
-    ///
-    /// Cancel safe: a permit granted to a dropped wait goes to the next waiter.
-    pub(crate) async fn wait_permit(&self, deadline: Instant) -> Result<bool, ()> {
-        struct Waiting<'a>(&'a AtomicUsize, &'a MetricHandles);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                let n = self.0.fetch_sub(1, Relaxed) - 1;
-                self.1.pending.set(n as f64);
-            }
-        }
-        let n = self.waiting.fetch_add(1, Relaxed) + 1;
-        self.metrics.pending.set(n as f64);
-        let _waiting = Waiting(&self.waiting, &self.metrics);
-        match rt::wait_deadline(deadline, self.slots.acquire()).await {
-            Ok(Ok(permit)) => {
-                permit.forget();
-                Ok(true)
-            }
-            Ok(Err(_)) => Err(()),
-            Err(_) => Ok(false),
-        }
-    }
-
-    /// Gives back a permit that [`Inner::take`] did not count as a slot.
-    fn return_permit(&self) {
-        self.slots.add_permits(1);
-    }
-
-    /// For a checkout holding a permit: takes an idle connection, or the right to open
-    /// one. A ready connection is counted as served with a wait of `now - start`.
-    pub(crate) fn take(&self, start: Instant, now: Instant) -> Take<M::Connection> {
+    /// A checkout's first step, in one critical section: takes a free permit (if nobody
+    /// waits), then an idle connection or the right to open one (see [`Take`]); a ready
+    /// connection is counted as served with no wait. `None`: no free permit, or others
+    /// wait for one; the checkout is now registered as a waiter and must wait with
+    /// [`Inner::wait_take`], which unregisters it however it ends.
+    pub(crate) fn take_first(&self, now: Instant) -> Option<Take<M::Connection>> {
         let mut st = lock(&self.state);
         if st.closed {
-            drop(st);
-            self.return_permit();
+            return Some(Take::Closed);
+        }
+        if st.free == 0 || st.waiters > 0 {
+            st.waiters += 1;
+            self.metrics.pending.set(st.waiters as f64);
+            return None;
+        }
+        st.free -= 1;
+        Some(self.take_locked(&mut st, Duration::ZERO, now))
+    }
+
+    /// Waits in arrival order for a permit, until `deadline`, for a checkout that
+    /// [`Inner::take_first`] registered as a waiter (at `start`); with the permit, takes
+    /// what `take_first` would have, in the same critical section, and returns it with
+    /// the time it was served. Either way the checkout is no longer registered.
+    ///
+    /// Cancel safe: a permit granted to a dropped wait goes to the next waiter, or back
+    /// to the free permits if nobody else waits.
+    pub(crate) async fn wait_take(
+        &self,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<(Take<M::Connection>, Instant), WaitEnd> {
+        let mut wait = Waiter {
+            inner: self,
+            acquire: Some(Box::pin(rt::wait_deadline(deadline, self.slots.acquire()))),
+            claimed: false,
+        };
+        let acquired = std::future::poll_fn(|cx| {
+            wait.acquire
+                .as_mut()
+                .expect("polled until ready, once")
+                .as_mut()
+                .poll(cx)
+        })
+        .await;
+        match acquired {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                // The permit is ours from here: claimed and counted as a slot below,
+                // with no await in between.
+                wait.claimed = true;
+                let now = Instant::now();
+                let mut st = lock(&self.state);
+                st.waiters -= 1;
+                st.in_sem -= 1;
+                self.metrics.pending.set(st.waiters as f64);
+                Ok((self.take_locked(&mut st, now - start, now), now))
+            }
+            Ok(Err(_)) => Err(WaitEnd::Closed),
+            Err(_) => Err(WaitEnd::Timeout),
+        }
+    }
+
+    /// Gives a permit back under the lock: to the oldest waiter (through the
+    /// semaphore) if someone waits for one, else to the free permits; withheld instead
+    /// while the lend limit is being lowered.
+    fn release_permit(&self, st: &mut State<M::Connection>) {
+        if st.debt > 0 {
+            st.debt -= 1;
+        } else if st.waiters > st.in_sem {
+            st.in_sem += 1;
+            self.slots.add_permits(1);
+        } else {
+            st.free += 1;
+        }
+    }
+
+    /// After a waiter left: permits in the semaphore that no registered waiter will
+    /// claim go back to the free permits (or to the lend limit's debt).
+    fn rebalance(&self, st: &mut State<M::Connection>) {
+        while st.in_sem > st.waiters {
+            match self.slots.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    st.in_sem -= 1;
+                    if st.debt > 0 {
+                        st.debt -= 1;
+                    } else {
+                        st.free += 1;
+                    }
+                }
+                // Closed, or (cannot happen while in_sem > waiters) none unassigned.
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn take_locked(
+        &self,
+        st: &mut State<M::Connection>,
+        waited: Duration,
+        now: Instant,
+    ) -> Take<M::Connection> {
+        if st.closed {
+            self.release_permit(st);
             return Take::Closed;
         }
-        let conn = self.pop_idle(&mut st);
+        let conn = self.pop_idle(st);
         st.slots += 1;
-        self.note_usage(&mut st);
+        self.note_usage(st);
         match conn {
             Some(mut conn) => {
                 if self.ready(&mut conn, now) {
                     st.loans.checkouts += 1;
-                    st.loans.wait.record(now - start);
+                    st.loans.wait.record(waited);
                     Take::Ready(conn)
                 } else {
                     Take::Idle(conn)
@@ -288,7 +359,7 @@ impl<M: Manager> Inner<M> {
         now: Instant,
     ) -> Option<(LimitChange, u64)> {
         let in_use = st.slots - st.refilling;
-        let queued = self.waiting.load(Relaxed) > 0;
+        let queued = st.waiters > 0;
         let gov = st.auto.as_mut()?;
         let change = gov.ctl.on_return(held, in_use, queued, now);
         let target = gov.ctl.effective_limit();
@@ -365,18 +436,13 @@ impl<M: Manager> Inner<M> {
         self.publish(st);
     }
 
-    /// Frees one slot under the lock; returns whether its permit goes back to the
-    /// semaphore (not when the lend limit was lowered below the slots in use).
-    fn free_slot(&self, st: &mut State<M::Connection>) -> bool {
+    /// Frees one slot under the lock, and its permit.
+    fn free_slot(&self, st: &mut State<M::Connection>) {
         st.slots -= 1;
         if st.closed && st.slots == 0 {
             self.drained.notify_waiters();
         }
-        if st.debt > 0 {
-            st.debt -= 1;
-            return false;
-        }
-        true
+        self.release_permit(st);
     }
 
     /// Gives back a clean connection through its slot: into the idle queue for the next
@@ -402,15 +468,12 @@ impl<M: Manager> Inner<M> {
             st.idle.push_back(conn);
             None
         };
-        let permit = self.free_slot(&mut st);
+        self.free_slot(&mut st);
         if close.is_none() && st.connect_waiting > 0 {
             self.idle_notify.notify_waiters();
         }
         self.publish(&st);
         drop(st);
-        if permit {
-            self.return_permit();
-        }
         if let Some((conn, reason)) = close {
             self.close_conn(conn, reason);
         }
@@ -422,13 +485,10 @@ impl<M: Manager> Inner<M> {
     /// Gives back an empty slot (its connection was closed or detached).
     pub(crate) fn release_slot(self: &Arc<Self>) {
         let mut st = lock(&self.state);
-        let permit = self.free_slot(&mut st);
+        self.free_slot(&mut st);
         let refill = !st.closed && st.idle.len() + st.slots < self.config.pool_size as usize;
         self.publish(&st);
         drop(st);
-        if permit {
-            self.return_permit();
-        }
         if refill {
             self.maintenance.notify_one();
         }
@@ -446,14 +506,13 @@ impl<M: Manager> Inner<M> {
     fn apply_lend_limit(&self, st: &mut State<M::Connection>, target: usize) {
         let target = target.clamp(1, self.limit);
         if target >= st.lend_limit {
-            let mut add = target - st.lend_limit;
-            let paid = add.min(st.debt);
-            st.debt -= paid;
-            add -= paid;
-            self.slots.add_permits(add);
+            for _ in st.lend_limit..target {
+                self.release_permit(st);
+            }
         } else {
             let remove = st.lend_limit - target;
-            let removed = self.slots.forget_permits(remove);
+            let removed = remove.min(st.free);
+            st.free -= removed;
             st.debt += remove - removed;
         }
         st.lend_limit = target;
@@ -566,7 +625,7 @@ impl<M: Manager> Inner<M> {
             let jitter: f64 = rand::random_range(-0.025..=0.025);
             now + r.mul_f64(1.0 + jitter)
         });
-        Conn {
+        Box::new(ConnData {
             raw,
             id: self.next_id.fetch_add(1, Relaxed),
             generation,
@@ -574,7 +633,7 @@ impl<M: Manager> Inner<M> {
             last_used: now,
             needs_reset: false,
             usage: None,
-        }
+        })
     }
 
     /// Occupancy now, in O(1).
@@ -587,7 +646,7 @@ impl<M: Manager> Inner<M> {
             checked_out: st.slots - st.refilling,
             overflow: open as i64 - i64::from(self.config.pool_size),
             connecting: self.config.max_connecting as usize - self.connect_sem.available_permits(),
-            waiting: self.waiting.load(Relaxed),
+            waiting: st.waiters,
             limit: st.auto.as_ref().map_or(st.lend_limit, |g| g.ctl.limit()),
         }
     }
@@ -625,16 +684,12 @@ impl<M: Manager> Inner<M> {
     /// A slot for the background refill, if the pool holds fewer than `pool_size`.
     /// It never waits: at the limit, checkouts open what they need themselves.
     pub(crate) fn refill_slot(self: &Arc<Self>) -> Option<Lease<M>> {
-        if self.try_permit() != Some(true) {
-            return None;
-        }
         let mut st = lock(&self.state);
         let open = st.idle.len() + st.slots;
-        if st.closed || open >= self.config.pool_size as usize {
-            drop(st);
-            self.return_permit();
+        if st.closed || st.free == 0 || st.waiters > 0 || open >= self.config.pool_size as usize {
             return None;
         }
+        st.free -= 1;
         st.slots += 1;
         st.refilling += 1;
         drop(st);
@@ -695,6 +750,38 @@ impl<M: Manager> Inner<M> {
             self.invalidate_all(None);
         }
         out
+    }
+}
+
+/// How a wait for a permit ended without one.
+#[derive(Debug)]
+pub(crate) enum WaitEnd {
+    /// `pool_timeout` passed.
+    Timeout,
+    /// The pool was closed.
+    Closed,
+}
+
+/// A checkout registered as a waiter, while it waits; dropped without a claimed permit
+/// (timed out, closed, cancelled), it unregisters the checkout. The semaphore's acquire
+/// is dropped first, so a permit the semaphore had assigned to it is back in the
+/// semaphore; then permits no waiter will claim go back to the free ones.
+struct Waiter<'a, M: Manager, F> {
+    inner: &'a Inner<M>,
+    acquire: Option<std::pin::Pin<Box<F>>>,
+    claimed: bool,
+}
+
+impl<M: Manager, F> Drop for Waiter<'_, M, F> {
+    fn drop(&mut self) {
+        self.acquire = None;
+        if self.claimed {
+            return; // unregistered by `wait_take` itself
+        }
+        let mut st = lock(&self.inner.state);
+        st.waiters -= 1;
+        self.inner.rebalance(&mut st);
+        self.inner.metrics.pending.set(st.waiters as f64);
     }
 }
 

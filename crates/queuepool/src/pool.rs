@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::config::PoolConfig;
 use crate::error::PoolError;
 use crate::guard::{PooledConn, reset};
-use crate::inner::{Conn, Inner, LOG, Lease, PING_SKIP, Take};
+use crate::inner::{Conn, Inner, LOG, Lease, PING_SKIP, Take, WaitEnd};
 #[cfg(not(feature = "model-check"))]
 use crate::maintenance;
 use crate::manager::{Health, Manager};
@@ -128,19 +128,15 @@ impl<M: Manager> Pool<M> {
         async move {
             let start = Instant::now();
             let inner = &self.inner;
-            let now = match inner.try_permit() {
-                Some(true) => start,
-                Some(false) => {
-                    // The slow path, boxed so the common case's future stays small: the
-                    // only place a timer exists.
-                    Box::pin(self.wait_slot(start)).await?;
-                    Instant::now()
-                }
-                None => return Err(PoolError::Closed),
+            let (take, now) = match inner.take_first(start) {
+                // The slow path, boxed so the common case's future stays small: the
+                // only place a timer exists. (Registered as a waiter by `take_first`;
+                // `wait_slot` unregisters it however it ends.)
+                None => Box::pin(self.wait_slot(start)).await?,
+                Some(take) => (take, start),
             };
-            // We hold a slot's permit: `take` counts it, and it is wrapped (guard or
-            // lease) before the next await.
-            match inner.take(start, now) {
+            // We hold a slot: it is wrapped (guard or lease) before the next await.
+            match take {
                 // The common case, without an await: an idle connection that needs no
                 // ping, reset or replacement (already counted).
                 Take::Ready(conn) => {
@@ -159,16 +155,17 @@ impl<M: Manager> Pool<M> {
         }
     }
 
-    /// Waits at the limit, in arrival order, for a slot's permit, at most `pool_timeout`.
-    async fn wait_slot(&self, start: Instant) -> Result<(), PoolError> {
+    /// Waits at the limit, in arrival order, for a slot, at most `pool_timeout`; then
+    /// takes what [`Inner::take_first`] would have.
+    async fn wait_slot(&self, start: Instant) -> Result<(Take<M::Connection>, Instant), PoolError> {
         match self
             .inner
-            .wait_permit(start + self.inner.config.pool_timeout)
+            .wait_take(start, start + self.inner.config.pool_timeout)
             .await
         {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.timeout_error()),
-            Err(()) => Err(PoolError::Closed),
+            Ok(taken) => Ok(taken),
+            Err(WaitEnd::Timeout) => Err(self.timeout_error()),
+            Err(WaitEnd::Closed) => Err(PoolError::Closed),
         }
     }
 
