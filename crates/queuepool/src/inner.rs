@@ -100,9 +100,13 @@ pub(crate) struct State<C> {
     /// Checkouts registered as waiting for a permit (from the moment they found none
     /// until they claim one or leave).
     waiters: usize,
-    /// Permits put into the semaphore for waiters and not yet claimed. Never more than
-    /// `waiters` once a leaving waiter has rebalanced.
+    /// Permits put into the semaphore for waiters and not yet claimed (including
+    /// `handoff`). Never more than `waiters` once a leaving waiter has rebalanced.
     in_sem: usize,
+    /// Permits given to waiters in this critical section, added to the semaphore when
+    /// the lock is released ([`Locked`]): waking a waiter (which may unpark another
+    /// worker thread) never happens under the pool's lock.
+    handoff: usize,
     /// `pool_size = auto`: the controller that moves `lend_limit`.
     auto: Option<Governor>,
 }
@@ -137,6 +141,15 @@ pub(crate) struct Inner<M: Manager> {
 }
 
 impl<M: Manager> Inner<M> {
+    /// Locks the pool's state; the guard hands the permits given to waiters over to the
+    /// semaphore once the lock is released.
+    fn state(&self) -> Locked<'_, M::Connection> {
+        Locked {
+            guard: Some(lock(&self.state)),
+            queue: &self.slots,
+        }
+    }
+
     pub(crate) fn new(manager: M, config: PoolConfig) -> Self {
         let now = Instant::now();
         let limit = config.max_connections().min(Semaphore::MAX_PERMITS);
@@ -168,6 +181,7 @@ impl<M: Manager> Inner<M> {
                 free: limit,
                 waiters: 0,
                 in_sem: 0,
+                handoff: 0,
                 auto,
             }),
             counters: Counters::new(),
@@ -179,7 +193,7 @@ impl<M: Manager> Inner<M> {
             next_id: AtomicU64::new(1),
             closed_flag: std::sync::atomic::AtomicBool::new(false),
         };
-        let start = lock(&inner.state)
+        let start = inner.state()
             .auto
             .as_ref()
             .map(|g| g.ctl.effective_limit());
@@ -196,7 +210,7 @@ impl<M: Manager> Inner<M> {
     /// wait for one; the checkout is now registered as a waiter and must wait with
     /// [`Inner::wait_take`], which unregisters it however it ends.
     pub(crate) fn take_first(&self, now: Instant) -> Option<Take<M::Connection>> {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         if st.closed {
             return Some(Take::Closed);
         }
@@ -221,19 +235,14 @@ impl<M: Manager> Inner<M> {
         start: Instant,
         deadline: Instant,
     ) -> Result<(Take<M::Connection>, Instant), WaitEnd> {
+        // Declared before the acquire: on cancellation the acquire is dropped first (a
+        // permit the semaphore assigned to it goes back to the semaphore), then the
+        // waiter unregisters and rebalances.
         let mut wait = Waiter {
             inner: self,
-            acquire: Some(Box::pin(rt::wait_deadline(deadline, self.slots.acquire()))),
             claimed: false,
         };
-        let acquired = std::future::poll_fn(|cx| {
-            wait.acquire
-                .as_mut()
-                .expect("polled until ready, once")
-                .as_mut()
-                .poll(cx)
-        })
-        .await;
+        let acquired = rt::wait_deadline(deadline, self.slots.acquire()).await;
         match acquired {
             Ok(Ok(permit)) => {
                 permit.forget();
@@ -241,7 +250,7 @@ impl<M: Manager> Inner<M> {
                 // with no await in between.
                 wait.claimed = true;
                 let now = Instant::now();
-                let mut st = lock(&self.state);
+                let mut st = self.state();
                 st.waiters -= 1;
                 st.in_sem -= 1;
                 self.metrics.pending.set(st.waiters as f64);
@@ -260,7 +269,7 @@ impl<M: Manager> Inner<M> {
             st.debt -= 1;
         } else if st.waiters > st.in_sem {
             st.in_sem += 1;
-            self.slots.add_permits(1);
+            st.handoff += 1;
         } else {
             st.free += 1;
         }
@@ -269,6 +278,20 @@ impl<M: Manager> Inner<M> {
     /// After a waiter left: permits in the semaphore that no registered waiter will
     /// claim go back to the free permits (or to the lend limit's debt).
     fn rebalance(&self, st: &mut State<M::Connection>) {
+        // Hand-offs not yet in the semaphore are simply kept.
+        let kept = st.handoff.min(st.in_sem.saturating_sub(st.waiters));
+        st.handoff -= kept;
+        st.in_sem -= kept;
+        for _ in 0..kept {
+            if st.debt > 0 {
+                st.debt -= 1;
+            } else {
+                st.free += 1;
+            }
+        }
+        // (A hand-off made by another critical section may still be on its way into
+        // the semaphore: it is then claimed by the next checkout that registers, at
+        // once.)
         while st.in_sem > st.waiters {
             match self.slots.try_acquire() {
                 Ok(permit) => {
@@ -327,7 +350,7 @@ impl<M: Manager> Inner<M> {
 
     /// Counts a checkout that went through the slow path.
     pub(crate) fn record_lend(&self, waited: Duration) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         st.loans.checkouts += 1;
         st.loans.wait.record(waited);
     }
@@ -335,7 +358,7 @@ impl<M: Manager> Inner<M> {
     /// Records how long a connection that is not put back was held.
     pub(crate) fn record_usage(&self, conn: &mut Conn<M::Connection>) {
         if let Some(held) = conn.usage.take() {
-            let mut st = lock(&self.state);
+            let mut st = self.state();
             st.loans.usage.record(held);
             let moved = if st.auto.is_some() {
                 self.feed_auto(&mut st, held, Instant::now())
@@ -378,7 +401,7 @@ impl<M: Manager> Inner<M> {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let st = lock(&self.state);
+        let st = self.state();
         let loans = st.loans.clone();
         let auto = st.auto.as_ref().map(|g| {
             let (floor, ceiling) = g.ctl.bounds();
@@ -400,7 +423,7 @@ impl<M: Manager> Inner<M> {
 
     /// For a slot holder without a connection: an idle connection if one appeared.
     pub(crate) fn take_idle(&self) -> Option<Conn<M::Connection>> {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let conn = self.pop_idle(&mut st);
         if conn.is_some() {
             self.publish(&st);
@@ -411,7 +434,7 @@ impl<M: Manager> Inner<M> {
     /// Registers (or unregisters) a slot holder waiting for a connect permit; while one
     /// waits, returns signal `idle_notify`.
     pub(crate) fn set_connect_waiting(&self, waiting: bool) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         if waiting {
             st.connect_waiting += 1;
         } else {
@@ -450,7 +473,7 @@ impl<M: Manager> Inner<M> {
     /// is closed or, with `overflow_idle` zero, the idle queue already holds
     /// `pool_size` connections (SQLAlchemy's rule).
     pub(crate) fn put_back(self: &Arc<Self>, mut conn: Conn<M::Connection>) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let mut moved = None;
         if let Some(held) = conn.usage.take() {
             st.loans.usage.record(held);
@@ -484,7 +507,7 @@ impl<M: Manager> Inner<M> {
 
     /// Gives back an empty slot (its connection was closed or detached).
     pub(crate) fn release_slot(self: &Arc<Self>) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         self.free_slot(&mut st);
         let refill = !st.closed && st.idle.len() + st.slots < self.config.pool_size as usize;
         self.publish(&st);
@@ -499,7 +522,7 @@ impl<M: Manager> Inner<M> {
     /// withdraws free permits at once and the others as their slots are released, so
     /// no connection is taken from its borrower.
     pub(crate) fn set_lend_limit(&self, target: usize) {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         self.apply_lend_limit(&mut st, target);
     }
 
@@ -638,7 +661,7 @@ impl<M: Manager> Inner<M> {
 
     /// Occupancy now, in O(1).
     pub(crate) fn status(&self) -> Status {
-        let st = lock(&self.state);
+        let st = self.state();
         let open = st.idle.len() + st.slots;
         Status {
             pool_size: self.config.pool_size,
@@ -663,7 +686,7 @@ impl<M: Manager> Inner<M> {
     /// Refuses new checkouts, fails the waiters and the checkouts still connecting or
     /// checking a connection, takes every idle connection out.
     pub(crate) fn shut(&self) -> Vec<Conn<M::Connection>> {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         st.closed = true;
         self.closed_flag
             .store(true, std::sync::atomic::Ordering::Release);
@@ -678,13 +701,13 @@ impl<M: Manager> Inner<M> {
     }
 
     pub(crate) fn lent(&self) -> usize {
-        lock(&self.state).slots
+        self.state().slots
     }
 
     /// A slot for the background refill, if the pool holds fewer than `pool_size`.
     /// It never waits: at the limit, checkouts open what they need themselves.
     pub(crate) fn refill_slot(self: &Arc<Self>) -> Option<Lease<M>> {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let open = st.idle.len() + st.slots;
         if st.closed || st.free == 0 || st.waiters > 0 || open >= self.config.pool_size as usize {
             return None;
@@ -697,7 +720,7 @@ impl<M: Manager> Inner<M> {
     }
 
     pub(crate) fn end_refill(&self) {
-        lock(&self.state).refilling -= 1;
+        self.state().refilling -= 1;
     }
 
     /// Idle connections the maintenance task must close: expired ones, broken ones,
@@ -709,7 +732,7 @@ impl<M: Manager> Inner<M> {
         &self,
         now: Instant,
     ) -> Vec<(Conn<M::Connection>, CloseReason)> {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(st.idle.len());
         let mut disconnected = false;
@@ -753,6 +776,37 @@ impl<M: Manager> Inner<M> {
     }
 }
 
+/// The pool's lock, held (see [`Inner::state`]).
+struct Locked<'a, C> {
+    guard: Option<rt::MutexGuard<'a, State<C>>>,
+    queue: &'a Semaphore,
+}
+
+impl<C> std::ops::Deref for Locked<'_, C> {
+    type Target = State<C>;
+    fn deref(&self) -> &State<C> {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl<C> std::ops::DerefMut for Locked<'_, C> {
+    fn deref_mut(&mut self) -> &mut State<C> {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl<C> Drop for Locked<'_, C> {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            let handoff = std::mem::take(&mut guard.handoff);
+            drop(guard);
+            if handoff > 0 {
+                self.queue.add_permits(handoff);
+            }
+        }
+    }
+}
+
 /// How a wait for a permit ended without one.
 #[derive(Debug)]
 pub(crate) enum WaitEnd {
@@ -763,22 +817,21 @@ pub(crate) enum WaitEnd {
 }
 
 /// A checkout registered as a waiter, while it waits; dropped without a claimed permit
-/// (timed out, closed, cancelled), it unregisters the checkout. The semaphore's acquire
-/// is dropped first, so a permit the semaphore had assigned to it is back in the
-/// semaphore; then permits no waiter will claim go back to the free ones.
-struct Waiter<'a, M: Manager, F> {
+/// (timed out, closed, cancelled), it unregisters the checkout, and permits no waiter
+/// will claim go back to the free ones. It must be dropped after the semaphore's
+/// acquire (declared before it), so a permit the semaphore had assigned to the acquire
+/// is back in the semaphore by then.
+struct Waiter<'a, M: Manager> {
     inner: &'a Inner<M>,
-    acquire: Option<std::pin::Pin<Box<F>>>,
     claimed: bool,
 }
 
-impl<M: Manager, F> Drop for Waiter<'_, M, F> {
+impl<M: Manager> Drop for Waiter<'_, M> {
     fn drop(&mut self) {
-        self.acquire = None;
         if self.claimed {
             return; // unregistered by `wait_take` itself
         }
-        let mut st = lock(&self.inner.state);
+        let mut st = self.inner.state();
         st.waiters -= 1;
         self.inner.rebalance(&mut st);
         self.inner.metrics.pending.set(st.waiters as f64);
