@@ -120,10 +120,11 @@ const BUCKETS: usize = 40;
 /// pool's lock, which the checkout and return paths hold anyway: recording costs a few
 /// plain adds and no shared atomics bouncing between cores.
 #[derive(Debug, Clone)]
+#[repr(C)] // sum and max on the same cache line as the low buckets
 pub(crate) struct Histogram {
-    buckets: [u64; BUCKETS],
     sum_us: u64,
     max_us: u64,
+    buckets: [u64; BUCKETS],
 }
 
 impl Histogram {
@@ -141,6 +142,11 @@ impl Histogram {
         self.buckets[bucket.min(BUCKETS - 1)] += 1;
         self.sum_us = self.sum_us.saturating_add(us);
         self.max_us = self.max_us.max(us);
+    }
+
+    /// Records `n` zero durations.
+    pub(crate) fn record_zeros(&mut self, n: u64) {
+        self.buckets[0] += n;
     }
 
     pub(crate) fn summary(&self) -> HistogramSummary {
@@ -175,6 +181,7 @@ impl Histogram {
 
 /// What every loan records, kept under the pool's lock (see [`Histogram`]).
 #[derive(Debug, Clone)]
+#[repr(C)] // `checkouts` first: next to the pool's other hot counters
 pub(crate) struct LoanStats {
     pub(crate) checkouts: u64,
     pub(crate) wait: Histogram,
