@@ -26,6 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::task::Waker;
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -37,6 +38,10 @@ pub(crate) use crate::lease::Lease;
 use crate::manager::{Health, Manager};
 use crate::rt::{self, Mutex, lock};
 use crate::stats::{AutoSizeStats, CloseReason, Counters, LoanStats, MetricHandles, Stats, Status};
+
+mod waiters;
+#[cfg_attr(feature = "model-check", allow(unused_imports))]
+pub(crate) use waiters::run as run_reaper;
 
 pub(crate) const LOG: &str = "queuepool::pool";
 
@@ -113,6 +118,14 @@ pub(crate) struct State<C> {
     loans: LoanStats,
     /// Last time more than `pool_size` connections were needed at once.
     last_overflow_use: Instant,
+    /// The waiters in arrival order, for their timeouts (see `waiters`): entry `i` has
+    /// ticket `queue_base + i`.
+    queue: VecDeque<waiters::Entry>,
+    queue_base: u64,
+    /// Tickets below this have expired (`Inner::expired_upto` mirrors it).
+    reaped: u64,
+    /// The reaper has a deadline to wake at: a new waiter need not wake it.
+    reaper_armed: bool,
     /// The current number of slots (`limit` unless lowered by `set_lend_limit`).
     lend_limit: usize,
     /// `pool_size = auto`: the controller that moves `lend_limit`.
@@ -148,6 +161,12 @@ pub(crate) struct Inner<M: Manager> {
     next_id: AtomicU64,
     /// `state.closed`, readable without the lock.
     closed_flag: std::sync::atomic::AtomicBool,
+    /// Waiters' tickets below this have expired (written by the reaper).
+    expired_upto: AtomicU64,
+    /// The reaper keeps the waiters' deadlines (else each waiter keeps its own).
+    reaper_alive: std::sync::atomic::AtomicBool,
+    /// Wakes the reaper (a first waiter, the pool dropped).
+    pub(crate) reaper: Arc<Notify>,
 }
 
 impl<M: Manager> Inner<M> {
@@ -156,7 +175,7 @@ impl<M: Manager> Inner<M> {
     fn state(&self) -> Locked<'_, M::Connection> {
         Locked {
             guard: Some(lock(&self.state)),
-            queue: &self.slots,
+            sem: &self.slots,
         }
     }
 
@@ -184,6 +203,10 @@ impl<M: Manager> Inner<M> {
                 refilling: 0,
                 connect_waiting: 0,
                 zero_waits: 0,
+                queue: VecDeque::new(),
+                queue_base: 0,
+                reaped: 0,
+                reaper_armed: false,
                 closed: false,
                 last_overflow_use: now,
                 loans: LoanStats::new(),
@@ -203,6 +226,9 @@ impl<M: Manager> Inner<M> {
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             closed_flag: std::sync::atomic::AtomicBool::new(false),
+            expired_upto: AtomicU64::new(0),
+            reaper_alive: std::sync::atomic::AtomicBool::new(false),
+            reaper: Arc::new(Notify::new()),
         };
         let start = inner.state().auto.as_ref().map(|g| g.ctl.effective_limit());
         if let Some(start) = start {
@@ -217,18 +243,28 @@ impl<M: Manager> Inner<M> {
     /// connection is counted as served with no wait. `None`: no free permit, or others
     /// wait for one; the checkout is now registered as a waiter and must wait with
     /// [`Inner::wait_take`], which unregisters it however it ends.
-    pub(crate) fn take_first(&self, now: Instant) -> Option<Take<M::Connection>> {
+    pub(crate) fn take_first(
+        &self,
+        now: Instant,
+        waker: &Waker,
+    ) -> Result<Take<M::Connection>, u64> {
         let mut st = self.state();
         if st.closed {
-            return Some(Take::Closed);
+            return Ok(Take::Closed);
         }
         if st.free == 0 || st.waiters > 0 {
             st.waiters += 1;
             self.metrics.pending.set(st.waiters as f64);
-            return None;
+            let (ticket, wake_reaper) =
+                self.enqueue(&mut st, now + self.config.pool_timeout, waker);
+            drop(st);
+            if wake_reaper {
+                self.reaper.notify_one();
+            }
+            return Err(ticket);
         }
         st.free -= 1;
-        Some(self.take_locked(&mut st, Duration::ZERO, now))
+        Ok(self.take_locked(&mut st, Duration::ZERO, now))
     }
 
     /// Waits in arrival order for a permit, until `deadline`, for a checkout that
@@ -241,18 +277,54 @@ impl<M: Manager> Inner<M> {
     pub(crate) async fn wait_take(
         &self,
         start: Instant,
-        deadline: Instant,
+        ticket: u64,
     ) -> Result<(Take<M::Connection>, Instant), WaitEnd> {
         // Declared before the acquire: on cancellation the acquire is dropped first (a
         // permit the semaphore assigned to it goes back to the semaphore), then the
         // waiter unregisters and rebalances.
         let mut wait = Waiter {
             inner: self,
+            ticket,
             claimed: false,
         };
-        let acquired = rt::wait_deadline(deadline, self.slots.acquire()).await;
+        let deadline = start + self.config.pool_timeout;
+        #[cfg(feature = "model-check")]
+        let acquired = rt::wait_deadline(deadline, self.slots.acquire()).await.ok();
+        #[cfg(not(feature = "model-check"))]
+        let acquired = {
+            let mut acquire = std::pin::pin!(self.slots.acquire());
+            // Only if the reaper is gone: this waiter's own timer.
+            let mut own: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+            let mut registered: Option<Waker> = None;
+            std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(acquired) = acquire.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(Some(acquired));
+                }
+                if self.expired(ticket) {
+                    return std::task::Poll::Ready(None);
+                }
+                if !self.reaper_alive() {
+                    let own =
+                        own.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if own.as_mut().poll(cx).is_ready() {
+                        return std::task::Poll::Ready(None);
+                    }
+                } else if registered
+                    .as_ref()
+                    .is_some_and(|w| !w.will_wake(cx.waker()))
+                {
+                    self.rewake(ticket, cx.waker());
+                    registered = Some(cx.waker().clone());
+                } else if registered.is_none() {
+                    // The waker it entered with was this poll's (see `Pool::get`).
+                    registered = Some(cx.waker().clone());
+                }
+                std::task::Poll::Pending
+            })
+            .await
+        };
         match acquired {
-            Ok(Ok(permit)) => {
+            Some(Ok(permit)) => {
                 permit.forget();
                 // The permit is ours from here: claimed and counted as a slot below,
                 // with no await in between.
@@ -261,11 +333,12 @@ impl<M: Manager> Inner<M> {
                 let mut st = self.state();
                 st.waiters -= 1;
                 st.in_sem -= 1;
+                self.dequeue(&mut st, ticket);
                 self.metrics.pending.set(st.waiters as f64);
                 Ok((self.take_locked(&mut st, now - start, now), now))
             }
-            Ok(Err(_)) => Err(WaitEnd::Closed),
-            Err(_) => Err(WaitEnd::Timeout),
+            Some(Err(_)) => Err(WaitEnd::Closed),
+            None => Err(WaitEnd::Timeout),
         }
     }
 
@@ -692,6 +765,13 @@ impl<M: Manager> Inner<M> {
         self.metrics.in_use.set((st.slots - st.refilling) as f64);
     }
 
+    /// The reaper's task is about to be spawned: the waiters rely on it.
+    #[cfg_attr(feature = "model-check", allow(dead_code))]
+    pub(crate) fn reaper_started(&self) {
+        self.reaper_alive
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed_flag.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -792,7 +872,7 @@ impl<M: Manager> Inner<M> {
 /// The pool's lock, held (see [`Inner::state`]).
 struct Locked<'a, C> {
     guard: Option<rt::MutexGuard<'a, State<C>>>,
-    queue: &'a Semaphore,
+    sem: &'a Semaphore,
 }
 
 impl<C> std::ops::Deref for Locked<'_, C> {
@@ -814,7 +894,7 @@ impl<C> Drop for Locked<'_, C> {
             let handoff = std::mem::take(&mut guard.handoff);
             drop(guard);
             if handoff > 0 {
-                self.queue.add_permits(handoff);
+                self.sem.add_permits(handoff);
             }
         }
     }
@@ -836,6 +916,7 @@ pub(crate) enum WaitEnd {
 /// is back in the semaphore by then.
 struct Waiter<'a, M: Manager> {
     inner: &'a Inner<M>,
+    ticket: u64,
     claimed: bool,
 }
 
@@ -846,6 +927,7 @@ impl<M: Manager> Drop for Waiter<'_, M> {
         }
         let mut st = self.inner.state();
         st.waiters -= 1;
+        self.inner.dequeue(&mut st, self.ticket);
         self.inner.rebalance(&mut st);
         self.inner.metrics.pending.set(st.waiters as f64);
     }
@@ -855,5 +937,6 @@ impl<M: Manager> Drop for Inner<M> {
     fn drop(&mut self) {
         // Lets the background tasks (which only hold weak references) end now.
         self.maintenance.notify_one();
+        self.reaper.notify_one();
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, Location};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -68,6 +69,11 @@ impl<M: Manager> Pool<M> {
                 Arc::downgrade(&pool.inner),
                 pool.inner.maintenance.clone(),
             ));
+            pool.inner.reaper_started();
+            tokio::spawn(crate::inner::run_reaper(
+                Arc::downgrade(&pool.inner),
+                pool.inner.reaper.clone(),
+            ));
         }
         tracing::debug!(target: LOG, pool = %pool.inner.config.name, status = %pool.status(), "Pool created");
         Ok(pool)
@@ -128,12 +134,14 @@ impl<M: Manager> Pool<M> {
         async move {
             let start = Instant::now();
             let inner = &self.inner;
-            let (take, now) = match inner.take_first(start) {
-                // The slow path, boxed so the common case's future stays small: the
-                // only place a timer exists. (Registered as a waiter by `take_first`;
-                // `wait_slot` unregisters it however it ends.)
-                None => Box::pin(self.wait_slot(start)).await?,
-                Some(take) => (take, start),
+            let first =
+                std::future::poll_fn(|cx| Poll::Ready(inner.take_first(start, cx.waker()))).await;
+            let (take, now) = match first {
+                // The slow path, boxed so the common case's future stays small.
+                // (Registered as a waiter by `take_first`; `wait_slot` unregisters it
+                // however it ends.)
+                Err(ticket) => Box::pin(self.wait_slot(start, ticket)).await?,
+                Ok(take) => (take, start),
             };
             // We hold a slot: it is wrapped (guard or lease) before the next await.
             match take {
@@ -157,12 +165,12 @@ impl<M: Manager> Pool<M> {
 
     /// Waits at the limit, in arrival order, for a slot, at most `pool_timeout`; then
     /// takes what [`Inner::take_first`] would have.
-    async fn wait_slot(&self, start: Instant) -> Result<(Take<M::Connection>, Instant), PoolError> {
-        match self
-            .inner
-            .wait_take(start, start + self.inner.config.pool_timeout)
-            .await
-        {
+    async fn wait_slot(
+        &self,
+        start: Instant,
+        ticket: u64,
+    ) -> Result<(Take<M::Connection>, Instant), PoolError> {
+        match self.inner.wait_take(start, ticket).await {
             Ok(taken) => Ok(taken),
             Err(WaitEnd::Timeout) => Err(self.timeout_error()),
             Err(WaitEnd::Closed) => Err(PoolError::Closed),

@@ -61,45 +61,30 @@ pub(crate) async fn deadline<F: Future>(deadline: Instant, fut: F) -> Result<F::
     }
 }
 
-/// Bounds a checkout's wait for a slot by `deadline`. Under the model check, where
-/// time does not exist, the scheduler's random source decides at each pending poll
-/// whether the deadline has passed, so the model explores timeouts racing with
-/// hand-overs, cancellations and `close()`.
+/// Under the model check, where time does not exist, a waiting checkout's timeout
+/// (kept by the reaper or its own timer outside the model): the scheduler's random
+/// source decides at each pending poll whether the deadline has passed, so the model
+/// explores timeouts racing with hand-overs, cancellations and `close()`.
+#[cfg(feature = "model-check")]
 pub(crate) async fn wait_deadline<F: Future>(
     deadline: Instant,
     fut: F,
 ) -> Result<F::Output, Elapsed> {
-    #[cfg(feature = "model-check")]
-    {
-        use shuttle::rand::RngCore;
-        let _ = deadline;
-        let mut fut = std::pin::pin!(fut);
-        std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-            std::task::Poll::Ready(v) => std::task::Poll::Ready(Ok(v)),
+    use shuttle::rand::RngCore;
+    let _ = deadline;
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Ok(v)),
+        std::task::Poll::Pending if shuttle::rand::thread_rng().next_u32().is_multiple_of(4) => {
+            std::task::Poll::Ready(Err(Elapsed))
+        }
+        std::task::Poll::Pending => {
+            // Come back: the next poll may be the one that times out.
+            cx.waker().wake_by_ref();
             std::task::Poll::Pending
-                if shuttle::rand::thread_rng().next_u32().is_multiple_of(4) =>
-            {
-                std::task::Poll::Ready(Err(Elapsed))
-            }
-            std::task::Poll::Pending => {
-                // Come back: the next poll may be the one that times out.
-                cx.waker().wake_by_ref();
-                std::task::Poll::Pending
-            }
-        })
-        .await
-    }
-    #[cfg(not(feature = "model-check"))]
-    {
-        deadline_impl(deadline, fut).await
-    }
-}
-
-#[cfg(not(feature = "model-check"))]
-async fn deadline_impl<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
-    tokio::time::timeout_at(deadline, fut)
-        .await
-        .map_err(|_| Elapsed)
+        }
+    })
+    .await
 }
 
 /// The message of a caught panic, for the log line.
