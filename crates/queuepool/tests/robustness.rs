@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -383,4 +384,74 @@ fn a_checkout_handed_a_connection_returned_without_a_runtime_ends_within_its_bou
             "took {took:?}, bound pool_timeout + connect_timeout = 2 s"
         );
     });
+}
+
+// ------------------------------------------------------------ the waiters' timeouts
+
+/// The reaper wakes a waiter through the waker it last saw: a checkout future first
+/// polled in one place (here a no-op waker) and then moved into a task still times out
+/// on time.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_polled_by_another_waker_still_times_out_on_time() {
+    let (pool, _) = pool(config().pool_size(1).max_overflow(0).pool_timeout(2 * S)).await;
+    let _held = pool.get().await.unwrap();
+    let other = pool.clone();
+    let started = Instant::now();
+    let mut waiting = Box::pin(async move { other.get().await.map(drop) });
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(waiting.as_mut().poll(&mut cx).is_pending(), "it waits");
+    let result = tokio::time::timeout(10 * S, tokio::spawn(waiting))
+        .await
+        .expect("the waiter was woken at its deadline")
+        .unwrap();
+    assert!(result.unwrap_err().is_timeout());
+    assert_eq!(started.elapsed(), 2 * S);
+}
+
+/// Waiters time out in arrival order, each at its own deadline, with one timer.
+#[tokio::test(start_paused = true)]
+async fn waiters_arriving_apart_each_time_out_at_their_own_deadline() {
+    let (pool, _) = pool(config().pool_size(1).max_overflow(0).pool_timeout(2 * S)).await;
+    let _held = pool.get().await.unwrap();
+    let started = Instant::now();
+    let mut waiters = Vec::new();
+    for i in 0..3u32 {
+        let p = pool.clone();
+        waiters.push(tokio::spawn(async move {
+            let err = p.get().await.map(drop).unwrap_err();
+            assert!(err.is_timeout(), "{err}");
+            Instant::now()
+        }));
+        if i < 2 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    for (i, waiter) in waiters.into_iter().enumerate() {
+        let ended = waiter.await.unwrap();
+        let expected = Duration::from_millis(500) * i as u32 + 2 * S;
+        assert_eq!(ended - started, expected, "waiter {i}");
+    }
+    assert_eq!(pool.status().waiting, 0);
+}
+
+/// A permit handed to a waiter that leaves before claiming it goes back to the free
+/// permits: the background refill can use it at once (it never takes a waiter's).
+#[tokio::test(start_paused = true)]
+async fn a_permit_handed_to_a_waiter_that_left_is_free_again() {
+    let (pool, _) = pool(config().pool_size(1).max_overflow(0).pool_timeout(60 * S)).await;
+    let mut held = pool.get().await.unwrap();
+    let other = pool.clone();
+    let waiter = tokio::spawn(async move { other.get().await.map(drop) });
+    settle().await;
+    assert_eq!(pool.status().waiting, 1);
+    // The connection is discarded: its slot's permit goes to the waiter, which is
+    // cancelled before it runs.
+    PooledConn::invalidate(&mut held);
+    drop(held);
+    waiter.abort();
+    settle().await;
+    tokio::time::sleep(S).await;
+    let status = pool.status();
+    assert_eq!((status.waiting, status.checked_out), (0, 0));
+    assert_eq!(status.idle, 1, "the refill reopened the pool's connection");
 }
