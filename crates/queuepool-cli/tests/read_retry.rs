@@ -1,5 +1,6 @@
-//! Reads are retried once on a fresh connection when their connection is lost
-//! mid-query (its backend killed with `pg_terminate_backend`); writes never are.
+//! Reads are retried on another connection while their connection is lost mid-query
+//! (its backend killed with `pg_terminate_backend`), at most the pool's
+//! `max_connections` times; writes never are.
 //!
 //! The deterministic tests hold `ACCESS EXCLUSIVE` on the items table from an observer
 //! connection, so the service's query waits on the lock where the test can see it
@@ -51,8 +52,8 @@ async fn create(app: &Router, name: &str) -> i64 {
 }
 
 /// The pids of the service's backends waiting on a lock, polled until there is one
-/// other than `not` (bounded).
-async fn waiting_backend(obs: &PgConnection, db: &TestDb, not: Option<i32>) -> i32 {
+/// not in `not` (bounded).
+async fn waiting_backend(obs: &PgConnection, db: &TestDb, not: &[i32]) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let rows = obs
@@ -66,7 +67,7 @@ async fn waiting_backend(obs: &PgConnection, db: &TestDb, not: Option<i32>) -> i
         if let Some(pid) = rows
             .iter()
             .map(|r| r.get::<_, i32>(0))
-            .find(|p| Some(*p) != not)
+            .find(|p| !not.contains(p))
         {
             return pid;
         }
@@ -136,10 +137,10 @@ async fn a_read_whose_backend_is_killed_mid_query_is_answered_from_a_second_conn
     for uri in [format!("/items/{id}"), "/items".to_owned()] {
         let lock = lock_items(&db).await;
         let task = spawn_request(&app, Method::GET, uri.clone(), None);
-        let first = waiting_backend(&obs, &db, None).await;
+        let first = waiting_backend(&obs, &db, &[]).await;
         kill(&obs, first).await;
         // The retry: another backend of the service waits on the lock.
-        let second = waiting_backend(&obs, &db, Some(first)).await;
+        let second = waiting_backend(&obs, &db, &[first]).await;
         assert_ne!(first, second);
         lock.batch_execute("COMMIT").await.unwrap();
         let reply = reply_of(task).await;
@@ -159,32 +160,62 @@ async fn a_read_whose_backend_is_killed_mid_query_is_answered_from_a_second_conn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_is_retried_only_once() {
+async fn a_read_whose_retry_is_killed_too_is_retried_again() {
     let db = common::pg_db().await;
     let (pool, app) = service(&db).await;
-    let id = create(&app, "x").await;
+    let id = create(&app, "kept").await;
 
     let obs = db.observer().await.unwrap();
     let lock = lock_items(&db).await;
     let task = spawn_request(&app, Method::GET, format!("/items/{id}"), None);
-    let first = waiting_backend(&obs, &db, None).await;
+    let first = waiting_backend(&obs, &db, &[]).await;
     kill(&obs, first).await;
-    let second = waiting_backend(&obs, &db, Some(first)).await;
+    let second = waiting_backend(&obs, &db, &[first]).await;
     kill(&obs, second).await;
-    // Answered while the lock is still held: no third attempt.
-    let reply = reply_of(task).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        reply.body
-    );
-    assert_eq!(
-        reply.body["error"], "database_unavailable",
-        "{}",
-        reply.body
-    );
+    // A third attempt, on a third backend: the answer once the lock is gone.
+    waiting_backend(&obs, &db, &[first, second]).await;
     lock.batch_execute("COMMIT").await.unwrap();
+    let reply = reply_of(task).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["id"], id, "{}", reply.body);
+    common::all_returned(&pool).await;
+    drop(pool);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_is_retried_at_most_max_connections_times() {
+    let db = common::pg_db().await;
+    let (pool, app) = service(&db).await;
+    // pool_size 2, max_overflow 0: two retries, three attempts.
+    assert_eq!(pool.config().max_connections(), 2);
+    let id = create(&app, "x").await;
+
+    let obs = db.observer().await.unwrap();
+    for uri in ["/items".to_owned(), format!("/items/{id}")] {
+        let lock = lock_items(&db).await;
+        let task = spawn_request(&app, Method::GET, uri.clone(), None);
+        let mut killed = Vec::new();
+        for _ in 0..3 {
+            let pid = waiting_backend(&obs, &db, &killed).await;
+            kill(&obs, pid).await;
+            killed.push(pid);
+        }
+        // Answered while the lock is still held: no fourth attempt.
+        let reply = reply_of(task).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{uri}: {}",
+            reply.body
+        );
+        assert_eq!(
+            reply.body["error"], "database_unavailable",
+            "{uri}: {}",
+            reply.body
+        );
+        lock.batch_execute("COMMIT").await.unwrap();
+    }
     common::all_returned(&pool).await;
     drop(pool);
     db.drop_database().await.unwrap();
@@ -209,7 +240,7 @@ async fn a_write_whose_backend_is_killed_mid_query_is_not_retried() {
     for (method, uri, body) in cases {
         let lock = lock_items(&db).await;
         let task = spawn_request(&app, method.clone(), uri.clone(), body);
-        let first = waiting_backend(&obs, &db, None).await;
+        let first = waiting_backend(&obs, &db, &[]).await;
         kill(&obs, first).await;
         // Answered while the lock is still held: a retry would wait on it, and time
         // out `reply_of`.

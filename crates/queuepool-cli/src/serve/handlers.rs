@@ -5,8 +5,9 @@
 //! invalid request never touches the database.
 //!
 //! The reads (`GET /health`, `GET /items`, `GET /items/{id}`) run their query through
-//! `retry::read`, which runs it once more on another connection if the first one was
-//! lost; the writes run theirs once (a write whose connection died may have committed).
+//! `retry::read` (or `reads::read`), which runs it again on another connection while
+//! its connection is lost (bounded); the writes run theirs once (a write whose
+//! connection died may have committed).
 
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use super::QUERY_GRACE;
 use super::error::{AppError, ErrorBody};
 use super::extract::{ItemBody, ItemId, PageQuery, QueryLimit};
 use super::reads::{self, ReadsOf};
-use super::retry::{self, Find, List, Ping};
+use super::retry::{self, Find, List, Ping, max_retries};
 use crate::store::{Item, ItemIn, ListParams, Store};
 
 /// The body of `GET /health`.
@@ -102,11 +103,12 @@ pub async fn health<M: Store>(
 pub async fn list_items<M: Store>(
     PageQuery(page): PageQuery,
     QueryLimit(limit): QueryLimit,
+    State(pool): State<Pool<M>>,
     ReadsOf(reads): ReadsOf<M>,
     ReadAfter(after): ReadAfter,
 ) -> Result<Json<Vec<Item>>, AppError> {
     let db = DbRead::checkout(&reads, after.as_deref()).await?;
-    let items = reads::read(db, List(page), limit).await?;
+    let items = reads::read(db, List(page), limit, max_retries(&pool)).await?;
     Ok(Json(items))
 }
 
@@ -159,11 +161,12 @@ pub async fn create_item<M: Store>(
 pub async fn get_item<M: Store>(
     ItemId(id): ItemId,
     QueryLimit(limit): QueryLimit,
+    State(pool): State<Pool<M>>,
     ReadsOf(reads): ReadsOf<M>,
     ReadAfter(after): ReadAfter,
 ) -> Result<Json<Item>, AppError> {
     let db = DbRead::checkout(&reads, after.as_deref()).await?;
-    let item = reads::read(db, Find(id), limit).await?;
+    let item = reads::read(db, Find(id), limit, max_retries(&pool)).await?;
     item.map(Json).ok_or_else(|| not_found(id))
 }
 

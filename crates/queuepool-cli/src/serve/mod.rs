@@ -49,8 +49,9 @@ const REQUEST_MARGIN: Duration = Duration::from_secs(1);
 ///
 /// Every handler checks out one connection (bounded by `pool_timeout`, plus
 /// `connect_timeout` when it opens one) and runs one query on it (bounded by
-/// `query`); a read whose connection is lost mid-query checks out a second one and
-/// runs the query again within what is left of `query`. `request` bounds the whole request as a backstop for anything else (a
+/// `query`); a read whose connection is lost mid-query checks out another and runs
+/// the query again (bounded, while it keeps losing them) within what is left of
+/// `query`. `request` bounds the whole request as a backstop for anything else (a
 /// body trickling in, a bug): `pool_timeout + connect_timeout + query_timeout + 1.25
 /// s`. A request past it is answered 503 `request_timeout` and its handler dropped
 /// (with it any pooled connection, which the pool discards if a query was running).

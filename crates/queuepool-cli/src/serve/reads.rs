@@ -146,38 +146,45 @@ fn finish<M: Store, T>(
     }
 }
 
-/// Runs `query` on `db`; if it loses its connection, runs it once more on another
-/// server (a standby that qualifies, else the primary), within what is left of `limit`
-/// ([`retry::read`](super::retry) for routed reads).
+/// Runs `query` on `db`; while it loses its connection, runs it again on another
+/// server (a standby that qualifies, else the primary), within what is left of
+/// `limit`, at most `max_retries` times ([`retry::read`](super::retry) for routed
+/// reads, which says why once is not enough).
 pub(crate) async fn read<M: Store, R: Read<M>>(
     mut db: DbRead<M>,
     query: R,
     limit: Duration,
+    max_retries: usize,
 ) -> Result<R::Output, AppError> {
     let started = Instant::now();
-    let first = finish(
+    let mut outcome = finish(
         bounded(limit, query.run(&mut db, limit)).await,
         &mut db,
         limit,
     );
-    let lost = match first {
-        Err(AppError::Db(DbError::Disconnected(cause))) => cause,
-        other => return other,
-    };
-    let left = limit.saturating_sub(started.elapsed());
-    if left.is_zero() {
-        return Err(AppError::Db(DbError::Disconnected(lost)));
+    let mut retries = 0;
+    loop {
+        let lost = match outcome {
+            Err(AppError::Db(DbError::Disconnected(cause))) => cause,
+            other => return other,
+        };
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() || retries >= max_retries {
+            return Err(AppError::Db(DbError::Disconnected(lost)));
+        }
+        retries += 1;
+        tracing::info!(
+            "a read query lost its connection to {} ({lost}); retrying it on another \
+             server (retry {retries})",
+            DbRead::route(&db)
+        );
+        db = DbRead::retry(db).await?;
+        outcome = finish(
+            bounded(left, query.run(&mut db, left)).await,
+            &mut db,
+            limit,
+        );
     }
-    tracing::info!(
-        "a read query lost its connection to {} ({lost}); retrying it once on another server",
-        DbRead::route(&db)
-    );
-    let mut db = DbRead::retry(db).await?;
-    finish(
-        bounded(left, query.run(&mut db, left)).await,
-        &mut db,
-        limit,
-    )
 }
 
 /// Adds the write's read-your-writes token to `response` (nothing without

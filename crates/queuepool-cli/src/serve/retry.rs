@@ -1,4 +1,4 @@
-//! Idempotent reads retried once on a fresh connection after a disconnect.
+//! Idempotent reads retried on another connection after a disconnect.
 //!
 //! A query that was on the wire when its backend died (killed, restarted, failed over),
 //! or that was lent in the instant before the driver saw the socket close, fails with
@@ -7,6 +7,15 @@
 //! it is not (the write may have committed before the connection died), so only the
 //! queries implementing [`Read`] (`SELECT 1`, a page of items, one item) can be
 //! retried, and the write handlers never go through [`read`].
+//!
+//! One retry is not always enough: an event that ends several backends reaches them
+//! one at a time (`pg_terminate_backend` over a list of pids, a server's fast
+//! shutdown signalling each backend, which acts on it when it is next scheduled). For
+//! a few milliseconds after the first query failed, another connection of the pool
+//! can still answer the pool's ping and then die under the retry. So a read is run
+//! again while it fails with a disconnect, within what is left of `query_timeout`, at
+//! most [`max_retries`] times: each failed retry discards one of the connections that
+//! were open when the event began, so the last one runs on a connection opened after.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -79,18 +88,24 @@ impl<M: Store> Read<M> for Find {
     }
 }
 
-/// Runs `query` on `db`; if it fails with a disconnect error, runs it once more on a
-/// connection checked out of `pool`.
+/// The most retries of one read on `pool`: its most connections open at once
+/// ([`PoolConfig::max_connections`](queuepool::PoolConfig::max_connections)), all of
+/// which one event can have doomed (see the module's doc).
+pub(crate) fn max_retries<M: Store>(pool: &Pool<M>) -> usize {
+    pool.config().max_connections()
+}
+
+/// Runs `query` on `db`; while it fails with a disconnect error, runs it again on a
+/// connection checked out of `pool`, at most [`max_retries`] times.
 ///
 /// The failed connection was already discarded, and the pool invalidated, by
-/// [`Db::error`] (through `finish`), so the retry gets a connection opened after the
-/// failure or one that passes the pool's checks. Bounds: the retry's query gets what
-/// is left of `limit` (`query_timeout`) since the first one began, so the queries of a
+/// [`Db::error`] (through `finish`), so each retry gets a connection opened after the
+/// failure or one that passes the pool's checks. Bounds: a retry's query gets what is
+/// left of `limit` (`query_timeout`) since the first one began, so the queries of a
 /// request together stay within `query_timeout` (no time left: the disconnect is the
-/// answer); its checkout waits at most `pool_timeout`, and the whole request stays
+/// answer); each checkout waits at most `pool_timeout`, and the whole request stays
 /// under the request timeout of the router's backstop. Any other outcome, including a
-/// query timeout (the server may still be running the query) and a second disconnect,
-/// is returned as it is.
+/// query timeout (the server may still be running the query), is returned as it is.
 pub(crate) async fn read<M: Store, R: Read<M>>(
     pool: &Pool<M>,
     mut db: Db<M>,
@@ -98,30 +113,35 @@ pub(crate) async fn read<M: Store, R: Read<M>>(
     limit: Duration,
 ) -> Result<R::Output, AppError> {
     let started = Instant::now();
-    let first = finish(
+    let mut outcome = finish(
         bounded(limit, query.run(&mut db, limit)).await,
         &mut db,
         limit,
     );
-    // Back to the pool (here: closed) before the retry checks one out: with a pool of
+    // Back to the pool (here: closed) before a retry checks one out: with a pool of
     // one, holding it would make the retry wait for itself.
     drop(db);
-    let lost = match first {
-        Err(AppError::Db(DbError::Disconnected(cause))) => cause,
-        other => return other,
-    };
-    let left = limit.saturating_sub(started.elapsed());
-    if left.is_zero() {
-        return Err(AppError::Db(DbError::Disconnected(lost)));
+    let max = max_retries(pool);
+    let mut retries = 0;
+    loop {
+        let lost = match outcome {
+            Err(AppError::Db(DbError::Disconnected(cause))) => cause,
+            other => return other,
+        };
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() || retries >= max {
+            return Err(AppError::Db(DbError::Disconnected(lost)));
+        }
+        retries += 1;
+        tracing::info!(
+            "a read query lost its database connection ({lost}); retrying it on another \
+             connection (retry {retries})"
+        );
+        let mut db = Db::checkout(pool).await?;
+        outcome = finish(
+            bounded(left, query.run(&mut db, left)).await,
+            &mut db,
+            limit,
+        );
     }
-    tracing::info!(
-        "a read query lost its database connection ({lost}); retrying it once on another \
-         connection"
-    );
-    let mut db = Db::checkout(pool).await?;
-    finish(
-        bounded(left, query.run(&mut db, left)).await,
-        &mut db,
-        limit,
-    )
 }
