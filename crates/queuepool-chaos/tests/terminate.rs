@@ -7,7 +7,8 @@ use queuepool_chaos::scenarios::terminate;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // Idle connections whose backend was killed are never lent (the pool consults
 // Manager::health before lending, 60c4a0c); reads whose query was on the wire are
-// retried once on a fresh connection by the service (923b10c).
+// retried by the service while they keep losing their connection, at most
+// max_connections times (923b10c, bfe2948).
 async fn killed_backends_fail_no_request_with_pre_ping() {
     let ctx = common::ctx();
     let f = terminate::run(&ctx, &terminate::Params::short())

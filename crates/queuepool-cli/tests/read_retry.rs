@@ -139,9 +139,9 @@ async fn a_read_whose_backend_is_killed_mid_query_is_answered_from_a_second_conn
         let task = spawn_request(&app, Method::GET, uri.clone(), None);
         let first = waiting_backend(&obs, &db, &[]).await;
         kill(&obs, first).await;
-        // The retry: another backend of the service waits on the lock.
-        let second = waiting_backend(&obs, &db, &[first]).await;
-        assert_ne!(first, second);
+        // The retry: another backend of the service waits on the lock (this fails
+        // after 10 s if none does).
+        waiting_backend(&obs, &db, &[first]).await;
         lock.batch_execute("COMMIT").await.unwrap();
         let reply = reply_of(task).await;
         assert_eq!(reply.status, StatusCode::OK, "{uri}: {}", reply.body);
