@@ -122,8 +122,6 @@ pub(crate) struct State<C> {
     /// ticket `queue_base + i`.
     queue: VecDeque<waiters::Entry>,
     queue_base: u64,
-    /// Tickets below this have expired (`Inner::expired_upto` mirrors it).
-    reaped: u64,
     /// The reaper has a deadline to wake at: a new waiter need not wake it.
     reaper_armed: bool,
     /// The current number of slots (`limit` unless lowered by `set_lend_limit`).
@@ -161,7 +159,8 @@ pub(crate) struct Inner<M: Manager> {
     next_id: AtomicU64,
     /// `state.closed`, readable without the lock.
     closed_flag: std::sync::atomic::AtomicBool,
-    /// Waiters' tickets below this have expired (written by the reaper).
+    /// Waiters' tickets below this have expired (written by the reaper, under the
+    /// lock; read by waiters without it).
     expired_upto: AtomicU64,
     /// The reaper keeps the waiters' deadlines (else each waiter keeps its own).
     reaper_alive: std::sync::atomic::AtomicBool,
@@ -205,7 +204,6 @@ impl<M: Manager> Inner<M> {
                 zero_waits: 0,
                 queue: VecDeque::new(),
                 queue_base: 0,
-                reaped: 0,
                 reaper_armed: false,
                 closed: false,
                 last_overflow_use: now,
@@ -346,11 +344,19 @@ impl<M: Manager> Inner<M> {
     /// semaphore) if someone waits for one, else to the free permits; withheld instead
     /// while the lend limit is being lowered.
     fn release_permit(&self, st: &mut State<M::Connection>) {
-        if st.debt > 0 {
-            st.debt -= 1;
-        } else if st.waiters > st.in_sem {
+        if st.debt == 0 && st.waiters > st.in_sem {
             st.in_sem += 1;
             st.handoff += 1;
+        } else {
+            Self::keep_permit(st);
+        }
+    }
+
+    /// A permit no waiter gets: withheld while the lend limit is being lowered, else
+    /// free.
+    fn keep_permit(st: &mut State<M::Connection>) {
+        if st.debt > 0 {
+            st.debt -= 1;
         } else {
             st.free += 1;
         }
@@ -358,31 +364,18 @@ impl<M: Manager> Inner<M> {
 
     /// After a waiter left: permits in the semaphore that no registered waiter will
     /// claim go back to the free permits (or to the lend limit's debt).
+    ///
+    /// (Called at the start of a critical section, where `handoff` is 0: hand-offs are
+    /// added to the semaphore whenever the lock is released. One made by another
+    /// critical section may still be on its way into the semaphore: it is then claimed
+    /// by the next checkout that registers, at once.)
     fn rebalance(&self, st: &mut State<M::Connection>) {
-        // Hand-offs not yet in the semaphore are simply kept.
-        let kept = st.handoff.min(st.in_sem.saturating_sub(st.waiters));
-        st.handoff -= kept;
-        st.in_sem -= kept;
-        for _ in 0..kept {
-            if st.debt > 0 {
-                st.debt -= 1;
-            } else {
-                st.free += 1;
-            }
-        }
-        // (A hand-off made by another critical section may still be on its way into
-        // the semaphore: it is then claimed by the next checkout that registers, at
-        // once.)
         while st.in_sem > st.waiters {
             match self.slots.try_acquire() {
                 Ok(permit) => {
                     permit.forget();
                     st.in_sem -= 1;
-                    if st.debt > 0 {
-                        st.debt -= 1;
-                    } else {
-                        st.free += 1;
-                    }
+                    Self::keep_permit(st);
                 }
                 // Closed, or (cannot happen while in_sem > waiters) none unassigned.
                 Err(_) => break,

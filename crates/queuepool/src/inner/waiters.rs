@@ -17,7 +17,7 @@
 // Under the model check the reaper does not run (waiters time out at random instead).
 #![cfg_attr(feature = "model-check", allow(dead_code))]
 
-use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
@@ -100,7 +100,7 @@ impl<M: Manager> Inner<M> {
     fn reap(&self, now: Instant) -> Option<Instant> {
         let mut wake = Vec::new();
         let mut st = self.state();
-        let mut ticket = st.reaped.max(st.queue_base);
+        let mut ticket = self.expired_upto.load(Relaxed).max(st.queue_base);
         let next = loop {
             let index = (ticket - st.queue_base) as usize;
             let Some(entry) = st.queue.get_mut(index) else {
@@ -112,7 +112,6 @@ impl<M: Manager> Inner<M> {
             wake.extend(entry.waker.take());
             ticket += 1;
         };
-        st.reaped = ticket;
         self.expired_upto.store(ticket, Release);
         st.reaper_armed = next.is_some();
         drop(st);
