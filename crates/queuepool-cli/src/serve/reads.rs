@@ -9,19 +9,19 @@
 //! back. `GET /health` stays on the primary: it says whether writes can work.
 
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::response::Response;
 use queuepool::Pool;
-use queuepool_axum::{Db, DbError, DbRead, Reads};
+use queuepool_axum::{Db, DbRead, Reads};
 use queuepool_postgres::{PgManager, ReadWrite, RoutingConfig};
 
 use super::AppState;
 use super::error::AppError;
 use super::handlers::bounded;
-use super::retry::Read;
+use super::retry::{Read, Retries};
 use crate::config::ServeConfig;
 use crate::error::CliError;
 use crate::store::Store;
@@ -156,27 +156,22 @@ pub(crate) async fn read<M: Store, R: Read<M>>(
     limit: Duration,
     max_retries: usize,
 ) -> Result<R::Output, AppError> {
-    let started = Instant::now();
+    let mut retries = Retries::new(limit, max_retries);
     let mut outcome = finish(
         bounded(limit, query.run(&mut db, limit)).await,
         &mut db,
         limit,
     );
-    let mut retries = 0;
     loop {
-        let lost = match outcome {
-            Err(AppError::Db(DbError::Disconnected(cause))) => cause,
-            other => return other,
+        let (lost, left) = match retries.next(outcome) {
+            Ok(retry) => retry,
+            Err(outcome) => return outcome,
         };
-        let left = limit.saturating_sub(started.elapsed());
-        if left.is_zero() || retries >= max_retries {
-            return Err(AppError::Db(DbError::Disconnected(lost)));
-        }
-        retries += 1;
         tracing::info!(
             "a read query lost its connection to {} ({lost}); retrying it on another \
-             server (retry {retries})",
-            DbRead::route(&db)
+             server (retry {})",
+            DbRead::route(&db),
+            retries.done()
         );
         db = DbRead::retry(db).await?;
         outcome = finish(

@@ -95,6 +95,55 @@ pub(crate) fn max_retries<M: Store>(pool: &Pool<M>) -> usize {
     pool.config().max_connections()
 }
 
+/// The cause a disconnect error carries.
+type Lost = Box<dyn std::error::Error + Send + Sync>;
+
+/// The retry loop's bookkeeping, shared by [`read`] and the routed reads: which
+/// outcomes end the loop, and what is left of the time and the retries.
+pub(crate) struct Retries {
+    started: Instant,
+    limit: Duration,
+    max: usize,
+    done: usize,
+}
+
+impl Retries {
+    /// Starts counting at the first query, which may take all of `limit`; at most `max`
+    /// retries.
+    pub(crate) fn new(limit: Duration, max: usize) -> Self {
+        Retries {
+            started: Instant::now(),
+            limit,
+            max,
+            done: 0,
+        }
+    }
+
+    /// Given the last query's outcome: `Err` with the outcome to return (not a
+    /// disconnect, or no time or retry left), or `Ok` with the disconnect's cause and
+    /// the time the retry may take (the retry is counted).
+    pub(crate) fn next<T>(
+        &mut self,
+        outcome: Result<T, AppError>,
+    ) -> Result<(Lost, Duration), Result<T, AppError>> {
+        let lost = match outcome {
+            Err(AppError::Db(DbError::Disconnected(cause))) => cause,
+            other => return Err(other),
+        };
+        let left = self.limit.saturating_sub(self.started.elapsed());
+        if left.is_zero() || self.done >= self.max {
+            return Err(Err(AppError::Db(DbError::Disconnected(lost))));
+        }
+        self.done += 1;
+        Ok((lost, left))
+    }
+
+    /// Retries so far.
+    pub(crate) fn done(&self) -> usize {
+        self.done
+    }
+}
+
 /// Runs `query` on `db`; while it fails with a disconnect error, runs it again on a
 /// connection checked out of `pool`, at most [`max_retries`] times.
 ///
@@ -112,7 +161,7 @@ pub(crate) async fn read<M: Store, R: Read<M>>(
     query: R,
     limit: Duration,
 ) -> Result<R::Output, AppError> {
-    let started = Instant::now();
+    let mut retries = Retries::new(limit, max_retries(pool));
     let mut outcome = finish(
         bounded(limit, query.run(&mut db, limit)).await,
         &mut db,
@@ -121,21 +170,15 @@ pub(crate) async fn read<M: Store, R: Read<M>>(
     // Back to the pool (here: closed) before a retry checks one out: with a pool of
     // one, holding it would make the retry wait for itself.
     drop(db);
-    let max = max_retries(pool);
-    let mut retries = 0;
     loop {
-        let lost = match outcome {
-            Err(AppError::Db(DbError::Disconnected(cause))) => cause,
-            other => return other,
+        let (lost, left) = match retries.next(outcome) {
+            Ok(retry) => retry,
+            Err(outcome) => return outcome,
         };
-        let left = limit.saturating_sub(started.elapsed());
-        if left.is_zero() || retries >= max {
-            return Err(AppError::Db(DbError::Disconnected(lost)));
-        }
-        retries += 1;
         tracing::info!(
             "a read query lost its database connection ({lost}); retrying it on another \
-             connection (retry {retries})"
+             connection (retry {})",
+            retries.done()
         );
         let mut db = Db::checkout(pool).await?;
         outcome = finish(
