@@ -7,8 +7,10 @@
 //! and a return gives both back in one. At the limit a checkout registers as a waiter,
 //! under the same lock, and waits in a tokio [`Semaphore`]'s FIFO queue, bounded by its
 //! own `pool_timeout` timer; the semaphore holds permits only on their way to
-//! registered waiters. While anyone waits, a freed permit goes into the semaphore (to
-//! the oldest waiter), never to the free count: nobody can overtake a waiter. A return
+//! registered waiters. While a waiter has no permit on its way, a freed permit goes into
+//! the semaphore (to the oldest such waiter), never to the free count: nobody can
+//! overtake a waiter. (A checkout that finds a free permit while every waiter already
+//! has one on its way takes it: it overtakes nobody.) A return
 //! puts its connection into the idle queue *before* it frees the permit, so the waiter
 //! that receives the permit finds the connection there.
 //!
@@ -92,7 +94,8 @@ pub(crate) struct State<C> {
     /// refills.
     slots: usize,
     /// Permits held by nobody and not in the semaphore: what a checkout takes without
-    /// waiting. Zero whenever someone waits.
+    /// waiting. Zero whenever a registered waiter has no permit on its way
+    /// (`waiters > in_sem`): a permit is freed only when every waiter has one.
     free: usize,
     /// Checkouts registered as waiting for a permit (from the moment they found none
     /// until they claim one or leave).
@@ -250,7 +253,10 @@ impl<M: Manager> Inner<M> {
         if st.closed {
             return Ok(Take::Closed);
         }
-        if st.free == 0 || st.waiters > 0 {
+        // Every registered waiter may already have a permit on its way (`in_sem`): a
+        // free permit then overtakes nobody. (Registering beside a free permit would
+        // strand it: it is only handed to waiters that register before it is freed.)
+        if st.free == 0 || st.waiters > st.in_sem {
             st.waiters += 1;
             self.metrics.pending.set(st.waiters as f64);
             let (ticket, wake_reaper) =
@@ -884,6 +890,14 @@ impl<C> std::ops::DerefMut for Locked<'_, C> {
 impl<C> Drop for Locked<'_, C> {
     fn drop(&mut self) {
         if let Some(mut guard) = self.guard.take() {
+            // No permit is free while a waiter has none on its way (see `take_first`).
+            debug_assert!(
+                guard.free == 0 || guard.waiters <= guard.in_sem,
+                "a free permit beside a waiter without one: free {}, waiters {}, in_sem {}",
+                guard.free,
+                guard.waiters,
+                guard.in_sem
+            );
             let handoff = std::mem::take(&mut guard.handoff);
             drop(guard);
             if handoff > 0 {

@@ -137,3 +137,43 @@ async fn a_fixed_pool_reports_its_limit_and_no_controller() {
     assert_eq!(pool.status().limit, 7);
     assert_eq!(pool.stats().auto_size, None);
 }
+
+/// A database far away (every query takes 10 ms whatever the concurrency): the limit
+/// climbs to the ceiling, and once there, with as many clients as the ceiling, nobody
+/// waits, as with a fixed pool of that size. (Raising the limit while checkouts wait
+/// once left a permit free beside a registered waiter: one client waited on every
+/// round from then on, 5 % fewer queries and a p99 a round trip longer.)
+#[tokio::test(start_paused = true)]
+async fn at_its_ceiling_an_auto_pool_lends_as_much_as_a_fixed_pool_of_that_size() {
+    let (pool, _) = common::pool(
+        common::config()
+            .pool_size(2)
+            .auto_size(2, 16)
+            .pool_timeout(Duration::from_secs(30)),
+    )
+    .await;
+    let end = Instant::now() + Duration::from_secs(12);
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let pool = pool.clone();
+        clients.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let mut conn = pool.get().await.expect("no timeout at this load");
+                conn.query(Duration::from_millis(10)).await.expect("query");
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut samples = Vec::new();
+    while Instant::now() + Duration::from_millis(100) < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let status = pool.status();
+        samples.push((status.limit, status.waiting));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(samples.iter().all(|&(limit, _)| limit == 16), "{samples:?}");
+    let waited = samples.iter().filter(|&&(_, waiting)| waiting > 0).count();
+    assert_eq!(waited, 0, "samples with a checkout waiting: {samples:?}");
+}

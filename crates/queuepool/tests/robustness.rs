@@ -455,3 +455,30 @@ async fn a_permit_handed_to_a_waiter_that_left_is_free_again() {
     assert_eq!((status.waiting, status.checked_out), (0, 0));
     assert_eq!(status.idle, 1, "the refill reopened the pool's connection");
 }
+
+/// Two returns while one checkout waits: the first permit goes to the waiter, the
+/// second is free, and a checkout arriving before the waiter has run takes it at once
+/// (it overtakes nobody). Registering it as a second waiter instead would leave that
+/// permit free with someone waiting: it would wait until the next return, or time out
+/// beside an idle connection (under steady load, one client always waiting).
+#[tokio::test(start_paused = true)]
+async fn a_free_permit_is_taken_at_once_while_every_waiter_has_one_on_its_way() {
+    let (pool, _) = pool(config().pool_size(2).max_overflow(0).pool_timeout(5 * S)).await;
+    let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    let other = pool.clone();
+    // The waiter keeps what it gets: nothing is returned after the two returns below.
+    let waiter = tokio::spawn(async move { other.get().await });
+    settle().await;
+    assert_eq!(pool.status().waiting, 1);
+    drop(a);
+    drop(b);
+    // Polled before the waiter's task runs again.
+    let late = tokio::time::timeout(MS, pool.get())
+        .await
+        .expect("served at once: a connection is idle and no waiter lacks a permit")
+        .unwrap();
+    let served = waiter.await.unwrap().expect("the waiter is served too");
+    drop((late, served));
+    let status = pool.status();
+    assert_eq!((status.waiting, status.checked_out, status.idle), (0, 0, 2));
+}
