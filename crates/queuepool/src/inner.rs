@@ -5,12 +5,14 @@
 //! queue. Below the limit a checkout takes a free permit and an idle connection in one
 //! critical section (no atomic read-modify-write besides the lock, no await, no timer),
 //! and a return gives both back in one. At the limit a checkout registers as a waiter,
-//! under the same lock, and waits in a tokio [`Semaphore`]'s FIFO queue, bounded by its
-//! own `pool_timeout` timer; the semaphore holds permits only on their way to
-//! registered waiters. While a waiter has no permit on its way, a freed permit goes into
-//! the semaphore (to the oldest such waiter), never to the free count: nobody can
-//! overtake a waiter. (A checkout that finds a free permit while every waiter already
-//! has one on its way takes it: it overtakes nobody.) A return
+//! under the same lock, in the pool's own queue of waiters (arrival order), bounded by
+//! `pool_timeout` (see `waiters`). A freed permit is handed, in the critical section
+//! that frees it, to the oldest waiter still waiting for one (marked served, woken once
+//! the lock is released), never to the free count while one waits: nobody can overtake
+//! a waiter. (A checkout that finds a free permit while every waiter is already served
+//! takes it: it overtakes nobody.) The critical section that serves a waiter also
+//! takes its connection for it and leaves it in the waiter's own hand-off slot, where
+//! the waiter picks it up without the pool's lock. A return
 //! puts its connection into the idle queue *before* it frees the permit, so the waiter
 //! that receives the permit finds the connection there.
 //!
@@ -42,6 +44,10 @@ use crate::rt::{self, Mutex, lock};
 use crate::stats::{AutoSizeStats, CloseReason, Counters, LoanStats, MetricHandles, Stats, Status};
 
 mod waiters;
+pub(crate) use waiters::Slot;
+
+/// A checkout registered as a waiter: its ticket and its hand-off slot.
+pub(crate) type Registered<C> = (u64, Slot<C>);
 #[cfg_attr(feature = "model-check", allow(unused_imports))]
 pub(crate) use waiters::run as run_reaper;
 
@@ -93,23 +99,26 @@ pub(crate) struct State<C> {
     /// Slots held: checkouts (lent, connecting, pinging, resetting) and background
     /// refills.
     slots: usize,
-    /// Permits held by nobody and not in the semaphore: what a checkout takes without
-    /// waiting. Zero whenever a registered waiter has no permit on its way
-    /// (`waiters > in_sem`): a permit is freed only when every waiter has one.
+    /// Permits held by nobody and not handed to a waiter: what a checkout takes without
+    /// waiting. Zero whenever a waiter still waits for a permit (`unserved > 0`): a
+    /// permit is freed only when every waiter has one.
     free: usize,
-    /// Checkouts registered as waiting for a permit (from the moment they found none
-    /// until they claim one or leave).
+    /// Checkouts registered as waiters (from the moment they found no permit until they
+    /// claim one or leave): what `status().waiting` shows.
     waiters: usize,
+    /// Waiters still waiting for a permit (neither served nor expired).
+    unserved: usize,
     closed: bool,
     /// Slots held by the background refill.
     refilling: usize,
-    /// Permits put into the semaphore for waiters and not yet claimed (including
-    /// `handoff`). Never more than `waiters` once a leaving waiter has rebalanced.
-    in_sem: usize,
-    /// Permits given to waiters in this critical section, added to the semaphore when
-    /// the lock is released ([`Locked`]): waking a waiter (which may unpark another
-    /// worker thread) never happens under the pool's lock.
-    handoff: usize,
+    /// Waiters served in this critical section, woken when the lock is released
+    /// ([`Locked`]): waking a waiter (which may unpark another worker thread) never
+    /// happens under the pool's lock. Mostly one; more when the limit is raised.
+    wake: Option<Waker>,
+    wake_more: Vec<Waker>,
+    /// The time of the return in this critical section, read before the lock was
+    /// taken: a waiter served by it is served then (no clock read under the lock).
+    now: Option<Instant>,
     /// Permits to withhold as slots are released: the lend limit was lowered below the
     /// slots in use.
     debt: usize,
@@ -121,10 +130,15 @@ pub(crate) struct State<C> {
     loans: LoanStats,
     /// Last time more than `pool_size` connections were needed at once.
     last_overflow_use: Instant,
-    /// The waiters in arrival order, for their timeouts (see `waiters`): entry `i` has
-    /// ticket `queue_base + i`.
-    queue: VecDeque<waiters::Entry>,
+    /// The waiters in arrival order (see `waiters`): entry `i` has ticket
+    /// `queue_base + i`.
+    queue: VecDeque<waiters::Entry<C>>,
     queue_base: u64,
+    /// No waiter below this ticket still waits for a permit: where the next hand-off
+    /// starts looking.
+    serve_from: u64,
+    /// The reaper has expired every waiting ticket below this one.
+    reaped_upto: u64,
     /// The reaper has a deadline to wake at: a new waiter need not wake it.
     reaper_armed: bool,
     /// The current number of slots (`limit` unless lowered by `set_lend_limit`).
@@ -139,11 +153,8 @@ pub(crate) struct Inner<M: Manager> {
     state: Mutex<State<M::Connection>>,
     pub(crate) manager: M,
     pub(crate) config: PoolConfig,
-    /// `pool_size + max_overflow` (capped at the semaphore's maximum when unlimited).
+    /// `pool_size + max_overflow` (capped when unlimited).
     pub(crate) limit: usize,
-    /// The queue of the checkouts waiting at the limit: it holds only permits on their
-    /// way to them (see `State::in_sem`).
-    slots: Semaphore,
     pub(crate) counters: Counters,
     pub(crate) metrics: MetricHandles,
     pub(crate) connect_sem: Semaphore,
@@ -162,9 +173,6 @@ pub(crate) struct Inner<M: Manager> {
     next_id: AtomicU64,
     /// `state.closed`, readable without the lock.
     closed_flag: std::sync::atomic::AtomicBool,
-    /// Waiters' tickets below this have expired (written by the reaper, under the
-    /// lock; read by waiters without it).
-    expired_upto: AtomicU64,
     /// The reaper keeps the waiters' deadlines (else each waiter keeps its own).
     reaper_alive: std::sync::atomic::AtomicBool,
     /// Wakes the reaper (a first waiter, the pool dropped).
@@ -172,12 +180,11 @@ pub(crate) struct Inner<M: Manager> {
 }
 
 impl<M: Manager> Inner<M> {
-    /// Locks the pool's state; the guard hands the permits given to waiters over to the
-    /// semaphore once the lock is released.
+    /// Locks the pool's state; the guard wakes the waiters served under it once the
+    /// lock is released.
     fn state(&self) -> Locked<'_, M::Connection> {
         Locked {
             guard: Some(lock(&self.state)),
-            sem: &self.slots,
         }
     }
 
@@ -194,7 +201,6 @@ impl<M: Manager> Inner<M> {
         });
         let inner = Inner {
             limit,
-            slots: Semaphore::new(0),
             connect_sem: Semaphore::new(config.max_connecting as usize),
             metrics: MetricHandles::new(&config.name),
             manager,
@@ -207,6 +213,8 @@ impl<M: Manager> Inner<M> {
                 zero_waits: 0,
                 queue: VecDeque::new(),
                 queue_base: 0,
+                serve_from: 0,
+                reaped_upto: 0,
                 reaper_armed: false,
                 closed: false,
                 last_overflow_use: now,
@@ -215,8 +223,10 @@ impl<M: Manager> Inner<M> {
                 debt: 0,
                 free: limit,
                 waiters: 0,
-                in_sem: 0,
-                handoff: 0,
+                unserved: 0,
+                wake: None,
+                wake_more: Vec::new(),
+                now: None,
                 auto,
             }),
             counters: Counters::new(),
@@ -227,7 +237,6 @@ impl<M: Manager> Inner<M> {
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             closed_flag: std::sync::atomic::AtomicBool::new(false),
-            expired_upto: AtomicU64::new(0),
             reaper_alive: std::sync::atomic::AtomicBool::new(false),
             reaper: Arc::new(Notify::new()),
         };
@@ -239,123 +248,96 @@ impl<M: Manager> Inner<M> {
         inner
     }
 
-    /// A checkout's first step, in one critical section: takes a free permit (if nobody
-    /// waits), then an idle connection or the right to open one (see [`Take`]); a ready
-    /// connection is counted as served with no wait. `None`: no free permit, or others
-    /// wait for one; the checkout is now registered as a waiter and must wait with
-    /// [`Inner::wait_take`], which unregisters it however it ends.
+    /// A checkout's first step, in one critical section: takes a free permit (if no
+    /// waiter still waits for one), then an idle connection or the right to open one
+    /// (see [`Take`]); a ready connection is counted as served with no wait. `Err`: no
+    /// free permit, or a waiter still waits for one; the checkout is now registered as a
+    /// waiter (the ticket) and must wait with [`Inner::wait_take`], which unregisters it
+    /// however it ends.
     pub(crate) fn take_first(
         &self,
         now: Instant,
         waker: &Waker,
-    ) -> Result<Take<M::Connection>, u64> {
+    ) -> Result<Take<M::Connection>, Registered<M::Connection>> {
         let mut st = self.state();
         if st.closed {
             return Ok(Take::Closed);
         }
-        // Every registered waiter may already have a permit on its way (`in_sem`): a
-        // free permit then overtakes nobody. (Registering beside a free permit would
-        // strand it: it is only handed to waiters that register before it is freed.)
-        if st.free == 0 || st.waiters > st.in_sem {
-            st.waiters += 1;
-            self.metrics.pending.set(st.waiters as f64);
-            let (ticket, wake_reaper) =
+        // Waiters already served overtake nobody's permit: a free one is ours. (Waiting
+        // beside a free permit would strand it: only returns hand permits to waiters.)
+        if st.free == 0 || st.unserved > 0 {
+            let (ticket, slot, wake_reaper) =
                 self.enqueue(&mut st, now + self.config.pool_timeout, waker);
             drop(st);
             if wake_reaper {
                 self.reaper.notify_one();
             }
-            return Err(ticket);
+            return Err((ticket, slot));
         }
         st.free -= 1;
         Ok(self.take_locked(&mut st, Duration::ZERO, now))
     }
 
-    /// Waits in arrival order for a permit, until `deadline`, for a checkout that
-    /// [`Inner::take_first`] registered as a waiter (at `start`); with the permit, takes
-    /// what `take_first` would have, in the same critical section, and returns it with
-    /// the time it was served. Either way the checkout is no longer registered.
+    /// Waits in arrival order, until `pool_timeout` after `start`, for a checkout that
+    /// [`Inner::take_first`] registered as a waiter: the return that serves it takes for
+    /// it what `take_first` would have and leaves it in its slot, with the instant it
+    /// was served. Either way the checkout is no longer registered.
     ///
-    /// Cancel safe: a permit granted to a dropped wait goes to the next waiter, or back
-    /// to the free permits if nobody else waits.
+    /// Cancel safe: what a dropped wait was served goes back (the connection to the
+    /// pool, the permit to the next waiter or the free ones).
     pub(crate) async fn wait_take(
-        &self,
+        self: &Arc<Self>,
         start: Instant,
         ticket: u64,
+        slot: Slot<M::Connection>,
     ) -> Result<(Take<M::Connection>, Instant), WaitEnd> {
-        // Declared before the acquire: on cancellation the acquire is dropped first (a
-        // permit the semaphore assigned to it goes back to the semaphore), then the
-        // waiter unregisters and rebalances.
+        // Unregisters the checkout if the wait ends without picking up its slot
+        // (timeout, close, cancellation), giving back what it was served.
         let mut wait = Waiter {
             inner: self,
             ticket,
-            claimed: false,
+            slot: &slot,
+            picked: false,
         };
-        let deadline = start + self.config.pool_timeout;
         #[cfg(feature = "model-check")]
-        let acquired = rt::wait_deadline(deadline, self.slots.acquire()).await.ok();
+        let outcome = {
+            let step = std::future::poll_fn(|cx| Self::poll_slot(&slot, cx.waker()));
+            rt::wait_deadline(start + self.config.pool_timeout, step)
+                .await
+                .unwrap_or(Err(WaitEnd::Timeout))
+        };
         #[cfg(not(feature = "model-check"))]
-        let acquired = {
-            let mut acquire = std::pin::pin!(self.slots.acquire());
+        let outcome = {
+            let deadline = start + self.config.pool_timeout;
             // Only if the reaper is gone: this waiter's own timer.
             let mut own: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-            let mut registered: Option<Waker> = None;
             std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(acquired) = acquire.as_mut().poll(cx) {
-                    return std::task::Poll::Ready(Some(acquired));
-                }
-                if self.expired(ticket) {
-                    return std::task::Poll::Ready(None);
+                if let std::task::Poll::Ready(end) = Self::poll_slot(&slot, cx.waker()) {
+                    return std::task::Poll::Ready(end);
                 }
                 if !self.reaper_alive() {
                     let own =
                         own.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     if own.as_mut().poll(cx).is_ready() {
-                        return std::task::Poll::Ready(None);
+                        return std::task::Poll::Ready(Err(WaitEnd::Timeout));
                     }
-                } else if registered
-                    .as_ref()
-                    .is_some_and(|w| !w.will_wake(cx.waker()))
-                {
-                    self.rewake(ticket, cx.waker());
-                    registered = Some(cx.waker().clone());
-                } else if registered.is_none() {
-                    // The waker it entered with was this poll's (see `Pool::get`).
-                    registered = Some(cx.waker().clone());
                 }
                 std::task::Poll::Pending
             })
             .await
         };
-        match acquired {
-            Some(Ok(permit)) => {
-                permit.forget();
-                // The permit is ours from here: claimed and counted as a slot below,
-                // with no await in between.
-                wait.claimed = true;
-                let now = Instant::now();
-                let mut st = self.state();
-                st.waiters -= 1;
-                st.in_sem -= 1;
-                self.dequeue(&mut st, ticket);
-                self.metrics.pending.set(st.waiters as f64);
-                Ok((self.take_locked(&mut st, now - start, now), now))
-            }
-            Some(Err(_)) => Err(WaitEnd::Closed),
-            None => Err(WaitEnd::Timeout),
-        }
+        wait.picked = outcome.is_ok();
+        outcome
     }
 
-    /// Gives a permit back under the lock: to the oldest waiter (through the
-    /// semaphore) if someone waits for one, else to the free permits; withheld instead
-    /// while the lend limit is being lowered.
+    /// Gives a permit back under the lock: to the oldest waiter still waiting for one,
+    /// if any, else to the free permits; withheld instead while the lend limit is being
+    /// lowered.
     fn release_permit(&self, st: &mut State<M::Connection>) {
-        if st.debt == 0 && st.waiters > st.in_sem {
-            st.in_sem += 1;
-            st.handoff += 1;
-        } else {
-            Self::keep_permit(st);
+        if st.debt == 0 && st.unserved > 0 && self.serve_next(st) {
+            return;
         }
+        Self::keep_permit(st);
     }
 
     /// A permit no waiter gets: withheld while the lend limit is being lowered, else
@@ -365,27 +347,6 @@ impl<M: Manager> Inner<M> {
             st.debt -= 1;
         } else {
             st.free += 1;
-        }
-    }
-
-    /// After a waiter left: permits in the semaphore that no registered waiter will
-    /// claim go back to the free permits (or to the lend limit's debt).
-    ///
-    /// (Called at the start of a critical section, where `handoff` is 0: hand-offs are
-    /// added to the semaphore whenever the lock is released. One made by another
-    /// critical section may still be on its way into the semaphore: it is then claimed
-    /// by the next checkout that registers, at once.)
-    fn rebalance(&self, st: &mut State<M::Connection>) {
-        while st.in_sem > st.waiters {
-            match self.slots.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    st.in_sem -= 1;
-                    Self::keep_permit(st);
-                }
-                // Closed, or (cannot happen while in_sem > waiters) none unassigned.
-                Err(_) => break,
-            }
         }
     }
 
@@ -566,6 +527,7 @@ impl<M: Manager> Inner<M> {
                 moved = self.feed_auto(&mut st, held, conn.last_used);
             }
         }
+        st.now = Some(conn.last_used);
         let surplus =
             self.config.overflow_idle.is_zero() && st.idle.len() >= self.config.pool_size as usize;
         let close = if st.closed {
@@ -784,8 +746,10 @@ impl<M: Manager> Inner<M> {
             .store(true, std::sync::atomic::Ordering::Release);
         let idle = st.idle.drain(..).collect();
         self.publish(&st);
+        // Every waiter still waiting fails now (a served one picks up its connection
+        // and the checkout then finds the pool closed).
+        self.wake_waiting(&mut st, true);
         drop(st);
-        self.slots.close();
         self.connect_sem.close();
         self.closing.notify_waiters();
         self.maintenance.notify_one();
@@ -801,7 +765,7 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn refill_slot(self: &Arc<Self>) -> Option<Lease<M>> {
         let mut st = self.state();
         let open = st.idle.len() + st.slots;
-        if st.closed || st.free == 0 || st.waiters > 0 || open >= self.config.pool_size as usize {
+        if st.closed || st.free == 0 || st.unserved > 0 || open >= self.config.pool_size as usize {
             return None;
         }
         st.free -= 1;
@@ -871,7 +835,6 @@ impl<M: Manager> Inner<M> {
 /// The pool's lock, held (see [`Inner::state`]).
 struct Locked<'a, C> {
     guard: Option<rt::MutexGuard<'a, State<C>>>,
-    sem: &'a Semaphore,
 }
 
 impl<C> std::ops::Deref for Locked<'_, C> {
@@ -890,18 +853,26 @@ impl<C> std::ops::DerefMut for Locked<'_, C> {
 impl<C> Drop for Locked<'_, C> {
     fn drop(&mut self) {
         if let Some(mut guard) = self.guard.take() {
-            // No permit is free while a waiter has none on its way (see `take_first`).
+            // No permit is free while a waiter still waits for one (see `take_first`).
             debug_assert!(
-                guard.free == 0 || guard.waiters <= guard.in_sem,
-                "a free permit beside a waiter without one: free {}, waiters {}, in_sem {}",
+                guard.free == 0 || guard.unserved == 0,
+                "a free permit beside a waiter without one: free {}, unserved {}",
                 guard.free,
-                guard.waiters,
-                guard.in_sem
+                guard.unserved
             );
-            let handoff = std::mem::take(&mut guard.handoff);
+            guard.now = None;
+            let wake = guard.wake.take();
+            let more = if guard.wake_more.is_empty() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut guard.wake_more)
+            };
             drop(guard);
-            if handoff > 0 {
-                self.sem.add_permits(handoff);
+            if let Some(waker) = wake {
+                waker.wake();
+            }
+            for waker in more {
+                waker.wake();
             }
         }
     }
@@ -916,27 +887,29 @@ pub(crate) enum WaitEnd {
     Closed,
 }
 
-/// A checkout registered as a waiter, while it waits; dropped without a claimed permit
-/// (timed out, closed, cancelled), it unregisters the checkout, and permits no waiter
-/// will claim go back to the free ones. It must be dropped after the semaphore's
-/// acquire (declared before it), so a permit the semaphore had assigned to the acquire
-/// is back in the semaphore by then.
+/// A checkout registered as a waiter, while it waits; dropped without picking up its
+/// slot (timed out, closed, cancelled), it unregisters the checkout, and gives back what
+/// it was served: the connection to the pool, the permit to the next waiter.
 struct Waiter<'a, M: Manager> {
-    inner: &'a Inner<M>,
+    inner: &'a Arc<Inner<M>>,
     ticket: u64,
-    claimed: bool,
+    slot: &'a Slot<M::Connection>,
+    picked: bool,
 }
 
 impl<M: Manager> Drop for Waiter<'_, M> {
     fn drop(&mut self) {
-        if self.claimed {
-            return; // unregistered by `wait_take` itself
+        if self.picked {
+            return;
         }
         let mut st = self.inner.state();
-        st.waiters -= 1;
-        self.inner.dequeue(&mut st, self.ticket);
-        self.inner.rebalance(&mut st);
-        self.inner.metrics.pending.set(st.waiters as f64);
+        let served = self.inner.leave(&mut st, self.ticket, self.slot);
+        drop(st);
+        match served {
+            Some(Take::Ready(conn) | Take::Idle(conn)) => self.inner.put_back(conn),
+            Some(Take::Connect) => self.inner.release_slot(),
+            Some(Take::Closed) | None => {}
+        }
     }
 }
 

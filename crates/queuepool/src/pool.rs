@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::config::PoolConfig;
 use crate::error::PoolError;
 use crate::guard::{PooledConn, reset};
-use crate::inner::{Conn, Inner, LOG, Lease, PING_SKIP, Take, WaitEnd};
+use crate::inner::{Conn, Inner, LOG, Lease, PING_SKIP, Slot, Take, WaitEnd};
 #[cfg(not(feature = "model-check"))]
 use crate::maintenance;
 use crate::manager::{Health, Manager};
@@ -140,7 +140,7 @@ impl<M: Manager> Pool<M> {
                 // The slow path, boxed so the common case's future stays small.
                 // (Registered as a waiter by `take_first`; `wait_slot` unregisters it
                 // however it ends.)
-                Err(ticket) => Box::pin(self.wait_slot(start, ticket)).await?,
+                Err((ticket, slot)) => Box::pin(self.wait_slot(start, ticket, slot)).await?,
                 Ok(take) => (take, start),
             };
             // We hold a slot: it is wrapped (guard or lease) before the next await.
@@ -169,8 +169,9 @@ impl<M: Manager> Pool<M> {
         &self,
         start: Instant,
         ticket: u64,
+        slot: Slot<M::Connection>,
     ) -> Result<(Take<M::Connection>, Instant), PoolError> {
-        match self.inner.wait_take(start, ticket).await {
+        match self.inner.wait_take(start, ticket, slot).await {
             Ok(taken) => Ok(taken),
             Err(WaitEnd::Timeout) => Err(self.timeout_error()),
             Err(WaitEnd::Closed) => Err(PoolError::Closed),

@@ -482,3 +482,38 @@ async fn a_free_permit_is_taken_at_once_while_every_waiter_has_one_on_its_way() 
     let status = pool.status();
     assert_eq!((status.waiting, status.checked_out, status.idle), (0, 0, 2));
 }
+
+/// A waiter served (the return took the connection for it) and cancelled before it ran
+/// gives the connection back: the next waiter gets it, and nothing is counted twice.
+#[tokio::test(start_paused = true)]
+async fn a_connection_handed_to_a_waiter_that_left_goes_to_the_next_waiter() {
+    let (pool, _) = pool(config().pool_size(1).max_overflow(0).pool_timeout(60 * S)).await;
+    let held = pool.get().await.unwrap();
+    let id = held.id;
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|c| c.id) }
+    });
+    settle().await;
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await }
+    });
+    settle().await;
+    assert_eq!(pool.status().waiting, 2);
+    drop(held);
+    first.abort();
+    let got = tokio::time::timeout(S, second)
+        .await
+        .expect("the second waiter is served without waiting for a timeout")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.id, id,
+        "the same connection, given back by the first waiter"
+    );
+    let status = pool.status();
+    assert_eq!((status.waiting, status.checked_out, status.idle), (0, 1, 0));
+    drop(got);
+    assert_eq!(pool.status().idle, 1);
+}

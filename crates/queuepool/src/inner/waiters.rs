@@ -1,14 +1,23 @@
-//! The waiters' timeouts without a timer each.
+//! The waiters' queue: arrival order, hand-offs and timeouts, without a timer each.
 //!
-//! A checkout at the limit waits in the semaphore's FIFO queue. Its `pool_timeout` is
-//! kept by the *reaper*, one background task per pool with one timer: every waiter is
-//! also entered, under the pool's lock, in a queue of tickets in arrival order, and
-//! since every waiter has the same `pool_timeout`, their deadlines come in that order
-//! too. The reaper sleeps until the oldest waiter's deadline, marks every ticket whose
-//! deadline has passed as expired (one watermark, [`Inner::expired_upto`]) and wakes
-//! them; a woken waiter that finds its ticket expired fails with a timeout. A waiter
-//! that leaves (served, timed out, cancelled) marks its entry gone; gone entries are
-//! dropped from the front. Every step is O(1) per waiter under the lock.
+//! A checkout at the limit is entered, under the pool's lock, in a queue of tickets in
+//! arrival order, with a small *hand-off slot* of its own. A freed permit goes to the
+//! oldest entry still waiting, in the critical section that frees it: that section
+//! also takes the connection for the waiter (the idle one, or the right to open one,
+//! exactly as a checkout below the limit would) and leaves it in the waiter's slot,
+//! whose waker is woken once the pool's lock is released. The waiter then picks it up
+//! from its slot without taking the pool's lock: a waited checkout takes the pool's
+//! lock twice (to register, and in the return that serves it), as one below the limit
+//! does (to take, to return). Every step is O(1) per waiter under the lock: a cursor
+//! (`serve_from`) skips the entries no longer waiting, and they are dropped from the
+//! front.
+//!
+//! `pool_timeout` is kept by the *reaper*, one background task per pool with one timer:
+//! since every waiter has the same `pool_timeout`, deadlines come in ticket order, so
+//! the reaper sleeps until the oldest deadline, marks every entry still waiting whose
+//! deadline has passed as *expired* (a second cursor, `reaped_upto`) and wakes it; the
+//! waiter then fails with a timeout. A served entry is never expired: it has its
+//! connection.
 //!
 //! A waiter does not depend on the reaper alone: if the reaper's task ends (the
 //! runtime that built the pool is gone), it wakes every waiter, and from then on each
@@ -17,77 +26,207 @@
 // Under the model check the reaper does not run (waiters time out at random instead).
 #![cfg_attr(feature = "model-check", allow(dead_code))]
 
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::{Arc, Weak};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Inner, State};
+use super::{Inner, State, Take, WaitEnd};
 use crate::manager::Manager;
+use crate::rt::{Mutex, lock};
+
+/// What a waiter's hand-off slot holds.
+pub(crate) enum Hand<C> {
+    /// Still waiting; the waker to wake when that changes.
+    Waiting(Option<Waker>),
+    /// Served at the instant given: what a checkout holding a permit takes (the caller
+    /// owns the slot it counts, see [`Take`]).
+    Served(Take<C>, Instant),
+    /// The deadline passed before it was served.
+    Expired,
+    /// The pool closed before it was served.
+    Closed,
+    /// Picked up, or given back.
+    Done,
+}
+
+/// A waiter's hand-off slot: shared by the waiter and its queue entry. Locked only
+/// under the pool's lock by the pool, and on its own by the waiter (lock order: the
+/// pool's, then a slot's).
+pub(crate) type Slot<C> = Arc<Mutex<Hand<C>>>;
 
 /// A registered waiter, in arrival order.
-pub(crate) struct Entry {
+pub(crate) struct Entry<C> {
     pub(super) deadline: Instant,
-    /// Woken when the ticket expires or the reaper ends; `None` once taken or gone.
-    pub(super) waker: Option<Waker>,
-    pub(super) gone: bool,
+    pub(super) slot: Slot<C>,
+    /// Neither served, expired, closed nor gone: counted in `unserved` and `waiters`.
+    pub(super) waiting: bool,
+}
+
+impl<C> State<C> {
+    fn entry(&mut self, ticket: u64) -> Option<&mut Entry<C>> {
+        let i = ticket.checked_sub(self.queue_base)?;
+        self.queue.get_mut(usize::try_from(i).ok()?)
+    }
+
+    /// Queues a waker to wake once the lock is released.
+    fn wake_later(&mut self, waker: Waker) {
+        if self.wake.is_none() {
+            self.wake = Some(waker);
+        } else {
+            self.wake_more.push(waker);
+        }
+    }
+
+    /// Counts a waiter that no longer waits (served, expired, closed, gone).
+    fn done_waiting(&mut self) {
+        self.unserved -= 1;
+        self.waiters -= 1;
+    }
+
+    /// Drops the entries that no longer wait from the front of the queue.
+    fn drop_done(&mut self) {
+        while self.queue.front().is_some_and(|e| !e.waiting) {
+            self.queue.pop_front();
+            self.queue_base += 1;
+        }
+    }
 }
 
 impl<M: Manager> Inner<M> {
-    /// Enters a waiter (under the lock); returns its ticket and whether the reaper must
-    /// be woken to keep its deadline (it had none to keep).
+    /// Enters a waiter (under the lock); returns its ticket, its hand-off slot and
+    /// whether the reaper must be woken to keep its deadline (it had none to keep).
     pub(super) fn enqueue(
         &self,
         st: &mut State<M::Connection>,
         deadline: Instant,
         waker: &Waker,
-    ) -> (u64, bool) {
+    ) -> (u64, Slot<M::Connection>, bool) {
         let ticket = st.queue_base + st.queue.len() as u64;
+        let slot = Arc::new(Mutex::new(Hand::Waiting(Some(waker.clone()))));
         st.queue.push_back(Entry {
             deadline,
-            waker: Some(waker.clone()),
-            gone: false,
+            slot: slot.clone(),
+            waiting: true,
         });
+        st.waiters += 1;
+        st.unserved += 1;
+        self.metrics.pending.set(st.waiters as f64);
         let wake_reaper = !st.reaper_armed;
         st.reaper_armed = true;
-        (ticket, wake_reaper)
+        (ticket, slot, wake_reaper)
     }
 
-    /// Marks a waiter's entry gone (under the lock) and drops gone entries from the
-    /// front.
-    pub(super) fn dequeue(&self, st: &mut State<M::Connection>, ticket: u64) {
-        if let Some(entry) = ticket
-            .checked_sub(st.queue_base)
-            .and_then(|i| st.queue.get_mut(i as usize))
-        {
-            entry.gone = true;
-            entry.waker = None;
+    /// Hands a permit to the oldest waiter still waiting (under the lock), with what
+    /// it takes; `false` if there is none.
+    pub(super) fn serve_next(&self, st: &mut State<M::Connection>) -> bool {
+        if st.closed {
+            return false;
         }
-        while st.queue.front().is_some_and(|e| e.gone) {
-            st.queue.pop_front();
-            st.queue_base += 1;
+        let mut ticket = st.serve_from.max(st.queue_base);
+        let (slot, start) = loop {
+            let Some(entry) = st.entry(ticket) else {
+                st.serve_from = ticket;
+                debug_assert_eq!(st.unserved, 0, "a waiter counted as waiting is not queued");
+                return false;
+            };
+            if entry.waiting {
+                entry.waiting = false;
+                break (
+                    entry.slot.clone(),
+                    entry.deadline - self.config.pool_timeout,
+                );
+            }
+            ticket += 1;
+        };
+        st.serve_from = ticket + 1;
+        st.done_waiting();
+        st.drop_done();
+        self.metrics.pending.set(st.waiters as f64);
+        let now = st.now.take().unwrap_or_else(Instant::now);
+        let take = self.take_locked(st, now.saturating_duration_since(start), now);
+        let before = std::mem::replace(&mut *lock(&slot), Hand::Served(take, now));
+        if let Hand::Waiting(Some(waker)) = before {
+            st.wake_later(waker);
+        }
+        true
+    }
+
+    /// One poll of a registered waiter, on its slot alone: what it was served (with
+    /// the instant), or how its wait ended, or `Pending` with `waker` kept.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn poll_slot(
+        slot: &Slot<M::Connection>,
+        waker: &Waker,
+    ) -> Poll<Result<(Take<M::Connection>, Instant), WaitEnd>> {
+        let mut hand = lock(slot);
+        match &mut *hand {
+            Hand::Waiting(kept) => {
+                if !kept.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    *kept = Some(waker.clone());
+                }
+                Poll::Pending
+            }
+            Hand::Expired => Poll::Ready(Err(WaitEnd::Timeout)),
+            Hand::Closed | Hand::Done => Poll::Ready(Err(WaitEnd::Closed)),
+            Hand::Served(..) => match std::mem::replace(&mut *hand, Hand::Done) {
+                Hand::Served(take, at) => Poll::Ready(Ok((take, at))),
+                _ => unreachable!("matched as served"),
+            },
         }
     }
 
-    /// A waiter polled with another waker than the one it entered with: the reaper
-    /// must wake this one.
-    pub(super) fn rewake(&self, ticket: u64, waker: &Waker) {
-        let mut st = self.state();
-        if let Some(entry) = ticket
-            .checked_sub(st.queue_base)
-            .and_then(|i| st.queue.get_mut(i as usize))
-            && !entry.gone
-            && entry.waker.is_some()
-        {
-            entry.waker = Some(waker.clone());
+    /// A waiter leaves without picking up its slot (timed out, pool closed, cancelled):
+    /// unregistered if it still waited; what it was served, if anything, is returned
+    /// to be given back (the caller does, outside the lock).
+    pub(super) fn leave(
+        &self,
+        st: &mut State<M::Connection>,
+        ticket: u64,
+        slot: &Slot<M::Connection>,
+    ) -> Option<Take<M::Connection>> {
+        match std::mem::replace(&mut *lock(slot), Hand::Done) {
+            Hand::Waiting(_) => {
+                if let Some(entry) = st.entry(ticket) {
+                    entry.waiting = false;
+                }
+                st.done_waiting();
+                st.drop_done();
+                self.metrics.pending.set(st.waiters as f64);
+                None
+            }
+            Hand::Served(take, _) => Some(take),
+            Hand::Expired | Hand::Closed | Hand::Done => None,
         }
     }
 
-    /// Whether a waiter's ticket has expired.
-    pub(super) fn expired(&self, ticket: u64) -> bool {
-        ticket < self.expired_upto.load(Acquire)
+    /// Ends every wait still waiting (`close`: the pool closed), or only wakes them (the
+    /// reaper ended: each keeps its own deadline from now on).
+    pub(super) fn wake_waiting(&self, st: &mut State<M::Connection>, close: bool) {
+        let mut wake = Vec::new();
+        let mut ended = 0;
+        for entry in st.queue.iter_mut().filter(|e| e.waiting) {
+            let mut hand = lock(&entry.slot);
+            if let Hand::Waiting(waker) = &mut *hand {
+                match close {
+                    true => {
+                        wake.extend(waker.take());
+                        *hand = Hand::Closed;
+                        entry.waiting = false;
+                        ended += 1;
+                    }
+                    false => wake.extend(waker.clone()),
+                }
+            }
+        }
+        for _ in 0..ended {
+            st.done_waiting();
+        }
+        st.drop_done();
+        self.metrics.pending.set(st.waiters as f64);
+        st.wake_more.extend(wake);
     }
 
     /// Whether the reaper keeps the waiters' deadlines (else each keeps its own).
@@ -95,29 +234,37 @@ impl<M: Manager> Inner<M> {
         self.reaper_alive.load(Acquire)
     }
 
-    /// The reaper's round at `now`: expires every ticket whose deadline has passed and
-    /// wakes its waiter; returns the next deadline to wake at, if any waiter is left.
+    /// The reaper's round at `now`: expires every waiter still waiting whose deadline
+    /// has passed and wakes it; returns the next deadline to wake at, if any waiter is
+    /// left.
     fn reap(&self, now: Instant) -> Option<Instant> {
-        let mut wake = Vec::new();
         let mut st = self.state();
-        let mut ticket = self.expired_upto.load(Relaxed).max(st.queue_base);
+        let mut ticket = st.reaped_upto.max(st.queue_base);
+        let mut expired = 0;
         let next = loop {
-            let index = (ticket - st.queue_base) as usize;
-            let Some(entry) = st.queue.get_mut(index) else {
+            let Some(entry) = st.entry(ticket) else {
                 break None;
             };
             if entry.deadline > now {
                 break Some(entry.deadline);
             }
-            wake.extend(entry.waker.take());
+            if entry.waiting {
+                entry.waiting = false;
+                let before = std::mem::replace(&mut *lock(&entry.slot), Hand::Expired);
+                expired += 1;
+                if let Hand::Waiting(Some(waker)) = before {
+                    st.wake_later(waker);
+                }
+            }
             ticket += 1;
         };
-        self.expired_upto.store(ticket, Release);
-        st.reaper_armed = next.is_some();
-        drop(st);
-        for waker in wake {
-            waker.wake();
+        for _ in 0..expired {
+            st.done_waiting();
         }
+        st.drop_done();
+        self.metrics.pending.set(st.waiters as f64);
+        st.reaped_upto = ticket;
+        st.reaper_armed = next.is_some();
         next
     }
 
@@ -125,11 +272,7 @@ impl<M: Manager> Inner<M> {
     fn reaper_gone(&self) {
         let mut st = self.state();
         self.reaper_alive.store(false, Release);
-        let wake: Vec<Waker> = st.queue.iter_mut().filter_map(|e| e.waker.take()).collect();
-        drop(st);
-        for waker in wake {
-            waker.wake();
-        }
+        self.wake_waiting(&mut st, false);
     }
 }
 
