@@ -381,6 +381,17 @@ impl<M: Manager> Inner<M> {
         }
     }
 
+    /// Takes back the count of a ready connection taken for a waiter (`waited`) that
+    /// left without it.
+    fn uncount_served(&self, st: &mut State<M::Connection>, waited: Duration) {
+        st.loans.checkouts -= 1;
+        if waited.is_zero() {
+            st.zero_waits -= 1;
+        } else {
+            st.loans.wait.unrecord(waited);
+        }
+    }
+
     /// Whether an idle connection can be lent as it is: no reset, ping or replacement.
     /// The manager's `health` is consulted too: it sees a connection the server closed
     /// while it sat idle (a terminated backend) for free, even within `PING_SKIP`.

@@ -144,6 +144,15 @@ impl Histogram {
         self.max_us = self.max_us.max(us);
     }
 
+    /// Takes back one duration recorded by [`Histogram::record`] (the maximum stays).
+    pub(crate) fn unrecord(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let bucket = (u64::BITS - us.leading_zeros()) as usize;
+        let count = &mut self.buckets[bucket.min(BUCKETS - 1)];
+        *count = count.saturating_sub(1);
+        self.sum_us = self.sum_us.saturating_sub(us);
+    }
+
     /// Records `n` zero durations.
     pub(crate) fn record_zeros(&mut self, n: u64) {
         self.buckets[0] += n;

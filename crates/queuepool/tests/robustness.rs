@@ -512,6 +512,12 @@ async fn a_connection_handed_to_a_waiter_that_left_goes_to_the_next_waiter() {
         got.id, id,
         "the same connection, given back by the first waiter"
     );
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.checkouts, stats.wait.count),
+        (2, 2),
+        "two loans (the held one and the second waiter's), not three"
+    );
     let status = pool.status();
     assert_eq!((status.waiting, status.checked_out, status.idle), (0, 1, 0));
     drop(got);

@@ -29,6 +29,7 @@
 use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -41,9 +42,9 @@ use crate::rt::{Mutex, lock};
 pub(crate) enum Hand<C> {
     /// Still waiting; the waker to wake when that changes.
     Waiting(Option<Waker>),
-    /// Served at the instant given: what a checkout holding a permit takes (the caller
-    /// owns the slot it counts, see [`Take`]).
-    Served(Take<C>, Instant),
+    /// Served at the instant given, after waiting the duration given: what a checkout
+    /// holding a permit takes (the caller owns the slot it counts, see [`Take`]).
+    Served(Take<C>, Instant, Duration),
     /// The deadline passed before it was served.
     Expired,
     /// The pool closed before it was served.
@@ -146,8 +147,9 @@ impl<M: Manager> Inner<M> {
         st.drop_done();
         self.metrics.pending.set(st.waiters as f64);
         let now = st.now.take().unwrap_or_else(Instant::now);
-        let take = self.take_locked(st, now.saturating_duration_since(start), now);
-        let before = std::mem::replace(&mut *lock(&slot), Hand::Served(take, now));
+        let waited = now.saturating_duration_since(start);
+        let take = self.take_locked(st, waited, now);
+        let before = std::mem::replace(&mut *lock(&slot), Hand::Served(take, now, waited));
         if let Hand::Waiting(Some(waker)) = before {
             st.wake_later(waker);
         }
@@ -172,7 +174,7 @@ impl<M: Manager> Inner<M> {
             Hand::Expired => Poll::Ready(Err(WaitEnd::Timeout)),
             Hand::Closed | Hand::Done => Poll::Ready(Err(WaitEnd::Closed)),
             Hand::Served(..) => match std::mem::replace(&mut *hand, Hand::Done) {
-                Hand::Served(take, at) => Poll::Ready(Ok((take, at))),
+                Hand::Served(take, at, _) => Poll::Ready(Ok((take, at))),
                 _ => unreachable!("matched as served"),
             },
         }
@@ -197,7 +199,14 @@ impl<M: Manager> Inner<M> {
                 self.metrics.pending.set(st.waiters as f64);
                 None
             }
-            Hand::Served(take, _) => Some(take),
+            Hand::Served(take, _, waited) => {
+                if matches!(take, Take::Ready(_)) {
+                    // Counted as a served checkout when it was taken for the waiter:
+                    // nobody was served.
+                    self.uncount_served(st, waited);
+                }
+                Some(take)
+            }
             Hand::Expired | Hand::Closed | Hand::Done => None,
         }
     }
