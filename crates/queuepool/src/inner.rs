@@ -103,10 +103,9 @@ pub(crate) struct State<C> {
     /// waiting. Zero whenever a waiter still waits for a permit (`unserved > 0`): a
     /// permit is freed only when every waiter has one.
     free: usize,
-    /// Checkouts registered as waiters (from the moment they found no permit until they
-    /// claim one or leave): what `status().waiting` shows.
-    waiters: usize,
-    /// Waiters still waiting for a permit (neither served nor expired).
+    /// Checkouts registered as waiters and still waiting for a permit (from the moment
+    /// they found none until they are served, expire or leave): what
+    /// `status().waiting` shows.
     unserved: usize,
     closed: bool,
     /// Slots held by the background refill.
@@ -222,7 +221,6 @@ impl<M: Manager> Inner<M> {
                 lend_limit: limit,
                 debt: 0,
                 free: limit,
-                waiters: 0,
                 unserved: 0,
                 wake: None,
                 wake_more: Vec::new(),
@@ -438,7 +436,7 @@ impl<M: Manager> Inner<M> {
         now: Instant,
     ) -> Option<(LimitChange, u64)> {
         let in_use = st.slots - st.refilling;
-        let queued = st.waiters > 0;
+        let queued = st.unserved > 0;
         let gov = st.auto.as_mut()?;
         let change = gov.ctl.on_return(held, in_use, queued, now);
         let target = gov.ctl.effective_limit();
@@ -727,7 +725,7 @@ impl<M: Manager> Inner<M> {
             checked_out: st.slots - st.refilling,
             overflow: open as i64 - i64::from(self.config.pool_size),
             connecting: self.config.max_connecting as usize - self.connect_sem.available_permits(),
-            waiting: st.waiters,
+            waiting: st.unserved,
             limit: st.auto.as_ref().map_or(st.lend_limit, |g| g.ctl.limit()),
         }
     }

@@ -62,7 +62,7 @@ pub(crate) type Slot<C> = Arc<Mutex<Hand<C>>>;
 pub(crate) struct Entry<C> {
     pub(super) deadline: Instant,
     pub(super) slot: Slot<C>,
-    /// Neither served, expired, closed nor gone: counted in `unserved` and `waiters`.
+    /// Neither served, expired, closed nor gone: counted in `unserved`.
     pub(super) waiting: bool,
 }
 
@@ -79,12 +79,6 @@ impl<C> State<C> {
         } else {
             self.wake_more.push(waker);
         }
-    }
-
-    /// Counts a waiter that no longer waits (served, expired, closed, gone).
-    fn done_waiting(&mut self) {
-        self.unserved -= 1;
-        self.waiters -= 1;
     }
 
     /// Drops the entries that no longer wait from the front of the queue.
@@ -112,9 +106,8 @@ impl<M: Manager> Inner<M> {
             slot: slot.clone(),
             waiting: true,
         });
-        st.waiters += 1;
         st.unserved += 1;
-        self.metrics.pending.set(st.waiters as f64);
+        self.metrics.pending.set(st.unserved as f64);
         let wake_reaper = !st.reaper_armed;
         st.reaper_armed = true;
         (ticket, slot, wake_reaper)
@@ -143,9 +136,9 @@ impl<M: Manager> Inner<M> {
             ticket += 1;
         };
         st.serve_from = ticket + 1;
-        st.done_waiting();
+        st.unserved -= 1;
         st.drop_done();
-        self.metrics.pending.set(st.waiters as f64);
+        self.metrics.pending.set(st.unserved as f64);
         let now = st.now.take().unwrap_or_else(Instant::now);
         let waited = now.saturating_duration_since(start);
         let take = self.take_locked(st, waited, now);
@@ -194,9 +187,9 @@ impl<M: Manager> Inner<M> {
                 if let Some(entry) = st.entry(ticket) {
                     entry.waiting = false;
                 }
-                st.done_waiting();
+                st.unserved -= 1;
                 st.drop_done();
-                self.metrics.pending.set(st.waiters as f64);
+                self.metrics.pending.set(st.unserved as f64);
                 None
             }
             Hand::Served(take, _, waited) => {
@@ -230,11 +223,9 @@ impl<M: Manager> Inner<M> {
                 }
             }
         }
-        for _ in 0..ended {
-            st.done_waiting();
-        }
+        st.unserved -= ended;
         st.drop_done();
-        self.metrics.pending.set(st.waiters as f64);
+        self.metrics.pending.set(st.unserved as f64);
         st.wake_more.extend(wake);
     }
 
@@ -267,11 +258,9 @@ impl<M: Manager> Inner<M> {
             }
             ticket += 1;
         };
-        for _ in 0..expired {
-            st.done_waiting();
-        }
+        st.unserved -= expired;
         st.drop_done();
-        self.metrics.pending.set(st.waiters as f64);
+        self.metrics.pending.set(st.unserved as f64);
         st.reaped_upto = ticket;
         st.reaper_armed = next.is_some();
         next
