@@ -115,9 +115,6 @@ pub(crate) struct State<C> {
     /// happens under the pool's lock. Mostly one; more when the limit is raised.
     wake: Option<Waker>,
     wake_more: Vec<Waker>,
-    /// The time of the return in this critical section, read before the lock was
-    /// taken: a waiter served by it is served then (no clock read under the lock).
-    now: Option<Instant>,
     /// Permits to withhold as slots are released: the lend limit was lowered below the
     /// slots in use.
     debt: usize,
@@ -224,7 +221,6 @@ impl<M: Manager> Inner<M> {
                 unserved: 0,
                 wake: None,
                 wake_more: Vec::new(),
-                now: None,
                 auto,
             }),
             counters: Counters::new(),
@@ -329,10 +325,10 @@ impl<M: Manager> Inner<M> {
     }
 
     /// Gives a permit back under the lock: to the oldest waiter still waiting for one,
-    /// if any, else to the free permits; withheld instead while the lend limit is being
-    /// lowered.
-    fn release_permit(&self, st: &mut State<M::Connection>) {
-        if st.debt == 0 && st.unserved > 0 && self.serve_next(st) {
+    /// if any (served at `now`, when the caller has read the clock already), else to the
+    /// free permits; withheld instead while the lend limit is being lowered.
+    fn release_permit(&self, st: &mut State<M::Connection>, now: Option<Instant>) {
+        if st.debt == 0 && st.unserved > 0 && self.serve_next(st, now) {
             return;
         }
         Self::keep_permit(st);
@@ -355,7 +351,7 @@ impl<M: Manager> Inner<M> {
         now: Instant,
     ) -> Take<M::Connection> {
         if st.closed {
-            self.release_permit(st);
+            self.release_permit(st, None);
             return Take::Closed;
         }
         let conn = self.pop_idle(st);
@@ -514,13 +510,15 @@ impl<M: Manager> Inner<M> {
         self.publish(st);
     }
 
-    /// Frees one slot under the lock, and its permit.
-    fn free_slot(&self, st: &mut State<M::Connection>) {
+    /// Frees one slot under the lock, and its permit; `now` is the time of the return,
+    /// if read (a waiter served by it is served then, without a clock read under the
+    /// lock).
+    fn free_slot(&self, st: &mut State<M::Connection>, now: Option<Instant>) {
         st.slots -= 1;
         if st.closed && st.slots == 0 {
             self.drained.notify_waiters();
         }
-        self.release_permit(st);
+        self.release_permit(st, now);
     }
 
     /// Gives back a clean connection through its slot: into the idle queue for the next
@@ -536,7 +534,7 @@ impl<M: Manager> Inner<M> {
                 moved = self.feed_auto(&mut st, held, conn.last_used);
             }
         }
-        st.now = Some(conn.last_used);
+        let returned = conn.last_used;
         let surplus =
             self.config.overflow_idle.is_zero() && st.idle.len() >= self.config.pool_size as usize;
         let close = if st.closed {
@@ -547,7 +545,7 @@ impl<M: Manager> Inner<M> {
             st.idle.push_back(conn);
             None
         };
-        self.free_slot(&mut st);
+        self.free_slot(&mut st, Some(returned));
         if close.is_none() && st.connect_waiting > 0 {
             self.idle_notify.notify_waiters();
         }
@@ -564,7 +562,7 @@ impl<M: Manager> Inner<M> {
     /// Gives back an empty slot (its connection was closed or detached).
     pub(crate) fn release_slot(self: &Arc<Self>) {
         let mut st = self.state();
-        self.free_slot(&mut st);
+        self.free_slot(&mut st, None);
         let refill = !st.closed && st.idle.len() + st.slots < self.config.pool_size as usize;
         self.publish(&st);
         drop(st);
@@ -586,7 +584,7 @@ impl<M: Manager> Inner<M> {
         let target = target.clamp(1, self.limit);
         if target >= st.lend_limit {
             for _ in st.lend_limit..target {
-                self.release_permit(st);
+                self.release_permit(st, None);
             }
         } else {
             let remove = st.lend_limit - target;
@@ -869,13 +867,8 @@ impl<C> Drop for Locked<'_, C> {
                 guard.free,
                 guard.unserved
             );
-            guard.now = None;
             let wake = guard.wake.take();
-            let more = if guard.wake_more.is_empty() {
-                Vec::new()
-            } else {
-                std::mem::take(&mut guard.wake_more)
-            };
+            let more = std::mem::take(&mut guard.wake_more);
             drop(guard);
             if let Some(waker) = wake {
                 waker.wake();

@@ -114,8 +114,9 @@ impl<M: Manager> Inner<M> {
     }
 
     /// Hands a permit to the oldest waiter still waiting (under the lock), with what
-    /// it takes; `false` if there is none.
-    pub(super) fn serve_next(&self, st: &mut State<M::Connection>) -> bool {
+    /// it takes, served at `now` (read here if the caller has not); `false` if there is
+    /// none.
+    pub(super) fn serve_next(&self, st: &mut State<M::Connection>, now: Option<Instant>) -> bool {
         if st.closed {
             return false;
         }
@@ -139,7 +140,7 @@ impl<M: Manager> Inner<M> {
         st.unserved -= 1;
         st.drop_done();
         self.metrics.pending.set(st.unserved as f64);
-        let now = st.now.take().unwrap_or_else(Instant::now);
+        let now = now.unwrap_or_else(Instant::now);
         let waited = now.saturating_duration_since(start);
         let take = self.take_locked(st, waited, now);
         let before = std::mem::replace(&mut *lock(&slot), Hand::Served(take, now, waited));
@@ -207,26 +208,26 @@ impl<M: Manager> Inner<M> {
     /// Ends every wait still waiting (`close`: the pool closed), or only wakes them (the
     /// reaper ended: each keeps its own deadline from now on).
     pub(super) fn wake_waiting(&self, st: &mut State<M::Connection>, close: bool) {
-        let mut wake = Vec::new();
+        let State {
+            queue, wake_more, ..
+        } = st;
         let mut ended = 0;
-        for entry in st.queue.iter_mut().filter(|e| e.waiting) {
+        for entry in queue.iter_mut().filter(|e| e.waiting) {
             let mut hand = lock(&entry.slot);
             if let Hand::Waiting(waker) = &mut *hand {
-                match close {
-                    true => {
-                        wake.extend(waker.take());
-                        *hand = Hand::Closed;
-                        entry.waiting = false;
-                        ended += 1;
-                    }
-                    false => wake.extend(waker.clone()),
+                if close {
+                    wake_more.extend(waker.take());
+                    *hand = Hand::Closed;
+                    entry.waiting = false;
+                    ended += 1;
+                } else {
+                    wake_more.extend(waker.clone());
                 }
             }
         }
         st.unserved -= ended;
         st.drop_done();
         self.metrics.pending.set(st.unserved as f64);
-        st.wake_more.extend(wake);
     }
 
     /// Whether the reaper keeps the waiters' deadlines (else each keeps its own).
