@@ -119,6 +119,21 @@ fn spawn_request(
     tokio::spawn(async move { send(&app, method, &uri, body).await })
 }
 
+/// The request was answered 503 `database_unavailable` (`what`: which request).
+fn assert_database_unavailable(reply: &Reply, what: &str) {
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{what}: {}",
+        reply.body
+    );
+    assert_eq!(
+        reply.body["error"], "database_unavailable",
+        "{what}: {}",
+        reply.body
+    );
+}
+
 /// Awaits a spawned request, bounded: a retried write would wait on the lock forever.
 async fn reply_of(task: tokio::task::JoinHandle<Reply>) -> Reply {
     tokio::time::timeout(Duration::from_secs(5), task)
@@ -203,17 +218,7 @@ async fn a_read_is_retried_at_most_max_connections_times() {
         }
         // Answered while the lock is still held: no fourth attempt.
         let reply = reply_of(task).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{uri}: {}",
-            reply.body
-        );
-        assert_eq!(
-            reply.body["error"], "database_unavailable",
-            "{uri}: {}",
-            reply.body
-        );
+        assert_database_unavailable(&reply, &uri);
         lock.batch_execute("COMMIT").await.unwrap();
     }
     common::all_returned(&pool).await;
@@ -245,17 +250,7 @@ async fn a_write_whose_backend_is_killed_mid_query_is_not_retried() {
         // Answered while the lock is still held: a retry would wait on it, and time
         // out `reply_of`.
         let reply = reply_of(task).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{method} {uri}: {}",
-            reply.body
-        );
-        assert_eq!(
-            reply.body["error"], "database_unavailable",
-            "{}",
-            reply.body
-        );
+        assert_database_unavailable(&reply, &format!("{method} {uri}"));
         lock.batch_execute("COMMIT").await.unwrap();
     }
     // Nothing was written: no second insert, the item neither changed nor deleted.
