@@ -62,8 +62,8 @@ pub struct BenchArgs {
     /// table shows the median run, so that a noisy machine affects every mode alike
     #[arg(long, value_name = "N", default_value = "1")]
     pub repeat: String,
-    /// Worker threads of the client runtime; pgbench gets as many (-j) [default: the
-    /// number of CPUs]
+    /// Worker threads of the client runtime; pgbench gets as many (-j) [default: 1 with
+    /// --compare-pgbench, pgbench's own default; else the number of CPUs]
     #[arg(long, value_name = "N")]
     pub client_threads: Option<String>,
     /// Compare pool sizes instead of pooled/unpooled: whole numbers and `auto` (between
@@ -87,10 +87,13 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// `--client-threads`, or the number of CPUs.
+    /// `--client-threads`; else, next to pgbench, pgbench's own default (`-j 1`), so
+    /// that the comparison is with pgbench as its users run it and both clients leave
+    /// the same cores to a server on the same machine; else the number of CPUs.
     pub fn threads(&self) -> Result<u32, ToolsError> {
         match &self.client_threads {
             Some(raw) => crate::args::parse_positive("--client-threads", raw),
+            None if self.compare_pgbench => Ok(1),
             None => Ok(client_threads()),
         }
     }

@@ -84,6 +84,10 @@ async fn postgres_bench_writes_table_json_and_plot_with_pgbench_alongside() {
         assert_eq!(pooled["errors"], 0);
     }
     assert!(report.speedup(2).unwrap() > 1.0);
+    // Next to pgbench, both clients default to pgbench's own default: one thread.
+    assert_eq!(report.client_threads, 1);
+    let command = report.pgbench_command.as_deref().expect("pgbench ran");
+    assert!(command.contains(" -j 1 "), "{command}");
     let text = report.render();
     assert!(
         text.contains("pooled / unpooled") && text.contains("pooled / pgbench"),
@@ -95,6 +99,19 @@ async fn postgres_bench_writes_table_json_and_plot_with_pgbench_alongside() {
     assert!(svg.starts_with("<svg") && svg.contains("throughput") && svg.contains("p99 latency"));
     assert!(svg.contains("pooled") && svg.contains("unpooled") && svg.contains("pgbench"));
     db.drop_database().await.unwrap();
+}
+
+#[test]
+fn client_threads_default_to_pgbench_s_default_only_next_to_pgbench() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = bench_args("postgres://u@127.0.0.1/db", dir.path());
+    assert_eq!(args.threads().unwrap(), bench::client_threads());
+    args.compare_pgbench = true;
+    assert_eq!(args.threads().unwrap(), 1);
+    args.client_threads = Some("3".into());
+    assert_eq!(args.threads().unwrap(), 3);
+    args.client_threads = Some("0".into());
+    assert!(args.threads().is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
