@@ -61,9 +61,10 @@ pub(crate) type Slot<C> = Arc<Mutex<Hand<C>>>;
 /// A registered waiter, in arrival order.
 pub(crate) struct Entry<C> {
     pub(super) deadline: Instant,
-    pub(super) slot: Slot<C>,
-    /// Neither served, expired, closed nor gone: counted in `unserved`.
-    pub(super) waiting: bool,
+    /// The waiter's hand-off slot while it waits (neither served, expired, closed nor
+    /// gone: counted in `unserved`); taken out (a move, no reference count touched)
+    /// when that ends.
+    pub(super) slot: Option<Slot<C>>,
 }
 
 impl<C> State<C> {
@@ -83,7 +84,7 @@ impl<C> State<C> {
 
     /// Drops the entries that no longer wait from the front of the queue.
     fn drop_done(&mut self) {
-        while self.queue.front().is_some_and(|e| !e.waiting) {
+        while self.queue.front().is_some_and(|e| e.slot.is_none()) {
             self.queue.pop_front();
             self.queue_base += 1;
         }
@@ -103,8 +104,7 @@ impl<M: Manager> Inner<M> {
         let slot = Arc::new(Mutex::new(Hand::Waiting(Some(waker.clone()))));
         st.queue.push_back(Entry {
             deadline,
-            slot: slot.clone(),
-            waiting: true,
+            slot: Some(slot.clone()),
         });
         st.unserved += 1;
         self.metrics.pending.set(st.unserved as f64);
@@ -127,12 +127,8 @@ impl<M: Manager> Inner<M> {
                 debug_assert_eq!(st.unserved, 0, "a waiter counted as waiting is not queued");
                 return false;
             };
-            if entry.waiting {
-                entry.waiting = false;
-                break (
-                    entry.slot.clone(),
-                    entry.deadline - self.config.pool_timeout,
-                );
+            if let Some(slot) = entry.slot.take() {
+                break (slot, entry.deadline - self.config.pool_timeout);
             }
             ticket += 1;
         };
@@ -186,7 +182,7 @@ impl<M: Manager> Inner<M> {
         match std::mem::replace(&mut *lock(slot), Hand::Done) {
             Hand::Waiting(_) => {
                 if let Some(entry) = st.entry(ticket) {
-                    entry.waiting = false;
+                    entry.slot = None;
                 }
                 st.unserved -= 1;
                 st.drop_done();
@@ -212,13 +208,15 @@ impl<M: Manager> Inner<M> {
             queue, wake_more, ..
         } = st;
         let mut ended = 0;
-        for entry in queue.iter_mut().filter(|e| e.waiting) {
-            let mut hand = lock(&entry.slot);
+        for entry in queue.iter_mut() {
+            let Some(slot) = &entry.slot else { continue };
+            let mut hand = lock(slot);
             if let Hand::Waiting(waker) = &mut *hand {
                 if close {
                     wake_more.extend(waker.take());
                     *hand = Hand::Closed;
-                    entry.waiting = false;
+                    drop(hand);
+                    entry.slot = None;
                     ended += 1;
                 } else {
                     wake_more.extend(waker.clone());
@@ -249,9 +247,8 @@ impl<M: Manager> Inner<M> {
             if entry.deadline > now {
                 break Some(entry.deadline);
             }
-            if entry.waiting {
-                entry.waiting = false;
-                let before = std::mem::replace(&mut *lock(&entry.slot), Hand::Expired);
+            if let Some(slot) = entry.slot.take() {
+                let before = std::mem::replace(&mut *lock(&slot), Hand::Expired);
                 expired += 1;
                 if let Hand::Waiting(Some(waker)) = before {
                     st.wake_later(waker);
