@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::BenchError;
+use crate::pg::PgPoolKind;
 use crate::pools::PoolKind;
 use crate::scenario::Scenario;
 
@@ -24,12 +25,15 @@ usage: queuepool-bench core [--json FILE] [--reps N] [--secs S] [--warmup S]
   --scenario LIST scenarios to run: 1-task, 64-tasks-pool-8, 8-tasks-pool-8 (default all)
 
 usage: queuepool-bench pg [--json FILE] [--database-url URL] [--reps N] [--seconds S]
-                          [--warmup S] [--tls]
+                          [--warmup S] [--tls] [--pool NAME[,NAME..]]
 
   PostgreSQL pools side by side: 32 tasks, pool of 8, SELECT 1 (simple protocol):
-  queuepool + PgManager (defaults), deadpool-postgres (Fast), bb8-postgres
-  (test_on_check_out false, then its default true), sqlx PgPool (test_before_acquire
-  false, then its default true)
+  queuepool + PgManager (defaults), the diagnostic queuepool-core-bare-manager
+  (queuepool's core over deadpool-postgres's connector and recycling, without
+  PgManager), deadpool-postgres (Fast), bb8-postgres (test_on_check_out false, then its
+  default true), sqlx PgPool (test_before_acquire false, then its default true)
+  --pool LIST         pools to run, by their names in the table (default all); the
+                      ratios need deadpool-postgres among them
   --database-url URL  server to use (default postgres://postgres@127.0.0.1:5432/test);
                       sslmode=disable is added, any other sslmode is refused
   --tls               every pool over TLS (certificate verified, SCRAM) against an
@@ -56,6 +60,8 @@ pub struct PgArgs {
     pub warmup: Duration,
     /// `--tls`: against an ephemeral TLS cluster instead of `database_url`.
     pub tls: bool,
+    /// Pools to compare, in the interleaving order.
+    pub pools: Vec<PgPoolKind>,
 }
 
 /// What to run.
@@ -221,6 +227,7 @@ fn parse_pg(mut args: impl Iterator<Item = String>) -> Result<PgArgs, BenchError
         secs: Duration::from_secs(3),
         warmup: Duration::from_millis(500),
         tls: false,
+        pools: PgPoolKind::ALL.to_vec(),
     };
     let known = [
         "--json",
@@ -230,6 +237,7 @@ fn parse_pg(mut args: impl Iterator<Item = String>) -> Result<PgArgs, BenchError
         "--secs",
         "--warmup",
         "--tls",
+        "--pool",
     ];
     while let Some((flag, value)) = next_flag(&mut args, &known)? {
         match flag.as_str() {
@@ -251,6 +259,7 @@ fn parse_pg(mut args: impl Iterator<Item = String>) -> Result<PgArgs, BenchError
             "--seconds" | "--secs" => out.secs = parse_secs(&flag, &value, 0.01)?,
             "--warmup" => out.warmup = parse_secs(&flag, &value, 0.0)?,
             "--tls" => out.tls = true,
+            "--pool" => out.pools = parse_list(&flag, &value, PgPoolKind::parse)?,
             _ => unreachable!("flag checked against `known` above"),
         }
     }
@@ -316,6 +325,7 @@ mod tests {
         assert_eq!(c.secs, Duration::from_secs(3));
         assert!(c.json.is_none());
         assert!(!c.tls);
+        assert_eq!(c.pools, PgPoolKind::ALL.to_vec());
     }
 
     #[test]
@@ -329,8 +339,11 @@ mod tests {
             "--seconds",
             "1.5",
             "--tls",
+            "--pool",
+            "deadpool-postgres,queuepool,deadpool-postgres",
         ])
         .unwrap();
+        assert_eq!(c.pools, [PgPoolKind::Deadpool, PgPoolKind::Queuepool]);
         assert!(c.tls, "--tls takes no value");
         assert_eq!(c.json, Some(PathBuf::from("pg.json")));
         assert_eq!(c.database_url, "postgres://u@h/db");

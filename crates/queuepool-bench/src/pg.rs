@@ -43,6 +43,11 @@ const CHECKOUT_LIMIT: Duration = Duration::from_secs(30);
 pub enum PgPoolKind {
     /// queuepool + `PgManager`, defaults (pre_ping on, rollback on return).
     Queuepool,
+    /// Diagnostic: queuepool's core over a bare tokio-postgres manager with
+    /// deadpool-postgres's connector and recycling (no request tracking, no wire
+    /// sniffer, no reset): the core's share of a difference against deadpool-postgres,
+    /// apart from `PgManager`'s.
+    QueuepoolBare,
     /// deadpool-postgres, `RecyclingMethod::Fast`.
     Deadpool,
     /// bb8-postgres with `test_on_check_out(false)`.
@@ -59,8 +64,9 @@ pub enum PgPoolKind {
 impl PgPoolKind {
     /// The pools of a run, in the order they are printed and interleaved (reversed
     /// in every other repetition).
-    pub const ALL: [PgPoolKind; 6] = [
+    pub const ALL: [PgPoolKind; 7] = [
         PgPoolKind::Queuepool,
+        PgPoolKind::QueuepoolBare,
         PgPoolKind::Deadpool,
         PgPoolKind::Bb8NoTest,
         PgPoolKind::Bb8Default,
@@ -72,12 +78,18 @@ impl PgPoolKind {
     pub fn name(self) -> &'static str {
         match self {
             PgPoolKind::Queuepool => "queuepool",
+            PgPoolKind::QueuepoolBare => "queuepool-core-bare-manager",
             PgPoolKind::Deadpool => "deadpool-postgres",
             PgPoolKind::Bb8NoTest => "bb8-postgres",
             PgPoolKind::Bb8Default => "bb8-postgres-test-on-checkout",
             PgPoolKind::SqlxNoTest => "sqlx-pgpool",
             PgPoolKind::SqlxDefault => "sqlx-pgpool-test-before-acquire",
         }
+    }
+
+    /// Parses a `--pool` name.
+    pub fn parse(name: &str) -> Option<PgPoolKind> {
+        PgPoolKind::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -501,6 +513,115 @@ where
         .map_err(|e| pool_error(PgPoolKind::Deadpool, e))
 }
 
+/// The diagnostic row's manager: what deadpool-postgres's `Manager` does with
+/// `RecyclingMethod::Fast` (connect with the given connector, spawn the driver; a
+/// connection whose driver ended is not reused; no reset, no tracking), as a queuepool
+/// [`Manager`](queuepool::Manager).
+struct BareManager<T> {
+    pg: tokio_postgres::Config,
+    tls: T,
+}
+
+impl<T: PgTls> queuepool::Manager for BareManager<T>
+where
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    type Connection = tokio_postgres::Client;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.pg.connect(self.tls.clone()).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    async fn is_valid(
+        &self,
+        conn: &mut tokio_postgres::Client,
+    ) -> Result<(), tokio_postgres::Error> {
+        conn.simple_query("").await.map(drop)
+    }
+
+    async fn reset(&self, _: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+        Ok(())
+    }
+
+    fn needs_reset(&self, _: &tokio_postgres::Client) -> bool {
+        false
+    }
+
+    fn health(&self, conn: &mut tokio_postgres::Client) -> queuepool::Health {
+        if conn.is_closed() {
+            queuepool::Health::Disconnected
+        } else {
+            queuepool::Health::Ok
+        }
+    }
+
+    fn is_disconnect(&self, error: &tokio_postgres::Error) -> bool {
+        error.is_closed()
+    }
+}
+
+impl<T: PgTls> Select1 for queuepool::PooledConn<BareManager<T>>
+where
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    async fn select1(&mut self) -> Result<(), String> {
+        self.simple_query(QUERY)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl<T: PgTls> Lend for queuepool::Pool<BareManager<T>>
+where
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    type Conn<'a> = queuepool::PooledConn<BareManager<T>>;
+    const PREFILLED: bool = true;
+    async fn lend(&self) -> Result<Self::Conn<'_>, String> {
+        self.get().await.map_err(|e| e.to_string())
+    }
+}
+
+/// The pool configuration of both queuepool rows.
+fn queuepool_config(kind: PgPoolKind) -> Result<queuepool::PoolConfig, BenchError> {
+    queuepool::PoolConfig::builder()
+        .pool_size(POOL_SIZE)
+        .max_overflow(0)
+        .pool_timeout(CHECKOUT_LIMIT)
+        .name("bench-pg")
+        .build()
+        .map_err(|e| pool_error(kind, e))
+}
+
+fn bare<T>(
+    rt: &tokio::runtime::Runtime,
+    kind: PgPoolKind,
+    pg: tokio_postgres::Config,
+    tls: T,
+) -> Result<queuepool::Pool<BareManager<T>>, BenchError>
+where
+    T: PgTls,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    rt.block_on(queuepool::Pool::new(
+        BareManager { pg, tls },
+        queuepool_config(kind)?,
+    ))
+    .map_err(|e| pool_error(kind, e))
+}
+
 fn bb8<T>(
     rt: &tokio::runtime::Runtime,
     kind: PgPoolKind,
@@ -549,18 +670,18 @@ fn measure(
             };
             let manager =
                 queuepool_postgres::PgManager::from_url(&url).map_err(|e| pool_error(kind, e))?;
-            let config = queuepool::PoolConfig::builder()
-                .pool_size(POOL_SIZE)
-                .max_overflow(0)
-                .pool_timeout(CHECKOUT_LIMIT)
-                .name("bench-pg")
-                .build()
-                .map_err(|e| pool_error(kind, e))?;
             let pool = rt
-                .block_on(queuepool::Pool::new(manager, config))
+                .block_on(queuepool::Pool::new(manager, queuepool_config(kind)?))
                 .map_err(|e| pool_error(kind, e))?;
             run(&rt, kind, pool, warmup, secs)
         }
+        PgPoolKind::QueuepoolBare => match tls {
+            None => run(&rt, kind, bare(&rt, kind, pg, NoTls)?, warmup, secs),
+            Some(t) => {
+                let tls = MakeRustlsConnect::new((*t.rustls).clone());
+                run(&rt, kind, bare(&rt, kind, pg, tls)?, warmup, secs)
+            }
+        },
         PgPoolKind::Deadpool => match tls {
             None => run(&rt, kind, deadpool(pg, NoTls)?, warmup, secs),
             Some(t) => {
@@ -654,7 +775,7 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
         Server::Plain(plain_url(&a.database_url)?)
     };
     let mut results: Vec<(PgPoolKind, Vec<PgRep>)> =
-        PgPoolKind::ALL.iter().map(|&k| (k, Vec::new())).collect();
+        a.pools.iter().map(|&k| (k, Vec::new())).collect();
     for rep in 0..a.reps {
         // Every other repetition runs the pools in reverse order, so that no pool
         // always follows the same one or always runs first, and a drift of the
@@ -762,6 +883,23 @@ fn table(r: &PgReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pool of the group, the diagnostic row included, opens its connections and
+    /// runs the query against the local server (a short repetition each; the figures
+    /// themselves are not asserted: this is a test, not a benchmark).
+    #[test]
+    fn every_pool_of_the_group_runs_the_query_on_the_local_server() {
+        let server = Server::Plain(plain_url(crate::args::DEFAULT_DATABASE_URL).unwrap());
+        for kind in PgPoolKind::ALL {
+            let rep = measure(kind, &server, Duration::ZERO, Duration::from_millis(200))
+                .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+            assert!(
+                rep.ops_per_sec > 0.0,
+                "{}: no operation completed",
+                kind.name()
+            );
+        }
+    }
 
     #[test]
     fn plain_url_adds_sslmode_disable_to_urls_and_key_value_strings() {
