@@ -182,13 +182,14 @@ impl BenchReport {
     /// The tables printed on the terminal.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "queuepool bench: {} ({}), query {:?}, {:.1} s per run, {} client threads{}\n\
+            "queuepool bench: {} ({}), query {:?}, {:.1} s per run, {} client thread{}{}\n\
              pooled: reset_on_return {}; unpooled: a new connection per query\n\n",
             self.database,
             self.backend,
             self.query,
             self.duration_s,
             self.client_threads,
+            if self.client_threads == 1 { "" } else { "s" },
             if self.backend == Kind::Postgres {
                 format!(", protocol {}", self.protocol.name())
             } else {
