@@ -63,9 +63,15 @@ pub struct Row {
     pub pool_size: u32,
     /// Runtime worker threads (0: current-thread runtime).
     pub workers: usize,
+    /// Fastest repetition's ops/s over the slowest's (1: all alike).
+    pub ops_spread: f64,
     /// Every repetition, in run order.
     pub reps: Vec<RepFigures>,
 }
+
+/// Above this spread between a row's repetitions, the table warns that its median
+/// (and a ratio between two medians) depends on which repetitions fell where.
+pub const SPREAD_WARNING: f64 = 1.5;
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +104,18 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Largest over smallest of `values` (1 for fewer than two, or a zero).
+fn spread(values: impl Iterator<Item = f64>) -> f64 {
+    let (lo, hi) = values.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if lo > 0.0 && lo.is_finite() {
+        hi / lo
+    } else {
+        1.0
+    }
+}
+
 /// Builds the rows of one scenario from each pool's repetitions.
 pub fn rows(scenario: Scenario, results: &[(PoolKind, Vec<RepFigures>)]) -> Vec<Row> {
     let med = |reps: &[RepFigures], f: fn(&RepFigures) -> f64| {
@@ -117,6 +135,7 @@ pub fn rows(scenario: Scenario, results: &[(PoolKind, Vec<RepFigures>)]) -> Vec<
             tasks: scenario.tasks(),
             pool_size: scenario.pool_size(),
             workers: scenario.workers(),
+            ops_spread: spread(reps.iter().map(|r| r.ops_per_sec)),
             reps: reps.clone(),
         })
         .collect();
@@ -143,14 +162,14 @@ pub fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<16} {:<17} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9}",
-        "scenario", "pool", "ops/s", "p50 µs", "p99 µs", "max µs", "ops/dp", "p99/dp"
+        "{:<16} {:<17} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
+        "scenario", "pool", "ops/s", "p50 µs", "p99 µs", "max µs", "ops/dp", "p99/dp", "spread"
     );
     for row in &report.scenarios {
         let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
         let _ = writeln!(
             out,
-            "{:<16} {:<17} {:>12.0} {:>9.2} {:>9.2} {:>10.1} {:>9} {:>9}",
+            "{:<16} {:<17} {:>12.0} {:>9.2} {:>9.2} {:>10.1} {:>9} {:>9} {:>6.2}x",
             row.name,
             row.pool,
             row.ops_per_sec,
@@ -159,6 +178,24 @@ pub fn table(report: &Report) -> String {
             row.max_wait_us,
             ratio(row.ops_vs_deadpool),
             ratio(row.p99_vs_deadpool),
+            row.ops_spread,
+        );
+    }
+    let mut noisy: Vec<&str> = report
+        .scenarios
+        .iter()
+        .filter(|r| r.ops_spread > SPREAD_WARNING)
+        .map(|r| r.name)
+        .collect();
+    noisy.dedup();
+    if !noisy.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: in {}, repetitions of one pool differ by more than {SPREAD_WARNING}x in ops/s \
+             (spread: fastest over slowest); a median, and a ratio of two medians, then \
+             depends on where the repetitions fell: run more of them (--reps 11) and \
+             compare several runs",
+            noisy.join(", ")
         );
     }
     out
@@ -228,6 +265,38 @@ mod tests {
         assert_eq!(rows[0].p99_vs_deadpool, Some(0.5));
         assert_eq!(rows[1].ops_vs_deadpool, Some(1.0));
         assert_eq!(rows[0].reps.len(), 3);
+        assert_eq!(rows[0].ops_spread, 3.0);
+        assert_eq!(rows[1].ops_spread, 2.0);
+    }
+
+    #[test]
+    fn the_table_shows_each_row_s_spread_and_warns_only_when_one_is_wide() {
+        let report = |reps: Vec<RepFigures>| Report {
+            scenarios: rows(
+                Scenario::Contended,
+                &[
+                    (PoolKind::Queuepool, reps),
+                    (PoolKind::Deadpool, vec![rep(100.0, 1.0), rep(110.0, 1.0)]),
+                ],
+            ),
+            reps: 2,
+            secs: 1.0,
+            warmup_secs: 0.5,
+            available_parallelism: 2,
+            single_task_sample_every: 64,
+        };
+        let calm = table(&report(vec![rep(100.0, 1.0), rep(120.0, 1.0)]));
+        assert!(
+            calm.contains("  1.20x") && calm.contains("  1.10x"),
+            "{calm}"
+        );
+        assert!(!calm.contains("note:"), "{calm}");
+        let bimodal = table(&report(vec![rep(80.0, 1.0), rep(200.0, 1.0)]));
+        assert!(bimodal.contains("  2.50x"), "{bimodal}");
+        assert!(
+            bimodal.contains("note: in 64-tasks-pool-8, repetitions of one pool differ"),
+            "{bimodal}"
+        );
     }
 
     #[test]
