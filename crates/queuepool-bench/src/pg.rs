@@ -135,6 +135,15 @@ trait Select1: Send {
     fn select1(&mut self) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// The query on a tokio-postgres client (what every peer lends).
+async fn client_select1(client: &tokio_postgres::Client) -> Result<(), String> {
+    client
+        .simple_query(QUERY)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// A pool as the bench uses it: lend one connection (returned when it is dropped).
 trait Lend: Send + Sync + 'static {
     type Conn<'a>: Select1
@@ -165,10 +174,7 @@ impl Lend for queuepool::Pool<queuepool_postgres::PgManager> {
 
 impl Select1 for deadpool_postgres::Object {
     async fn select1(&mut self) -> Result<(), String> {
-        self.simple_query(QUERY)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        client_select1(self).await
     }
 }
 
@@ -208,10 +214,7 @@ where
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
     async fn select1(&mut self) -> Result<(), String> {
-        self.simple_query(QUERY)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        client_select1(self).await
     }
 }
 
@@ -572,10 +575,7 @@ where
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
     async fn select1(&mut self) -> Result<(), String> {
-        self.simple_query(QUERY)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        client_select1(self).await
     }
 }
 
