@@ -188,42 +188,40 @@ impl Lend for deadpool_postgres::Pool {
 
 /// What bb8-postgres and deadpool-postgres need of a TLS connector ([`NoTls`] or
 /// rustls).
-trait PgTls: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static
-where
-    Self::Stream: Send + Sync,
-    Self::TlsConnect: Send + Sync,
-    <Self::TlsConnect as TlsConnect<Socket>>::Future: Send,
+/// (Associated type bounds in the supertrait: implied wherever `T: PgTls` is.)
+trait PgTls:
+    MakeTlsConnect<
+        Socket,
+        Stream: Send + Sync,
+        TlsConnect: Send + Sync + TlsConnect<Socket, Future: Send>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
 {
 }
 
-impl<T> PgTls for T
-where
-    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send + Sync,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+impl<T> PgTls for T where
+    T: MakeTlsConnect<
+            Socket,
+            Stream: Send + Sync,
+            TlsConnect: Send + Sync + TlsConnect<Socket, Future: Send>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
 {
 }
 
 type Bb8Pool<T> = bb8::Pool<bb8_postgres::PostgresConnectionManager<T>>;
 
-impl<T: PgTls> Select1 for bb8::PooledConnection<'_, bb8_postgres::PostgresConnectionManager<T>>
-where
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send + Sync,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
+impl<T: PgTls> Select1 for bb8::PooledConnection<'_, bb8_postgres::PostgresConnectionManager<T>> {
     async fn select1(&mut self) -> Result<(), String> {
         client_select1(self).await
     }
 }
 
-impl<T: PgTls> Lend for Bb8Pool<T>
-where
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send + Sync,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
+impl<T: PgTls> Lend for Bb8Pool<T> {
     type Conn<'a> = bb8::PooledConnection<'a, bb8_postgres::PostgresConnectionManager<T>>;
     const PREFILLED: bool = false;
     async fn lend(&self) -> Result<Self::Conn<'_>, String> {
@@ -496,13 +494,10 @@ fn sqlx_options(pg: &tokio_postgres::Config, tls: Option<&TlsServer>) -> PgConne
     }
 }
 
-fn deadpool<T>(pg: tokio_postgres::Config, tls: T) -> Result<deadpool_postgres::Pool, BenchError>
-where
-    T: PgTls,
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send + Sync,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
+fn deadpool<T: PgTls>(
+    pg: tokio_postgres::Config,
+    tls: T,
+) -> Result<deadpool_postgres::Pool, BenchError> {
     let manager = deadpool_postgres::Manager::from_config(
         pg,
         tls,
@@ -525,12 +520,7 @@ struct BareManager<T> {
     tls: T,
 }
 
-impl<T: PgTls> queuepool::Manager for BareManager<T>
-where
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send + Sync,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
+impl<T: PgTls> queuepool::Manager for BareManager<T> {
     type Connection = tokio_postgres::Client;
     type Error = tokio_postgres::Error;
 
@@ -568,23 +558,13 @@ where
     }
 }
 
-impl<T: PgTls> Select1 for queuepool::PooledConn<BareManager<T>>
-where
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send + Sync,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
+impl<T: PgTls> Select1 for queuepool::PooledConn<BareManager<T>> {
     async fn select1(&mut self) -> Result<(), String> {
         client_select1(self).await
     }
 }
 
-impl<T: PgTls> Lend for queuepool::Pool<BareManager<T>>
-where
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send + Sync,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
+impl<T: PgTls> Lend for queuepool::Pool<BareManager<T>> {
     type Conn<'a> = queuepool::PooledConn<BareManager<T>>;
     const PREFILLED: bool = true;
     async fn lend(&self) -> Result<Self::Conn<'_>, String> {
@@ -603,18 +583,12 @@ fn queuepool_config(kind: PgPoolKind) -> Result<queuepool::PoolConfig, BenchErro
         .map_err(|e| pool_error(kind, e))
 }
 
-fn bare<T>(
+fn bare<T: PgTls>(
     rt: &tokio::runtime::Runtime,
     kind: PgPoolKind,
     pg: tokio_postgres::Config,
     tls: T,
-) -> Result<queuepool::Pool<BareManager<T>>, BenchError>
-where
-    T: PgTls,
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send + Sync,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
+) -> Result<queuepool::Pool<BareManager<T>>, BenchError> {
     rt.block_on(queuepool::Pool::new(
         BareManager { pg, tls },
         queuepool_config(kind)?,
@@ -622,18 +596,12 @@ where
     .map_err(|e| pool_error(kind, e))
 }
 
-fn bb8<T>(
+fn bb8<T: PgTls>(
     rt: &tokio::runtime::Runtime,
     kind: PgPoolKind,
     pg: tokio_postgres::Config,
     tls: T,
-) -> Result<Bb8Pool<T>, BenchError>
-where
-    T: PgTls,
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send + Sync,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
+) -> Result<Bb8Pool<T>, BenchError> {
     let manager = bb8_postgres::PostgresConnectionManager::new(pg, tls);
     let builder = bb8::Pool::builder()
         .max_size(POOL_SIZE)
