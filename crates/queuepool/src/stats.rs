@@ -136,19 +136,24 @@ impl Histogram {
         }
     }
 
-    pub(crate) fn record(&mut self, d: Duration) {
+    /// `d` in whole microseconds, and its bucket: values below 2^i µs fall in bucket i.
+    fn place(d: Duration) -> (u64, usize) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let bucket = (u64::BITS - us.leading_zeros()) as usize;
-        self.buckets[bucket.min(BUCKETS - 1)] += 1;
+        (us, bucket.min(BUCKETS - 1))
+    }
+
+    pub(crate) fn record(&mut self, d: Duration) {
+        let (us, bucket) = Self::place(d);
+        self.buckets[bucket] += 1;
         self.sum_us = self.sum_us.saturating_add(us);
         self.max_us = self.max_us.max(us);
     }
 
     /// Takes back one duration recorded by [`Histogram::record`] (the maximum stays).
     pub(crate) fn unrecord(&mut self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let bucket = (u64::BITS - us.leading_zeros()) as usize;
-        let count = &mut self.buckets[bucket.min(BUCKETS - 1)];
+        let (us, bucket) = Self::place(d);
+        let count = &mut self.buckets[bucket];
         *count = count.saturating_sub(1);
         self.sum_us = self.sum_us.saturating_sub(us);
     }

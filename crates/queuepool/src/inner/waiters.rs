@@ -82,6 +82,15 @@ impl<C> State<C> {
         }
     }
 
+    /// Ends a wait whose slot was taken out of its entry: leaves `hand` in the slot and
+    /// queues the waiter's waker, if it still had one, to wake once the lock is
+    /// released.
+    fn end_wait(&mut self, slot: &Slot<C>, hand: Hand<C>) {
+        if let Hand::Waiting(Some(waker)) = std::mem::replace(&mut *lock(slot), hand) {
+            self.wake_later(waker);
+        }
+    }
+
     /// Drops the entries that no longer wait from the front of the queue.
     fn drop_done(&mut self) {
         while self.queue.front().is_some_and(|e| e.slot.is_none()) {
@@ -113,6 +122,14 @@ impl<M: Manager> Inner<M> {
         (ticket, slot, wake_reaper)
     }
 
+    /// `n` waiters no longer wait for a permit (served, expired, closed or gone), their
+    /// entries' slots taken out: uncounts them and drops finished entries from the front.
+    fn unserve(&self, st: &mut State<M::Connection>, n: usize) {
+        st.unserved -= n;
+        st.drop_done();
+        self.metrics.pending.set(st.unserved as f64);
+    }
+
     /// Hands a permit to the oldest waiter still waiting (under the lock), with what
     /// it takes, served at `now` (read here if the caller has not); `false` if there is
     /// none.
@@ -133,16 +150,11 @@ impl<M: Manager> Inner<M> {
             ticket += 1;
         };
         st.serve_from = ticket + 1;
-        st.unserved -= 1;
-        st.drop_done();
-        self.metrics.pending.set(st.unserved as f64);
+        self.unserve(st, 1);
         let now = now.unwrap_or_else(Instant::now);
         let waited = now.saturating_duration_since(start);
         let take = self.take_locked(st, waited, now);
-        let before = std::mem::replace(&mut *lock(&slot), Hand::Served(take, now, waited));
-        if let Hand::Waiting(Some(waker)) = before {
-            st.wake_later(waker);
-        }
+        st.end_wait(&slot, Hand::Served(take, now, waited));
         true
     }
 
@@ -184,9 +196,7 @@ impl<M: Manager> Inner<M> {
                 if let Some(entry) = st.entry(ticket) {
                     entry.slot = None;
                 }
-                st.unserved -= 1;
-                st.drop_done();
-                self.metrics.pending.set(st.unserved as f64);
+                self.unserve(st, 1);
                 None
             }
             Hand::Served(take, _, waited) => {
@@ -223,9 +233,7 @@ impl<M: Manager> Inner<M> {
                 }
             }
         }
-        st.unserved -= ended;
-        st.drop_done();
-        self.metrics.pending.set(st.unserved as f64);
+        self.unserve(st, ended);
     }
 
     /// Whether the reaper keeps the waiters' deadlines (else each keeps its own).
@@ -248,17 +256,12 @@ impl<M: Manager> Inner<M> {
                 break Some(entry.deadline);
             }
             if let Some(slot) = entry.slot.take() {
-                let before = std::mem::replace(&mut *lock(&slot), Hand::Expired);
+                st.end_wait(&slot, Hand::Expired);
                 expired += 1;
-                if let Hand::Waiting(Some(waker)) = before {
-                    st.wake_later(waker);
-                }
             }
             ticket += 1;
         };
-        st.unserved -= expired;
-        st.drop_done();
-        self.metrics.pending.set(st.unserved as f64);
+        self.unserve(&mut st, expired);
         st.reaped_upto = ticket;
         st.reaper_armed = next.is_some();
         next
