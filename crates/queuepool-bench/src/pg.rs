@@ -164,8 +164,12 @@ impl Select1 for queuepool::PooledConn<queuepool_postgres::PgManager> {
     }
 }
 
-impl Lend for queuepool::Pool<queuepool_postgres::PgManager> {
-    type Conn<'a> = queuepool::PooledConn<queuepool_postgres::PgManager>;
+/// Both queuepool rows (`PgManager`, and the diagnostic bare manager).
+impl<M: queuepool::Manager> Lend for queuepool::Pool<M>
+where
+    queuepool::PooledConn<M>: Select1,
+{
+    type Conn<'a> = queuepool::PooledConn<M>;
     const PREFILLED: bool = true;
     async fn lend(&self) -> Result<Self::Conn<'_>, String> {
         self.get().await.map_err(|e| e.to_string())
@@ -561,14 +565,6 @@ impl<T: PgTls> queuepool::Manager for BareManager<T> {
 impl<T: PgTls> Select1 for queuepool::PooledConn<BareManager<T>> {
     async fn select1(&mut self) -> Result<(), String> {
         client_select1(self).await
-    }
-}
-
-impl<T: PgTls> Lend for queuepool::Pool<BareManager<T>> {
-    type Conn<'a> = queuepool::PooledConn<BareManager<T>>;
-    const PREFILLED: bool = true;
-    async fn lend(&self) -> Result<Self::Conn<'_>, String> {
-        self.get().await.map_err(|e| e.to_string())
     }
 }
 
