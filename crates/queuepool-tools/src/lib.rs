@@ -68,22 +68,35 @@ pub enum Command {
     Status(status::StatusArgs),
 }
 
-/// Runs a subcommand on a new multi-threaded runtime and returns the exit status:
+/// The runtime a subcommand runs on: `threads` workers. One client thread for `bench`
+/// (pgbench's `-j 1`) is one thread: a current-thread runtime. A one-worker
+/// multi-thread runtime would run the load on its worker and the measuring future on
+/// the main thread, and pay a cross-thread wake-up between them (6-8 points of
+/// pgbench's rate in docs/TOOLS.md's comparison).
+fn runtime_for(threads: u32, bench: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if bench && threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut multi = tokio::runtime::Builder::new_multi_thread();
+        multi.worker_threads(threads as usize);
+        multi
+    };
+    builder.enable_all().build()
+}
+
+/// Runs a subcommand on a new runtime (multi-threaded, except `bench` with one client
+/// thread) and returns the exit status:
 /// 0 on success, 1 when a check fails or the run fails, 2 for a bad argument. Errors
 /// are printed on stderr as one line starting with `error: `.
 pub fn main(command: Command) -> ExitCode {
-    let threads = match &command {
+    let (threads, bench) = match &command {
         Command::Bench(args) => match args.threads() {
-            Ok(n) => n,
+            Ok(n) => (n, true),
             Err(e) => return fail(&e),
         },
-        _ => bench::client_threads(),
+        _ => (bench::client_threads(), false),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads as usize)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_for(threads, bench) {
         Ok(rt) => rt,
         Err(e) => return fail(&ToolsError::Runtime(e)),
     };
@@ -171,4 +184,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ToolsError> {
     file.persist(path)
         .map_err(|e| io("cannot write", e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::runtime_for;
+
+    fn flavor(threads: u32, bench: bool) -> RuntimeFlavor {
+        let rt = runtime_for(threads, bench).expect("runtime");
+        rt.handle().runtime_flavor()
+    }
+
+    #[test]
+    fn one_bench_client_thread_is_a_current_thread_runtime() {
+        assert_eq!(flavor(1, true), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(2, true), RuntimeFlavor::MultiThread);
+        // Other subcommands keep a multi-thread runtime even with one worker.
+        assert_eq!(flavor(1, false), RuntimeFlavor::MultiThread);
+    }
 }
