@@ -695,8 +695,51 @@ pub struct PgRow {
     pub ops_vs_deadpool: Option<f64>,
     /// `cpu_us_per_op` / deadpool-postgres's.
     pub cpu_vs_deadpool: Option<f64>,
+    /// Each repetition's ops/s over deadpool-postgres's in the same round (the two ran
+    /// back to back): median, range and how many were >= 1.
+    pub paired_ops_vs_deadpool: Option<Paired>,
+    /// The same for the CPU per operation (`at_least_1` counts rounds where this pool
+    /// used as much CPU per operation as deadpool-postgres or more).
+    pub paired_cpu_vs_deadpool: Option<Paired>,
     /// Every repetition, in run order.
     pub reps: Vec<PgRep>,
+}
+
+/// Per-round ratios of one pool against deadpool-postgres. On a shared machine the
+/// load drifts between rounds by more than the pools differ; a round's two
+/// measurements ran next to each other, so their ratio cancels most of that drift,
+/// and the spread of the ratios shows how far one run's median can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Paired {
+    /// Median of the per-round ratios.
+    pub median: f64,
+    /// Smallest per-round ratio.
+    pub min: f64,
+    /// Largest per-round ratio.
+    pub max: f64,
+    /// Rounds whose ratio was >= 1.
+    pub at_least_1: usize,
+    /// Rounds compared.
+    pub rounds: usize,
+}
+
+/// The per-round ratios `mine[i] / base[i]` (`None` without rounds to compare).
+fn paired(mine: &[f64], base: &[f64]) -> Option<Paired> {
+    let mut ratios: Vec<f64> = mine.iter().zip(base).map(|(m, b)| m / b).collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let at_least_1 = ratios.iter().filter(|&&r| r >= 1.0).count();
+    let rounds = ratios.len();
+    Some(Paired {
+        median: median(&mut ratios),
+        min,
+        max,
+        at_least_1,
+        rounds,
+    })
 }
 
 /// The whole report.
@@ -767,11 +810,20 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
         .iter()
         .find(|(k, _)| *k == PgPoolKind::Deadpool)
         .map(|(_, r)| (med(r, |x| x.ops_per_sec), med(r, |x| x.cpu_us_per_op)));
+    let series = |reps: &[PgRep], f: fn(&PgRep) -> f64| reps.iter().map(f).collect::<Vec<_>>();
+    let base_reps = results
+        .iter()
+        .find(|(k, _)| *k == PgPoolKind::Deadpool)
+        .map(|(_, r)| r.clone());
     let rows: Vec<PgRow> = results
         .iter()
         .map(|(kind, reps)| {
             let ops = med(reps, |x| x.ops_per_sec);
             let cpu = med(reps, |x| x.cpu_us_per_op);
+            let vs = |f: fn(&PgRep) -> f64| {
+                let b = base_reps.as_deref()?;
+                paired(&series(reps, f), &series(b, f))
+            };
             PgRow {
                 name: if a.tls { SCENARIO_TLS } else { SCENARIO },
                 pool: kind.name(),
@@ -780,6 +832,8 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
                 p99_wait_us: med(reps, |x| x.p99_wait_us),
                 ops_vs_deadpool: base.map(|(o, _)| ops / o),
                 cpu_vs_deadpool: base.map(|(_, c)| cpu / c),
+                paired_ops_vs_deadpool: vs(|x| x.ops_per_sec),
+                paired_cpu_vs_deadpool: vs(|x| x.cpu_us_per_op),
                 reps: reps.clone(),
             }
         })
@@ -826,22 +880,40 @@ fn table(r: &PgReport) -> String {
         r.warmup_secs
     );
     out.push_str(
-        "| pool | ops/s | CPU µs/op | p99 wait µs | ops vs deadpool | CPU vs deadpool |\n",
+        "| pool | ops/s | CPU µs/op | p99 wait µs | ops vs deadpool | CPU vs deadpool | ops, per round | CPU, per round |\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}×"));
     for row in &r.scenarios {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {:.0} | {} | {} |\n",
+            "| {} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {} |\n",
             row.pool,
             row.ops_per_sec,
             row.cpu_us_per_op,
             row.p99_wait_us,
             ratio(row.ops_vs_deadpool),
-            ratio(row.cpu_vs_deadpool)
+            ratio(row.cpu_vs_deadpool),
+            per_round(row.paired_ops_vs_deadpool, row.pool),
+            per_round(row.paired_cpu_vs_deadpool, row.pool),
         ));
     }
+    out.push_str(
+        "per round: each repetition against deadpool-postgres's of the same round (run next to it): \
+         median, range, and in how many rounds the ratio was >= 1 (ops: as fast or faster; CPU: as much CPU per op or more)\n",
+    );
     out
+}
+
+/// A table cell for per-round ratios: `0.99× (0.94-1.03) 2/5`.
+fn per_round(p: Option<Paired>, pool: &str) -> String {
+    match p {
+        Some(_) if pool == PgPoolKind::Deadpool.name() => "-".to_owned(),
+        Some(p) => format!(
+            "{:.2}× ({:.2}-{:.2}) {}/{}",
+            p.median, p.min, p.max, p.at_least_1, p.rounds
+        ),
+        None => "-".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -892,6 +964,27 @@ mod tests {
             assert!(err.contains("sslmode="), "{err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn per_round_ratios_pair_each_repetition_with_the_baseline_s_of_its_round() {
+        // Round 2 was slow for both pools: each round's ratio compares two measurements
+        // taken under the same load; this pool was behind in every round.
+        let mine = [95.0, 47.5, 99.0];
+        let base = [100.0, 50.0, 100.0];
+        let p = paired(&mine, &base).expect("rounds");
+        assert!((p.median - 0.95).abs() < 1e-9, "{p:?}");
+        assert!(
+            (p.min - 0.95).abs() < 1e-9 && (p.max - 0.99).abs() < 1e-9,
+            "{p:?}"
+        );
+        assert_eq!((p.at_least_1, p.rounds), (0, 3));
+        let ahead = paired(&[101.0, 49.0], &[100.0, 50.0]).expect("rounds");
+        assert_eq!((ahead.at_least_1, ahead.rounds), (1, 2));
+        assert_eq!(paired(&[], &[]), None);
+        assert_eq!(per_round(Some(p), "queuepool"), "0.95× (0.95-0.99) 0/3");
+        assert_eq!(per_round(Some(p), PgPoolKind::Deadpool.name()), "-");
+        assert_eq!(per_round(None, "queuepool"), "-");
     }
 
     #[test]
