@@ -22,7 +22,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::args::PgArgs;
 use crate::error::BenchError;
-use crate::report::{self, median};
+use crate::report::{self, Paired, median, paired};
 use crate::runner::histogram;
 
 /// Pool size of every pool in the group.
@@ -703,43 +703,6 @@ pub struct PgRow {
     pub paired_cpu_vs_deadpool: Option<Paired>,
     /// Every repetition, in run order.
     pub reps: Vec<PgRep>,
-}
-
-/// Per-round ratios of one pool against deadpool-postgres. On a shared machine the
-/// load drifts between rounds by more than the pools differ; a round's two
-/// measurements ran next to each other, so their ratio cancels most of that drift,
-/// and the spread of the ratios shows how far one run's median can be trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Paired {
-    /// Median of the per-round ratios.
-    pub median: f64,
-    /// Smallest per-round ratio.
-    pub min: f64,
-    /// Largest per-round ratio.
-    pub max: f64,
-    /// Rounds whose ratio was >= 1.
-    pub at_least_1: usize,
-    /// Rounds compared.
-    pub rounds: usize,
-}
-
-/// The per-round ratios `mine[i] / base[i]` (`None` without rounds to compare).
-fn paired(mine: &[f64], base: &[f64]) -> Option<Paired> {
-    let mut ratios: Vec<f64> = mine.iter().zip(base).map(|(m, b)| m / b).collect();
-    if ratios.is_empty() {
-        return None;
-    }
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let at_least_1 = ratios.iter().filter(|&&r| r >= 1.0).count();
-    let rounds = ratios.len();
-    Some(Paired {
-        median: median(&mut ratios),
-        min,
-        max,
-        at_least_1,
-        rounds,
-    })
 }
 
 /// The whole report.

@@ -65,8 +65,48 @@ pub struct Row {
     pub workers: usize,
     /// Fastest repetition's ops/s over the slowest's (1: all alike).
     pub ops_spread: f64,
+    /// Each repetition's ops/s over deadpool's of the same round (absent if deadpool
+    /// did not run).
+    pub paired_ops_vs_deadpool: Option<Paired>,
     /// Every repetition, in run order.
     pub reps: Vec<RepFigures>,
+}
+
+/// Per-round ratios of one pool against the baseline (deadpool, deadpool-postgres).
+/// On a shared machine the load drifts between rounds by more than the pools differ;
+/// a round's two measurements ran close together, so their ratio cancels most of that
+/// drift, and the spread of the ratios shows how far one run's median can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Paired {
+    /// Median of the per-round ratios.
+    pub median: f64,
+    /// Smallest per-round ratio.
+    pub min: f64,
+    /// Largest per-round ratio.
+    pub max: f64,
+    /// Rounds whose ratio was >= 1.
+    pub at_least_1: usize,
+    /// Rounds compared.
+    pub rounds: usize,
+}
+
+/// The per-round ratios `mine[i] / base[i]` (`None` without rounds to compare).
+pub fn paired(mine: &[f64], base: &[f64]) -> Option<Paired> {
+    let mut ratios: Vec<f64> = mine.iter().zip(base).map(|(m, b)| m / b).collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let at_least_1 = ratios.iter().filter(|&&r| r >= 1.0).count();
+    let rounds = ratios.len();
+    Some(Paired {
+        median: median(&mut ratios),
+        min,
+        max,
+        at_least_1,
+        rounds,
+    })
 }
 
 /// Above this spread between a row's repetitions, the table warns that its median
@@ -136,20 +176,37 @@ pub fn rows(scenario: Scenario, results: &[(PoolKind, Vec<RepFigures>)]) -> Vec<
             pool_size: scenario.pool_size(),
             workers: scenario.workers(),
             ops_spread: spread(reps.iter().map(|r| r.ops_per_sec)),
+            paired_ops_vs_deadpool: None,
             reps: reps.clone(),
         })
         .collect();
-    let base = rows
+    let ops = |reps: &[RepFigures]| reps.iter().map(|r| r.ops_per_sec).collect::<Vec<_>>();
+    let base = results
+        .iter()
+        .find(|(kind, _)| *kind == PoolKind::Deadpool)
+        .map(|(_, reps)| ops(reps));
+    let base_medians = rows
         .iter()
         .find(|r| r.pool == PoolKind::Deadpool.name())
         .map(|r| (r.ops_per_sec, r.p99_wait_us));
-    if let Some((ops, p99)) = base {
-        for row in &mut rows {
-            row.ops_vs_deadpool = Some(row.ops_per_sec / ops);
+    if let (Some((median_ops, p99)), Some(base)) = (base_medians, base) {
+        for (row, (kind, reps)) in rows.iter_mut().zip(results) {
+            row.ops_vs_deadpool = Some(row.ops_per_sec / median_ops);
             row.p99_vs_deadpool = (p99 > 0.0).then(|| row.p99_wait_us / p99);
+            if *kind != PoolKind::Deadpool {
+                row.paired_ops_vs_deadpool = paired(&ops(reps), &base);
+            }
         }
     }
     rows
+}
+
+/// A table cell for per-round ratios: `1.02x 6/11` (median, rounds >= 1 of all).
+fn per_round(p: Option<Paired>) -> String {
+    p.map_or_else(
+        || "-".to_owned(),
+        |p| format!("{:.2}x {}/{}", p.median, p.at_least_1, p.rounds),
+    )
 }
 
 /// The table printed on stdout.
@@ -162,14 +219,23 @@ pub fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<16} {:<17} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
-        "scenario", "pool", "ops/s", "p50 µs", "p99 µs", "max µs", "ops/dp", "p99/dp", "spread"
+        "{:<16} {:<17} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7} {:>12}",
+        "scenario",
+        "pool",
+        "ops/s",
+        "p50 µs",
+        "p99 µs",
+        "max µs",
+        "ops/dp",
+        "p99/dp",
+        "spread",
+        "per round"
     );
     for row in &report.scenarios {
         let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
         let _ = writeln!(
             out,
-            "{:<16} {:<17} {:>12.0} {:>9.2} {:>9.2} {:>10.1} {:>9} {:>9} {:>6.2}x",
+            "{:<16} {:<17} {:>12.0} {:>9.2} {:>9.2} {:>10.1} {:>9} {:>9} {:>6.2}x {:>12}",
             row.name,
             row.pool,
             row.ops_per_sec,
@@ -179,6 +245,18 @@ pub fn table(report: &Report) -> String {
             ratio(row.ops_vs_deadpool),
             ratio(row.p99_vs_deadpool),
             row.ops_spread,
+            per_round(row.paired_ops_vs_deadpool),
+        );
+    }
+    if report
+        .scenarios
+        .iter()
+        .any(|r| r.paired_ops_vs_deadpool.is_some())
+    {
+        let _ = writeln!(
+            out,
+            "per round: each repetition's ops/s over deadpool's of the same round (the pools \
+             run in turn, round by round): median, and in how many rounds >= 1"
         );
     }
     let mut noisy: Vec<&str> = report
@@ -267,6 +345,20 @@ mod tests {
         assert_eq!(rows[0].reps.len(), 3);
         assert_eq!(rows[0].ops_spread, 3.0);
         assert_eq!(rows[1].ops_spread, 2.0);
+        // Per round: 300/50, 100/100, 200/70.
+        let p = rows[0].paired_ops_vs_deadpool.expect("deadpool ran");
+        assert_eq!((p.median, p.min, p.max), (200.0 / 70.0, 1.0, 6.0));
+        assert_eq!((p.at_least_1, p.rounds), (3, 3));
+        assert_eq!(rows[1].paired_ops_vs_deadpool, None);
+        let alone = rows_without_deadpool();
+        assert_eq!(alone[0].paired_ops_vs_deadpool, None);
+    }
+
+    fn rows_without_deadpool() -> Vec<Row> {
+        rows(
+            Scenario::Contended,
+            &[(PoolKind::Queuepool, vec![rep(1.0, 1.0)])],
+        )
     }
 
     #[test]
@@ -291,6 +383,9 @@ mod tests {
             "{calm}"
         );
         assert!(!calm.contains("note:"), "{calm}");
+        // Per round: 100/100 and 120/110.
+        assert!(calm.contains("1.05x 2/2"), "{calm}");
+        assert!(calm.contains("per round: each repetition"), "{calm}");
         let bimodal = table(&report(vec![rep(80.0, 1.0), rep(200.0, 1.0)]));
         assert!(bimodal.contains("  2.50x"), "{bimodal}");
         assert!(
