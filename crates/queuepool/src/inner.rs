@@ -89,12 +89,15 @@ pub(crate) enum Take<C> {
     Closed,
 }
 
-/// `repr(C)`, hot fields first: with [`Inner`] aligned to a cache line, the mutex, the
-/// idle queue and the permit counts fill the first line and the other counters a fast
-/// checkout or return writes fill the second, so with several threads few lines move
-/// between cores per operation.
+/// `repr(C)`, hot fields first. With [`Inner`] aligned to a cache line (the mutex at
+/// its start), a fast checkout or return touches three lines of it: the first (the
+/// mutex, the idle queue, the permit counts), written by both; the second, which the
+/// fast path only reads (so it stays shared between cores instead of moving on every
+/// loan); the third, the counters both write (the zero-wait count, the checkouts and
+/// the head of the usage histogram). Rarely used fields follow.
 #[repr(C)]
 pub(crate) struct State<C> {
+    // Line 1 (after the mutex's own word).
     idle: VecDeque<Conn<C>>,
     /// Slots held: checkouts (lent, connecting, pinging, resetting) and background
     /// refills.
@@ -107,25 +110,33 @@ pub(crate) struct State<C> {
     /// they found none until they are served, expire or leave): what
     /// `status().waiting` shows.
     unserved: usize,
+    // Line 2: read on the fast path, written only on slower ones.
     closed: bool,
+    /// The reaper has a deadline to wake at: a new waiter need not wake it.
+    reaper_armed: bool,
     /// Slots held by the background refill.
     refilling: usize,
-    /// Waiters served in this critical section, woken when the lock is released
-    /// ([`Locked`]): waking a waiter (which may unpark another worker thread) never
-    /// happens under the pool's lock. Mostly one; more when the limit is raised.
-    wake: Option<Waker>,
-    wake_more: Vec<Waker>,
     /// Permits to withhold as slots are released: the lend limit was lowered below the
     /// slots in use.
     debt: usize,
     /// Slot holders waiting for a `max_connecting` permit.
     connect_waiting: usize,
+    /// A waiter served in this critical section, woken when the lock is released
+    /// ([`Locked`]): waking a waiter (which may unpark another worker thread) never
+    /// happens under the pool's lock. More than one (the limit was raised) go to
+    /// `wake_more`.
+    wake: Option<Waker>,
+    /// Last time more than `pool_size` connections were needed at once.
+    last_overflow_use: Instant,
+    // Line 3: the counters every loan writes.
     /// Checkouts served without waiting: counted here and added to the wait
     /// histogram's zero bucket when it is read (no histogram line to write).
     zero_waits: u64,
     loans: LoanStats,
-    /// Last time more than `pool_size` connections were needed at once.
-    last_overflow_use: Instant,
+    // Colder fields.
+    wake_more: Vec<Waker>,
+    /// The current number of slots (`limit` unless lowered by `set_lend_limit`).
+    lend_limit: usize,
     /// The waiters in arrival order (see `waiters`): entry `i` has ticket
     /// `queue_base + i`.
     queue: VecDeque<waiters::Entry<C>>,
@@ -135,10 +146,6 @@ pub(crate) struct State<C> {
     serve_from: u64,
     /// The reaper has expired every waiting ticket below this one.
     reaped_upto: u64,
-    /// The reaper has a deadline to wake at: a new waiter need not wake it.
-    reaper_armed: bool,
-    /// The current number of slots (`limit` unless lowered by `set_lend_limit`).
-    lend_limit: usize,
     /// `pool_size = auto`: the controller that moves `lend_limit`.
     auto: Option<Governor>,
 }
@@ -410,7 +417,7 @@ impl<M: Manager> Inner<M> {
         if let Some(held) = conn.usage.take() {
             let mut st = self.state();
             st.loans.usage.record(held);
-            let moved = if st.auto.is_some() {
+            let moved = if self.config.auto_size.is_some() {
                 self.feed_auto(&mut st, held, Instant::now())
             } else {
                 None
@@ -530,7 +537,7 @@ impl<M: Manager> Inner<M> {
         let mut moved = None;
         if let Some(held) = conn.usage.take() {
             st.loans.usage.record(held);
-            if st.auto.is_some() {
+            if self.config.auto_size.is_some() {
                 moved = self.feed_auto(&mut st, held, conn.last_used);
             }
         }
@@ -733,6 +740,38 @@ impl<M: Manager> Inner<M> {
         self.metrics.in_use.set((st.slots - st.refilling) as f64);
     }
 
+    /// Byte offsets, from the start of `Inner`, of the fields a fast checkout or return
+    /// touches, by the cache line `State` means them to share (the layout test in
+    /// `pool.rs`).
+    #[cfg(all(test, not(feature = "model-check")))]
+    pub(crate) fn hot_offsets(&self) -> [Vec<(&'static str, usize)>; 3] {
+        let base = std::ptr::from_ref(self).addr();
+        let st = self.state();
+        let at = |name, field: *const u8| (name, field.addr() - base);
+        let p = |r: &dyn std::any::Any| std::ptr::from_ref(r).cast::<u8>();
+        [
+            vec![
+                at("idle", p(&st.idle)),
+                at("slots", p(&st.slots)),
+                at("free", p(&st.free)),
+                at("unserved", p(&st.unserved)),
+            ],
+            vec![
+                at("closed", p(&st.closed)),
+                at("refilling", p(&st.refilling)),
+                at("debt", p(&st.debt)),
+                at("connect_waiting", p(&st.connect_waiting)),
+                at("wake", p(&st.wake)),
+            ],
+            vec![
+                at("zero_waits", p(&st.zero_waits)),
+                at("checkouts", p(&st.loans.checkouts)),
+                // The usage histogram's sum, max and first buckets.
+                at("usage", p(&st.loans.usage)),
+            ],
+        ]
+    }
+
     /// The reaper's task is about to be spawned: the waiters rely on it.
     #[cfg_attr(feature = "model-check", allow(dead_code))]
     pub(crate) fn reaper_started(&self) {
@@ -867,8 +906,18 @@ impl<C> Drop for Locked<'_, C> {
                 guard.free,
                 guard.unserved
             );
-            let wake = guard.wake.take();
-            let more = std::mem::take(&mut guard.wake_more);
+            // Written only when there is something to take: on the fast path this
+            // line is only read (see `State`).
+            let wake = if guard.wake.is_some() {
+                guard.wake.take()
+            } else {
+                None
+            };
+            let more = if guard.wake_more.is_empty() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut guard.wake_more)
+            };
             drop(guard);
             if let Some(waker) = wake {
                 waker.wake();

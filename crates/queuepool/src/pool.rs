@@ -562,6 +562,23 @@ mod tests {
         }
     }
 
+    /// A fast checkout and return touch three cache lines of the pool: the first
+    /// (mutex, idle queue, permits), the second only read, the third the counters
+    /// (`State`'s layout). Reordering the fields would make each loan move more lines
+    /// between cores (8-task scenario: ~8 % fewer loans a second before this layout).
+    #[tokio::test]
+    async fn the_fast_path_fields_sit_on_their_three_cache_lines() {
+        let pool = Pool::new(Unit, PoolConfig::default()).await.unwrap();
+        for (line, fields) in pool.inner.hot_offsets().iter().enumerate() {
+            for &(name, offset) in fields {
+                assert_eq!(offset / 64, line, "{name} at byte {offset}");
+            }
+        }
+        // The usage histogram's sum, max and first bucket are on the third line too.
+        let usage = pool.inner.hot_offsets()[2][2].1;
+        assert!(usage + 24 <= 3 * 64, "usage histogram head at byte {usage}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lowered_lend_limit_takes_effect_as_lent_connections_come_back() {
         let config = PoolConfig::builder()

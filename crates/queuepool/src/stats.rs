@@ -195,11 +195,11 @@ impl Histogram {
 
 /// What every loan records, kept under the pool's lock (see [`Histogram`]).
 #[derive(Debug, Clone)]
-#[repr(C)] // `checkouts` first: next to the pool's other hot counters
+#[repr(C)] // `checkouts` and the usage histogram's head first: see `inner::State`
 pub(crate) struct LoanStats {
     pub(crate) checkouts: u64,
-    pub(crate) wait: Histogram,
     pub(crate) usage: Histogram,
+    pub(crate) wait: Histogram,
 }
 
 impl LoanStats {
