@@ -742,8 +742,8 @@ impl<M: Manager> Inner<M> {
 
     /// Byte offsets, from the start of `Inner`, of the fields a fast checkout or return
     /// touches, by the cache line `State` means them to share (the layout test in
-    /// `pool.rs`).
-    #[cfg(all(test, not(feature = "model-check")))]
+    /// `pool.rs`, Linux only).
+    #[cfg(all(test, not(feature = "model-check"), target_os = "linux"))]
     pub(crate) fn hot_offsets(&self) -> [Vec<(&'static str, usize)>; 3] {
         let base = std::ptr::from_ref(self).addr();
         let st = self.state();
