@@ -568,28 +568,21 @@ impl<T: PgTls> Select1 for queuepool::PooledConn<BareManager<T>> {
     }
 }
 
-/// The pool configuration of both queuepool rows.
-fn queuepool_config(kind: PgPoolKind) -> Result<queuepool::PoolConfig, BenchError> {
-    queuepool::PoolConfig::builder()
+/// A queuepool pool over `manager` with the configuration of both queuepool rows.
+fn queuepool_pool<M: queuepool::Manager>(
+    rt: &tokio::runtime::Runtime,
+    kind: PgPoolKind,
+    manager: M,
+) -> Result<queuepool::Pool<M>, BenchError> {
+    let config = queuepool::PoolConfig::builder()
         .pool_size(POOL_SIZE)
         .max_overflow(0)
         .pool_timeout(CHECKOUT_LIMIT)
         .name("bench-pg")
         .build()
+        .map_err(|e| pool_error(kind, e))?;
+    rt.block_on(queuepool::Pool::new(manager, config))
         .map_err(|e| pool_error(kind, e))
-}
-
-fn bare<T: PgTls>(
-    rt: &tokio::runtime::Runtime,
-    kind: PgPoolKind,
-    pg: tokio_postgres::Config,
-    tls: T,
-) -> Result<queuepool::Pool<BareManager<T>>, BenchError> {
-    rt.block_on(queuepool::Pool::new(
-        BareManager { pg, tls },
-        queuepool_config(kind)?,
-    ))
-    .map_err(|e| pool_error(kind, e))
 }
 
 fn bb8<T: PgTls>(
@@ -634,16 +627,17 @@ fn measure(
             };
             let manager =
                 queuepool_postgres::PgManager::from_url(&url).map_err(|e| pool_error(kind, e))?;
-            let pool = rt
-                .block_on(queuepool::Pool::new(manager, queuepool_config(kind)?))
-                .map_err(|e| pool_error(kind, e))?;
-            run(&rt, kind, pool, warmup, secs)
+            run(&rt, kind, queuepool_pool(&rt, kind, manager)?, warmup, secs)
         }
         PgPoolKind::QueuepoolBare => match tls {
-            None => run(&rt, kind, bare(&rt, kind, pg, NoTls)?, warmup, secs),
+            None => {
+                let pool = queuepool_pool(&rt, kind, BareManager { pg, tls: NoTls })?;
+                run(&rt, kind, pool, warmup, secs)
+            }
             Some(t) => {
                 let tls = MakeRustlsConnect::new((*t.rustls).clone());
-                run(&rt, kind, bare(&rt, kind, pg, tls)?, warmup, secs)
+                let pool = queuepool_pool(&rt, kind, BareManager { pg, tls })?;
+                run(&rt, kind, pool, warmup, secs)
             }
         },
         PgPoolKind::Deadpool => match tls {
@@ -769,22 +763,19 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
     }
     let med =
         |reps: &[PgRep], f: fn(&PgRep) -> f64| median(&mut reps.iter().map(f).collect::<Vec<_>>());
-    let base = results
-        .iter()
-        .find(|(k, _)| *k == PgPoolKind::Deadpool)
-        .map(|(_, r)| (med(r, |x| x.ops_per_sec), med(r, |x| x.cpu_us_per_op)));
-    let series = |reps: &[PgRep], f: fn(&PgRep) -> f64| reps.iter().map(f).collect::<Vec<_>>();
     let base_reps = results
         .iter()
         .find(|(k, _)| *k == PgPoolKind::Deadpool)
-        .map(|(_, r)| r.clone());
+        .map(|(_, r)| r.as_slice());
+    let base = base_reps.map(|r| (med(r, |x| x.ops_per_sec), med(r, |x| x.cpu_us_per_op)));
+    let series = |reps: &[PgRep], f: fn(&PgRep) -> f64| reps.iter().map(f).collect::<Vec<_>>();
     let rows: Vec<PgRow> = results
         .iter()
         .map(|(kind, reps)| {
             let ops = med(reps, |x| x.ops_per_sec);
             let cpu = med(reps, |x| x.cpu_us_per_op);
             let vs = |f: fn(&PgRep) -> f64| {
-                let b = base_reps.as_deref()?;
+                let b = base_reps?;
                 paired(&series(reps, f), &series(b, f))
             };
             PgRow {

@@ -181,15 +181,12 @@ pub fn rows(scenario: Scenario, results: &[(PoolKind, Vec<RepFigures>)]) -> Vec<
         })
         .collect();
     let ops = |reps: &[RepFigures]| reps.iter().map(|r| r.ops_per_sec).collect::<Vec<_>>();
+    // `rows` is built from `results` in order: one index serves both.
     let base = results
         .iter()
-        .find(|(kind, _)| *kind == PoolKind::Deadpool)
-        .map(|(_, reps)| ops(reps));
-    let base_medians = rows
-        .iter()
-        .find(|r| r.pool == PoolKind::Deadpool.name())
-        .map(|r| (r.ops_per_sec, r.p99_wait_us));
-    if let (Some((median_ops, p99)), Some(base)) = (base_medians, base) {
+        .position(|(kind, _)| *kind == PoolKind::Deadpool)
+        .map(|i| (rows[i].ops_per_sec, rows[i].p99_wait_us, ops(&results[i].1)));
+    if let Some((median_ops, p99, base)) = base {
         for (row, (kind, reps)) in rows.iter_mut().zip(results) {
             row.ops_vs_deadpool = Some(row.ops_per_sec / median_ops);
             row.p99_vs_deadpool = (p99 > 0.0).then(|| row.p99_wait_us / p99);

@@ -104,10 +104,7 @@ fn run<P: BenchPool>(
         // than in `block_on`'s future (queuepool's return asks tokio whether it may
         // spawn a reset: a task-id read in a task, a runtime-handle clone outside one).
         let task = rt.spawn(single(pool, warmup, secs));
-        return rt.block_on(task).map_err(|e| BenchError::Pool {
-            pool: "bench task",
-            message: e.to_string(),
-        })?;
+        return rt.block_on(task).map_err(task_error)?;
     }
     let warm_end = Instant::now() + warmup;
     let end = warm_end + secs;
@@ -121,10 +118,7 @@ fn run<P: BenchPool>(
             waits: histogram(),
         };
         for handle in handles {
-            let (ops, waits) = handle.await.map_err(|e| BenchError::Pool {
-                pool: "bench task",
-                message: e.to_string(),
-            })??;
+            let (ops, waits) = handle.await.map_err(task_error)??;
             total.ops += ops;
             // Same bounds on both sides: adding cannot fail.
             total
@@ -134,6 +128,14 @@ fn run<P: BenchPool>(
         }
         Ok(total)
     })
+}
+
+/// A bench task that panicked or was cancelled.
+fn task_error(e: tokio::task::JoinError) -> BenchError {
+    BenchError::Pool {
+        pool: "bench task",
+        message: e.to_string(),
+    }
 }
 
 /// One of the tasks of a multi-task scenario: checkout (timed), yield, return, until
