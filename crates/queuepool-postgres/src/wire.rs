@@ -107,54 +107,87 @@ impl<S> Sniff<S> {
         sniff
     }
 
+    /// Follows the framing of what was just read. Every read of a driver's buffer
+    /// goes through here, so the common case is cheap: a read that holds whole
+    /// messages is walked header to header, with no copy and no per-byte work; only a
+    /// header split between two reads is gathered in `header`.
     fn observe(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            match self.mode {
-                Mode::Off => return,
-                Mode::SslAnswer => {
-                    self.mode = if bytes[0] == b'N' {
-                        Mode::Framed
-                    } else {
-                        Mode::Off
+        if self.mode == Mode::SslAnswer {
+            let Some((&answer, rest)) = bytes.split_first() else {
+                return;
+            };
+            self.mode = if answer == b'N' {
+                Mode::Framed
+            } else {
+                Mode::Off
+            };
+            bytes = rest;
+        }
+        if self.mode != Mode::Framed {
+            return;
+        }
+        loop {
+            // The rest of a body begun in an earlier read.
+            if self.body_left > 0 {
+                let Some(next) = bytes.get(self.body_left..) else {
+                    self.body_left -= bytes.len();
+                    return;
+                };
+                if self.in_ready {
+                    // ReadyForQuery has a one-byte body: the status.
+                    self.state.set(bytes[0]);
+                }
+                bytes = next;
+                self.body_left = 0;
+            }
+            // Whole headers (the common case).
+            if self.header_len == 0 {
+                while let Some((header, rest)) = bytes.split_first_chunk::<5>() {
+                    let Some(body) = body_len(header) else {
+                        self.mode = Mode::Off;
+                        return;
                     };
-                    bytes = &bytes[1..];
-                }
-                Mode::Framed if self.body_left > 0 => {
-                    let take = self.body_left.min(bytes.len());
-                    if self.in_ready && self.body_left == 1 {
-                        // ReadyForQuery has a one-byte body: the status.
-                        self.state.set(bytes[0]);
+                    let ready = header[0] == b'Z' && body == 1;
+                    let Some(next) = rest.get(body..) else {
+                        self.body_left = body - rest.len();
+                        self.in_ready = ready;
+                        return;
+                    };
+                    if ready {
+                        self.state.set(rest[0]);
                     }
-                    self.body_left -= take;
-                    bytes = &bytes[take..];
-                }
-                Mode::Framed => {
-                    let take = (5 - self.header_len).min(bytes.len());
-                    self.header[self.header_len..self.header_len + take]
-                        .copy_from_slice(&bytes[..take]);
-                    self.header_len += take;
-                    bytes = &bytes[take..];
-                    if self.header_len == 5 {
-                        self.header_len = 0;
-                        let len = u32::from_be_bytes([
-                            self.header[1],
-                            self.header[2],
-                            self.header[3],
-                            self.header[4],
-                        ]) as usize;
-                        // The length counts itself; a length below 4 is a protocol
-                        // violation the driver reports; stop looking rather than guess.
-                        if len < 4 {
-                            self.mode = Mode::Off;
-                            return;
-                        }
-                        self.body_left = len - 4;
-                        self.in_ready = self.header[0] == b'Z' && self.body_left == 1;
-                    }
+                    bytes = next;
                 }
             }
+            if bytes.is_empty() {
+                return;
+            }
+            // A header split between reads: gather it.
+            while self.header_len < 5 {
+                let Some((&byte, rest)) = bytes.split_first() else {
+                    return;
+                };
+                self.header[self.header_len] = byte;
+                self.header_len += 1;
+                bytes = rest;
+            }
+            self.header_len = 0;
+            let Some(body) = body_len(&self.header) else {
+                self.mode = Mode::Off;
+                return;
+            };
+            self.body_left = body;
+            self.in_ready = self.header[0] == b'Z' && body == 1;
         }
     }
+}
+
+/// A message's body length from its header (type byte, then a 4-byte big-endian length
+/// that counts itself); `None` for a length below 4, a protocol violation the driver
+/// reports: the sniffer stops looking rather than guess.
+fn body_len(header: &[u8; 5]) -> Option<usize> {
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    len.checked_sub(4)
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Sniff<S> {
@@ -276,6 +309,86 @@ mod tests {
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(feed(Mode::Framed, &singles), TxStatus::InTransaction);
+    }
+
+    /// The status after the first `n` bytes, by a plain walk of the whole stream: the
+    /// one-byte body of the last complete ReadyForQuery (`Z`, length 5) within them.
+    fn reference(bytes: &[u8], n: usize) -> TxStatus {
+        let (mut at, mut status) = (0, TxStatus::Unknown);
+        while at + 5 <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+            if bytes[at] == b'Z' && len == 5 && at + 6 <= n {
+                let state = WireState::default();
+                state.set(bytes[at + 5]);
+                status = state.status();
+            }
+            at += 1 + len;
+        }
+        status
+    }
+
+    #[test]
+    fn the_status_is_exact_after_every_read_however_the_stream_is_cut() {
+        // Messages of every shape the fast path and the gathering path meet: empty
+        // bodies, bodies holding fake headers, a 'Z' whose body is not one byte, long
+        // rows, ReadyForQuery back to back.
+        let mut bytes = Vec::new();
+        for (i, status) in [b'I', b'T', b'E', b'T', b'I', b'E', b'I']
+            .into_iter()
+            .enumerate()
+        {
+            bytes.extend(msg(b'1', b""));
+            bytes.extend(msg(b'D', b"Z\0\0\0\x05T"));
+            bytes.extend(msg(b'Z', b"TI"));
+            bytes.extend(msg(b'D', &vec![b'Z'; 7 + 97 * i]));
+            bytes.extend(msg(b'C', b"SELECT 1\0"));
+            bytes.extend(msg(b'Z', &[status]));
+            bytes.extend(msg(b'Z', &[status]));
+        }
+        // Reads cut by a fixed pseudo-random sequence of lengths (1..=40), many times.
+        let mut seed: u32 = 12345;
+        for round in 0..300 {
+            let state = Arc::new(WireState::default());
+            let mut s = Sniff::new((), state.clone(), Mode::Framed);
+            let mut at = 0;
+            while at < bytes.len() {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let cut = if round == 0 {
+                    1
+                } else {
+                    1 + (seed >> 16) as usize % 40
+                };
+                let end = (at + cut).min(bytes.len());
+                s.observe(&bytes[at..end]);
+                at = end;
+                assert_eq!(
+                    state.status(),
+                    reference(&bytes, at),
+                    "round {round}, at {at}"
+                );
+                assert_eq!(s.mode, Mode::Framed, "round {round}, at {at}");
+            }
+        }
+        // All at once, too.
+        assert_eq!(
+            feed(Mode::Framed, &[&bytes]),
+            reference(&bytes, bytes.len())
+        );
+    }
+
+    #[test]
+    fn a_length_below_four_stops_the_sniffer_wherever_the_header_is_cut() {
+        let mut bytes = msg(b'Z', b"T");
+        bytes.extend([b'C', 0, 0, 0, 3]);
+        bytes.extend(msg(b'Z', b"I"));
+        for split in 0..bytes.len() {
+            let (a, b) = bytes.split_at(split);
+            assert_eq!(
+                feed(Mode::Framed, &[a, b]),
+                TxStatus::InTransaction,
+                "split {split}"
+            );
+        }
     }
 
     #[test]
