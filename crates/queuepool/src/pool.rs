@@ -136,20 +136,19 @@ impl<M: Manager> Pool<M> {
             let inner = &self.inner;
             let first =
                 std::future::poll_fn(|cx| Poll::Ready(inner.take_first(start, cx.waker()))).await;
-            let (take, now) = match first {
+            // A checkout served at once waited for nothing: no clock arithmetic.
+            let (take, now, waited) = match first {
                 // The slow path, boxed so the common case's future stays small.
                 // (Registered as a waiter by `take_first`; `wait_slot` unregisters it
                 // however it ends.)
                 Err((ticket, slot)) => Box::pin(self.wait_slot(start, ticket, slot)).await?,
-                Ok(take) => (take, start),
+                Ok(take) => (take, start, Duration::ZERO),
             };
             // We hold a slot: it is wrapped (guard or lease) before the next await.
             match take {
                 // The common case, without an await: an idle connection that needs no
                 // ping, reset or replacement (already counted).
-                Take::Ready(conn) => {
-                    Ok(self.hand_over(inner.clone(), conn, now - start, caller, now))
-                }
+                Take::Ready(conn) => Ok(self.hand_over(inner.clone(), conn, waited, caller, now)),
                 Take::Idle(conn) => {
                     let lease = Lease::new(inner.clone());
                     Box::pin(self.checkout(lease, Some(conn), start, caller)).await
@@ -170,7 +169,7 @@ impl<M: Manager> Pool<M> {
         start: Instant,
         ticket: u64,
         slot: Slot<M::Connection>,
-    ) -> Result<(Take<M::Connection>, Instant), PoolError> {
+    ) -> Result<(Take<M::Connection>, Instant, Duration), PoolError> {
         match self.inner.wait_take(start, ticket, slot).await {
             Ok(taken) => Ok(taken),
             Err(WaitEnd::Timeout) => Err(self.timeout_error()),

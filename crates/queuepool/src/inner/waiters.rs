@@ -159,12 +159,12 @@ impl<M: Manager> Inner<M> {
     }
 
     /// One poll of a registered waiter, on its slot alone: what it was served (with
-    /// the instant), or how its wait ended, or `Pending` with `waker` kept.
+    /// the instant and how long it waited), or how its wait ended, or `Pending` with `waker` kept.
     #[allow(clippy::type_complexity)]
     pub(super) fn poll_slot(
         slot: &Slot<M::Connection>,
         waker: &Waker,
-    ) -> Poll<Result<(Take<M::Connection>, Instant), WaitEnd>> {
+    ) -> Poll<Result<(Take<M::Connection>, Instant, Duration), WaitEnd>> {
         let mut hand = lock(slot);
         match &mut *hand {
             Hand::Waiting(kept) => {
@@ -176,7 +176,7 @@ impl<M: Manager> Inner<M> {
             Hand::Expired => Poll::Ready(Err(WaitEnd::Timeout)),
             Hand::Closed | Hand::Done => Poll::Ready(Err(WaitEnd::Closed)),
             Hand::Served(..) => match std::mem::replace(&mut *hand, Hand::Done) {
-                Hand::Served(take, at, _) => Poll::Ready(Ok((take, at))),
+                Hand::Served(take, at, waited) => Poll::Ready(Ok((take, at, waited))),
                 _ => unreachable!("matched as served"),
             },
         }
@@ -232,6 +232,10 @@ impl<M: Manager> Inner<M> {
                     wake_more.extend(waker.clone());
                 }
             }
+        }
+        // Keep `Locked`'s one-branch fast path true: more wakers only beside `wake`.
+        if st.wake.is_none() {
+            st.wake = st.wake_more.pop();
         }
         self.unserve(st, ended);
     }
