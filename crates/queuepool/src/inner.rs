@@ -90,11 +90,12 @@ pub(crate) enum Take<C> {
 }
 
 /// `repr(C)`, hot fields first. With [`Inner`] aligned to a cache line (the mutex at
-/// its start), a fast checkout or return touches three lines of it: the first (the
-/// mutex, the idle queue, the permit counts), written by both; the second, which the
-/// fast path only reads (so it stays shared between cores instead of moving on every
-/// loan); the third, the counters both write (the zero-wait count, the checkouts and
-/// the head of the usage histogram). Rarely used fields follow.
+/// its start), a fast checkout writes one line of it and a return two: the first (the
+/// mutex, the idle queue, the permit counts and the zero-wait count), written by both;
+/// the third, the head of the usage histogram, written by returns. The second is only
+/// read on the fast path (so it stays shared between cores instead of moving on every
+/// loan). Rarely used fields follow. (The checkout count is not kept: it is the wait
+/// histogram's count, zero waits included.)
 #[repr(C)]
 pub(crate) struct State<C> {
     // Line 1 (after the mutex's own word).
@@ -106,14 +107,17 @@ pub(crate) struct State<C> {
     /// waiting. Zero whenever a waiter still waits for a permit (`unserved > 0`): a
     /// permit is freed only when every waiter has one.
     free: usize,
-    /// Checkouts registered as waiters and still waiting for a permit (from the moment
-    /// they found none until they are served, expire or leave): what
-    /// `status().waiting` shows.
-    unserved: usize,
+    /// Checkouts served without waiting: counted here and added to the wait
+    /// histogram's zero bucket when it is read (no histogram line to write).
+    zero_waits: u64,
     // Line 2: read on the fast path, written only on slower ones.
     closed: bool,
     /// The reaper has a deadline to wake at: a new waiter need not wake it.
     reaper_armed: bool,
+    /// Checkouts registered as waiters and still waiting for a permit (from the moment
+    /// they found none until they are served, expire or leave): what
+    /// `status().waiting` shows.
+    unserved: usize,
     /// Slots held by the background refill.
     refilling: usize,
     /// Permits to withhold as slots are released: the lend limit was lowered below the
@@ -126,17 +130,15 @@ pub(crate) struct State<C> {
     /// happens under the pool's lock. More than one (the limit was raised) go to
     /// `wake_more`.
     wake: Option<Waker>,
-    /// Last time more than `pool_size` connections were needed at once.
-    last_overflow_use: Instant,
-    // Line 3: the counters every loan writes.
-    /// Checkouts served without waiting: counted here and added to the wait
-    /// histogram's zero bucket when it is read (no histogram line to write).
-    zero_waits: u64,
+    /// The current number of slots (`limit` unless lowered by `set_lend_limit`): a
+    /// cold field that ends line 2.
+    lend_limit: usize,
+    // Line 3: what every return writes.
     loans: LoanStats,
     // Colder fields.
+    /// Last time more than `pool_size` connections were needed at once.
+    last_overflow_use: Instant,
     wake_more: Vec<Waker>,
-    /// The current number of slots (`limit` unless lowered by `set_lend_limit`).
-    lend_limit: usize,
     /// The waiters in arrival order (see `waiters`): entry `i` has ticket
     /// `queue_base + i`.
     queue: VecDeque<waiters::Entry<C>>,
@@ -367,7 +369,6 @@ impl<M: Manager> Inner<M> {
         match conn {
             Some(mut conn) => {
                 if self.ready(&mut conn, now) {
-                    st.loans.checkouts += 1;
                     if waited.is_zero() {
                         st.zero_waits += 1;
                     } else {
@@ -385,7 +386,6 @@ impl<M: Manager> Inner<M> {
     /// Takes back the count of a ready connection taken for a waiter (`waited`) that
     /// left without it.
     fn uncount_served(&self, st: &mut State<M::Connection>, waited: Duration) {
-        st.loans.checkouts -= 1;
         if waited.is_zero() {
             st.zero_waits -= 1;
         } else {
@@ -409,7 +409,6 @@ impl<M: Manager> Inner<M> {
     /// Counts a checkout that went through the slow path.
     pub(crate) fn record_lend(&self, waited: Duration) {
         let mut st = self.state();
-        st.loans.checkouts += 1;
         st.loans.wait.record(waited);
     }
 
@@ -755,21 +754,18 @@ impl<M: Manager> Inner<M> {
                 at("idle", p(&st.idle)),
                 at("slots", p(&st.slots)),
                 at("free", p(&st.free)),
-                at("unserved", p(&st.unserved)),
+                at("zero_waits", p(&st.zero_waits)),
             ],
             vec![
                 at("closed", p(&st.closed)),
+                at("unserved", p(&st.unserved)),
                 at("refilling", p(&st.refilling)),
                 at("debt", p(&st.debt)),
                 at("connect_waiting", p(&st.connect_waiting)),
                 at("wake", p(&st.wake)),
             ],
-            vec![
-                at("zero_waits", p(&st.zero_waits)),
-                at("checkouts", p(&st.loans.checkouts)),
-                // The usage histogram's sum, max and first buckets.
-                at("usage", p(&st.loans.usage)),
-            ],
+            // The usage histogram's sum, max and first buckets.
+            vec![at("usage", p(&st.loans.usage))],
         ]
     }
 

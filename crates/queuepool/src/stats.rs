@@ -163,9 +163,14 @@ impl Histogram {
         self.buckets[0] += n;
     }
 
+    /// How many durations are recorded.
+    pub(crate) fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
     pub(crate) fn summary(&self) -> HistogramSummary {
         let counts = &self.buckets;
-        let count: u64 = counts.iter().sum();
+        let count = self.count();
         if count == 0 {
             return HistogramSummary::default();
         }
@@ -195,17 +200,17 @@ impl Histogram {
 
 /// What every loan records, kept under the pool's lock (see [`Histogram`]).
 #[derive(Debug, Clone)]
-#[repr(C)] // `checkouts` and the usage histogram's head first: see `inner::State`
+#[repr(C)] // The usage histogram's head first: see `inner::State`.
 pub(crate) struct LoanStats {
-    pub(crate) checkouts: u64,
     pub(crate) usage: Histogram,
+    /// Every checkout's wait (those served at once are added when read): its count is
+    /// the number of checkouts.
     pub(crate) wait: Histogram,
 }
 
 impl LoanStats {
     pub(crate) fn new() -> Self {
         LoanStats {
-            checkouts: 0,
             wait: Histogram::new(),
             usage: Histogram::new(),
         }
@@ -244,7 +249,7 @@ impl Counters {
 
     pub(crate) fn snapshot(&self, loans: &LoanStats) -> Stats {
         Stats {
-            checkouts: loans.checkouts,
+            checkouts: loans.wait.count(),
             timeouts: self.timeouts.load(Relaxed),
             connections_created: self.created.load(Relaxed),
             connect_errors: self.connect_errors.load(Relaxed),
