@@ -281,6 +281,14 @@ mod tests {
         state.status()
     }
 
+    /// Cut in two at every byte, `bytes` leaves the sniffer at `status`.
+    fn every_split_ends_in(bytes: &[u8], status: TxStatus) {
+        for split in 0..bytes.len() {
+            let (a, b) = bytes.split_at(split);
+            assert_eq!(feed(Mode::Framed, &[a, b]), status, "split {split}");
+        }
+    }
+
     #[test]
     fn tracks_the_last_ready_for_query_status() {
         let mut bytes = msg(b'C', b"BEGIN\0");
@@ -299,14 +307,7 @@ mod tests {
         let mut bytes = msg(b'D', &[b'Z'; 300]); // a data row full of 'Z' bytes
         bytes.extend(msg(b'Z', b"T"));
         bytes.extend(msg(b'D', b"Z\0\0\0\x05I"));
-        for split in 0..bytes.len() {
-            let (a, b) = bytes.split_at(split);
-            assert_eq!(
-                feed(Mode::Framed, &[a, b]),
-                TxStatus::InTransaction,
-                "split {split}"
-            );
-        }
+        every_split_ends_in(&bytes, TxStatus::InTransaction);
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(feed(Mode::Framed, &singles), TxStatus::InTransaction);
     }
@@ -381,14 +382,7 @@ mod tests {
         let mut bytes = msg(b'Z', b"T");
         bytes.extend([b'C', 0, 0, 0, 3]);
         bytes.extend(msg(b'Z', b"I"));
-        for split in 0..bytes.len() {
-            let (a, b) = bytes.split_at(split);
-            assert_eq!(
-                feed(Mode::Framed, &[a, b]),
-                TxStatus::InTransaction,
-                "split {split}"
-            );
-        }
+        every_split_ends_in(&bytes, TxStatus::InTransaction);
     }
 
     #[test]
