@@ -761,14 +761,13 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
             reps.push(r);
         }
     }
-    let med =
-        |reps: &[PgRep], f: fn(&PgRep) -> f64| median(&mut reps.iter().map(f).collect::<Vec<_>>());
+    let series = |reps: &[PgRep], f: fn(&PgRep) -> f64| reps.iter().map(f).collect::<Vec<_>>();
+    let med = |reps: &[PgRep], f: fn(&PgRep) -> f64| median(&mut series(reps, f));
     let base_reps = results
         .iter()
         .find(|(k, _)| *k == PgPoolKind::Deadpool)
         .map(|(_, r)| r.as_slice());
     let base = base_reps.map(|r| (med(r, |x| x.ops_per_sec), med(r, |x| x.cpu_us_per_op)));
-    let series = |reps: &[PgRep], f: fn(&PgRep) -> f64| reps.iter().map(f).collect::<Vec<_>>();
     let rows: Vec<PgRow> = results
         .iter()
         .map(|(kind, reps)| {

@@ -249,12 +249,10 @@ async fn reset_sends_rollback_only_when_the_server_reports_a_transaction() -> Te
             // status follows it and may not have been read yet (what the reset's
             // settling query is for), so the status is awaited, bounded.
             let _ = conn.simple_query("BEGIN; SELECT 1/0").await;
-            let until = tokio::time::Instant::now() + Duration::from_secs(5);
-            while conn.transaction_status() != TxStatus::Failed
-                && tokio::time::Instant::now() < until
-            {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            eventually(Duration::from_secs(5), || async {
+                Ok(conn.transaction_status() == TxStatus::Failed)
+            })
+            .await?;
             assert_eq!(conn.transaction_status(), TxStatus::Failed);
         }
         assert_eq!(last_query(&db, pid, "BEGIN; SELECT 1/0").await?, "ROLLBACK");

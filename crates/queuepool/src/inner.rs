@@ -284,7 +284,8 @@ impl<M: Manager> Inner<M> {
     /// Waits in arrival order, until `pool_timeout` after `start`, for a checkout that
     /// [`Inner::take_first`] registered as a waiter: the return that serves it takes for
     /// it what `take_first` would have and leaves it in its slot, with the instant it
-    /// was served and how long it waited. Either way the checkout is no longer registered.
+    /// was served and how long it waited. Either way the checkout is no longer
+    /// registered.
     ///
     /// Cancel safe: what a dropped wait was served goes back (the connection to the
     /// pool, the permit to the next waiter or the free ones).

@@ -571,13 +571,14 @@ mod tests {
     #[tokio::test]
     async fn the_fast_path_fields_sit_on_their_three_cache_lines() {
         let pool = Pool::new(Unit, PoolConfig::default()).await.unwrap();
-        for (line, fields) in pool.inner.hot_offsets().iter().enumerate() {
+        let lines = pool.inner.hot_offsets();
+        for (line, fields) in lines.iter().enumerate() {
             for &(name, offset) in fields {
                 assert_eq!(offset / 64, line, "{name} at byte {offset}");
             }
         }
         // The usage histogram's sum, max and first bucket are on the third line too.
-        let usage = pool.inner.hot_offsets()[2][0].1;
+        let usage = lines[2][0].1;
         assert!(usage + 24 <= 3 * 64, "usage histogram head at byte {usage}");
     }
 

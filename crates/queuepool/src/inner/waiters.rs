@@ -159,7 +159,8 @@ impl<M: Manager> Inner<M> {
     }
 
     /// One poll of a registered waiter, on its slot alone: what it was served (with
-    /// the instant and how long it waited), or how its wait ended, or `Pending` with `waker` kept.
+    /// the instant and how long it waited), or how its wait ended, or `Pending` with
+    /// `waker` kept.
     #[allow(clippy::type_complexity)]
     pub(super) fn poll_slot(
         slot: &Slot<M::Connection>,
