@@ -143,11 +143,10 @@ impl<S> Sniff<S> {
             // Whole headers (the common case).
             if self.header_len == 0 {
                 while let Some((header, rest)) = bytes.split_first_chunk::<5>() {
-                    let Some(body) = body_len(header) else {
+                    let Some((body, ready)) = read_header(header) else {
                         self.mode = Mode::Off;
                         return;
                     };
-                    let ready = header[0] == b'Z' && body == 1;
                     let Some(next) = rest.get(body..) else {
                         self.body_left = body - rest.len();
                         self.in_ready = ready;
@@ -172,22 +171,24 @@ impl<S> Sniff<S> {
                 bytes = rest;
             }
             self.header_len = 0;
-            let Some(body) = body_len(&self.header) else {
+            let Some((body, ready)) = read_header(&self.header) else {
                 self.mode = Mode::Off;
                 return;
             };
             self.body_left = body;
-            self.in_ready = self.header[0] == b'Z' && body == 1;
+            self.in_ready = ready;
         }
     }
 }
 
-/// A message's body length from its header (type byte, then a 4-byte big-endian length
-/// that counts itself); `None` for a length below 4, a protocol violation the driver
-/// reports: the sniffer stops looking rather than guess.
-fn body_len(header: &[u8; 5]) -> Option<usize> {
+/// A message's header (type byte, then a 4-byte big-endian length that counts itself):
+/// its body length, and whether it is a ReadyForQuery (`Z` with a one-byte body, the
+/// status). `None` for a length below 4, a protocol violation the driver reports: the
+/// sniffer stops looking rather than guess.
+fn read_header(header: &[u8; 5]) -> Option<(usize, bool)> {
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    len.checked_sub(4)
+    let body = len.checked_sub(4)?;
+    Some((body, header[0] == b'Z' && body == 1))
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Sniff<S> {
