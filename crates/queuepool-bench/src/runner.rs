@@ -63,7 +63,14 @@ pub fn measure(
     warmup: Duration,
     secs: Duration,
 ) -> Result<Measurement, BenchError> {
-    let rt = match scenario.workers() {
+    // Counting instructions (scripts/instr-per-op): one thread schedules the tasks the
+    // same way in every run, so the count of a contended scenario repeats.
+    let workers = if std::env::var_os("QUEUEPOOL_BENCH_CURRENT_THREAD").is_some() {
+        0
+    } else {
+        scenario.workers()
+    };
+    let rt = match workers {
         0 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),

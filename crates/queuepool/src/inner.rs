@@ -142,6 +142,9 @@ pub(crate) struct State<C> {
     /// The waiters in arrival order (see `waiters`): entry `i` has ticket
     /// `queue_base + i`.
     queue: VecDeque<waiters::Entry<C>>,
+    /// Hand-off slots of served waiters, oldest first, reused once their waiters let go
+    /// of them (see `waiters`).
+    spare_slots: VecDeque<Slot<C>>,
     queue_base: u64,
     /// No waiter below this ticket still waits for a permit: where the next hand-off
     /// starts looking.
@@ -217,6 +220,7 @@ impl<M: Manager> Inner<M> {
                 connect_waiting: 0,
                 zero_waits: 0,
                 queue: VecDeque::new(),
+                spare_slots: VecDeque::new(),
                 queue_base: 0,
                 serve_from: 0,
                 reaped_upto: 0,
@@ -269,8 +273,7 @@ impl<M: Manager> Inner<M> {
         // Waiters already served overtake nobody's permit: a free one is ours. (Waiting
         // beside a free permit would strand it: only returns hand permits to waiters.)
         if st.free == 0 || st.unserved > 0 {
-            let (ticket, slot, wake_reaper) =
-                self.enqueue(&mut st, now + self.config.pool_timeout, waker);
+            let (ticket, slot, wake_reaper) = self.enqueue(&mut st, now, waker);
             drop(st);
             if wake_reaper {
                 self.reaper.notify_one();
@@ -315,8 +318,15 @@ impl<M: Manager> Inner<M> {
             let deadline = start + self.config.pool_timeout;
             // Only if the reaper is gone: this waiter's own timer.
             let mut own: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+            // The first poll continues the one that registered this waiter with this
+            // very waker (`take_first`, with nothing between): whatever ends the wait
+            // since (a return on another thread, the reaper, `close`) wakes that waker,
+            // so the slot needs no look until the next poll.
+            let mut first = true;
             std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(end) = Self::poll_slot(&slot, cx.waker()) {
+                if !std::mem::replace(&mut first, false)
+                    && let std::task::Poll::Ready(end) = Self::poll_slot(&slot, cx.waker())
+                {
                     return std::task::Poll::Ready(end);
                 }
                 if !self.reaper_alive() {

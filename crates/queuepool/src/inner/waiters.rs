@@ -1,7 +1,8 @@
 //! The waiters' queue: arrival order, hand-offs and timeouts, without a timer each.
 //!
 //! A checkout at the limit is entered, under the pool's lock, in a queue of tickets in
-//! arrival order, with a small *hand-off slot* of its own. A freed permit goes to the
+//! arrival order, with a small *hand-off slot* of its own (reused from an earlier
+//! waiter that has let go of it, so a wait does not allocate). A freed permit goes to the
 //! oldest entry still waiting, in the critical section that frees it: that section
 //! also takes the connection for the waiter (the idle one, or the right to open one,
 //! exactly as a checkout below the limit would) and leaves it in the waiter's slot,
@@ -58,9 +59,16 @@ pub(crate) enum Hand<C> {
 /// pool's, then a slot's).
 pub(crate) type Slot<C> = Arc<Mutex<Hand<C>>>;
 
+/// Hand-off slots kept for reuse, at most: a served waiter's slot is reused once the
+/// waiter has picked its connection up, so waits at the limit do not allocate.
+const SPARE_SLOTS: usize = 64;
+
 /// A registered waiter, in arrival order.
 pub(crate) struct Entry<C> {
-    pub(super) deadline: Instant,
+    /// When the checkout started: its deadline is `pool_timeout` later (kept as the
+    /// start, which a hand-off needs for the wait time, so neither the hand-off nor the
+    /// registration does clock arithmetic; only the reaper adds the timeout).
+    pub(super) start: Instant,
     /// The waiter's hand-off slot while it waits (neither served, expired, closed nor
     /// gone: counted in `unserved`); taken out (a move, no reference count touched)
     /// when that ends.
@@ -101,18 +109,30 @@ impl<C> State<C> {
 }
 
 impl<M: Manager> Inner<M> {
-    /// Enters a waiter (under the lock); returns its ticket, its hand-off slot and
-    /// whether the reaper must be woken to keep its deadline (it had none to keep).
+    /// Enters a waiter that started at `start` (under the lock); returns its ticket,
+    /// its hand-off slot and whether the reaper must be woken to keep its deadline (it
+    /// had none to keep).
     pub(super) fn enqueue(
         &self,
         st: &mut State<M::Connection>,
-        deadline: Instant,
+        start: Instant,
         waker: &Waker,
     ) -> (u64, Slot<M::Connection>, bool) {
         let ticket = st.queue_base + st.queue.len() as u64;
-        let slot = Arc::new(Mutex::new(Hand::Waiting(Some(waker.clone()))));
+        let waiting = Hand::Waiting(Some(waker.clone()));
+        let slot = match st.spare_slots.front_mut().and_then(Arc::get_mut) {
+            // The oldest spare, no longer shared: its waiter is gone. (`get_mut` proves
+            // it: the waiter's clone was dropped, with a release the check acquires.)
+            Some(hand) => {
+                *hand
+                    .get_mut()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = waiting;
+                st.spare_slots.pop_front().expect("the front was just read")
+            }
+            None => Arc::new(Mutex::new(waiting)),
+        };
         st.queue.push_back(Entry {
-            deadline,
+            start,
             slot: Some(slot.clone()),
         });
         st.unserved += 1;
@@ -145,7 +165,7 @@ impl<M: Manager> Inner<M> {
                 return false;
             };
             if let Some(slot) = entry.slot.take() {
-                break (slot, entry.deadline - self.config.pool_timeout);
+                break (slot, entry.start);
             }
             ticket += 1;
         };
@@ -155,6 +175,11 @@ impl<M: Manager> Inner<M> {
         let waited = now.saturating_duration_since(start);
         let take = self.take_locked(st, waited, now);
         st.end_wait(&slot, Hand::Served(take, now, waited));
+        // Kept for a later waiter once this one has picked its connection up: a wait
+        // then allocates no slot (see `enqueue`).
+        if st.spare_slots.len() < SPARE_SLOTS {
+            st.spare_slots.push_back(slot);
+        }
         true
     }
 
@@ -257,8 +282,9 @@ impl<M: Manager> Inner<M> {
             let Some(entry) = st.entry(ticket) else {
                 break None;
             };
-            if entry.deadline > now {
-                break Some(entry.deadline);
+            let deadline = entry.start + self.config.pool_timeout;
+            if deadline > now {
+                break Some(deadline);
             }
             if let Some(slot) = entry.slot.take() {
                 st.end_wait(&slot, Hand::Expired);
@@ -320,5 +346,92 @@ impl<M: Manager> Drop for Alive<M> {
         if let Some(inner) = self.0.upgrade() {
             inner.reaper_gone();
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "model-check")))]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::task::{Poll, Waker};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::inner::{Inner, Take};
+    use crate::{Manager, PoolConfig};
+
+    struct Unit;
+
+    impl Manager for Unit {
+        type Connection = ();
+        type Error = Infallible;
+        async fn connect(&self) -> Result<(), Infallible> {
+            Ok(())
+        }
+        async fn is_valid(&self, _: &mut ()) -> Result<(), Infallible> {
+            Ok(())
+        }
+        async fn reset(&self, _: &mut ()) -> Result<(), Infallible> {
+            Ok(())
+        }
+        fn is_disconnect(&self, _: &Infallible) -> bool {
+            false
+        }
+    }
+
+    /// A served waiter picks up its connection and returns it: the next waiter is
+    /// served by that return.
+    fn pick_up_and_return(inner: &Arc<Inner<Unit>>, slot: &super::Slot<()>) {
+        match Inner::<Unit>::poll_slot(slot, Waker::noop()) {
+            Poll::Ready(Ok((Take::Ready(conn), ..))) => inner.put_back(conn),
+            _ => panic!("the waiter was not served a ready connection"),
+        }
+    }
+
+    /// A hand-off slot is reused for a later waiter only once its own waiter has let go
+    /// of it, and the reused slot starts waiting afresh (no stale connection, no stale
+    /// waker): waits at the limit allocate no slot, and share none.
+    #[tokio::test]
+    async fn a_served_waiters_slot_is_reused_only_after_its_waiter_lets_go() {
+        let config = PoolConfig::builder()
+            .pool_size(1)
+            .max_overflow(0)
+            .pool_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let inner = Arc::new(Inner::new(Unit, config));
+        let spares = || inner.state().spare_slots.len();
+        let conn = match inner.take_first(Instant::now(), Waker::noop()) {
+            Ok(Take::Connect) => inner.new_conn((), 0),
+            _ => panic!("an empty pool of one lets its first checkout connect"),
+        };
+        let register = || match inner.take_first(Instant::now(), Waker::noop()) {
+            Err((_, slot)) => slot,
+            Ok(_) => panic!("the pool's one slot is taken: a checkout waits"),
+        };
+        let a = register();
+        inner.put_back(conn); // serves A
+        assert_eq!(spares(), 1, "a served waiter's slot is kept for reuse");
+        let b = register();
+        assert!(
+            !Arc::ptr_eq(&a, &b),
+            "B got the slot A has not picked up yet"
+        );
+        assert_eq!(spares(), 1);
+        pick_up_and_return(&inner, &a); // serves B
+        let reused = Arc::as_ptr(&a);
+        drop(a);
+        let c = register();
+        assert_eq!(Arc::as_ptr(&c), reused, "C did not reuse A's slot");
+        assert_eq!(spares(), 1, "A's slot left the spares, B's joined them");
+        assert!(
+            Inner::<Unit>::poll_slot(&c, Waker::noop()).is_pending(),
+            "a reused slot starts waiting"
+        );
+        pick_up_and_return(&inner, &b); // serves C
+        pick_up_and_return(&inner, &c);
+        let status = inner.status();
+        assert_eq!((status.idle, status.checked_out, status.waiting), (1, 0, 0));
     }
 }
