@@ -376,7 +376,7 @@ impl<M: Manager> Inner<M> {
         }
         let conn = self.pop_idle(st);
         st.slots += 1;
-        self.note_usage(st);
+        self.note_usage(st, now);
         match conn {
             Some(mut conn) => {
                 if self.ready(&mut conn, now) {
@@ -521,9 +521,11 @@ impl<M: Manager> Inner<M> {
     /// Notes when more than `pool_size` connections are lent at once: overflow is
     /// still needed. (Open but idle overflow connections do not count, or light
     /// traffic would keep every one of them alive.)
-    fn note_usage(&self, st: &mut State<M::Connection>) {
+    fn note_usage(&self, st: &mut State<M::Connection>, now: Instant) {
         if st.slots - st.refilling > self.config.pool_size as usize {
-            st.last_overflow_use = Instant::now();
+            // The checkout's own instant: no clock read under the lock. (Read before
+            // the lock, it can be a hair older than another checkout's: keep the later.)
+            st.last_overflow_use = st.last_overflow_use.max(now);
         }
         self.publish(st);
     }
