@@ -318,14 +318,8 @@ impl<M: Manager> Inner<M> {
             let deadline = start + self.config.pool_timeout;
             // Only if the reaper is gone: this waiter's own timer.
             let mut own: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-            // The first poll continues the one that registered this waiter with this
-            // very waker (`take_first`, with nothing between): whatever ends the wait
-            // since (a return on another thread, the reaper, `close`) wakes that waker,
-            // so the slot needs no look until the next poll.
-            let mut first = true;
             std::future::poll_fn(|cx| {
-                if !std::mem::replace(&mut first, false)
-                    && let std::task::Poll::Ready(end) = Self::poll_slot(&slot, cx.waker())
+                if let std::task::Poll::Ready(end) = Self::poll_slot(&slot, cx.waker())
                 {
                     return std::task::Poll::Ready(end);
                 }
