@@ -319,8 +319,7 @@ impl<M: Manager> Inner<M> {
             // Only if the reaper is gone: this waiter's own timer.
             let mut own: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
             std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(end) = Self::poll_slot(&slot, cx.waker())
-                {
+                if let std::task::Poll::Ready(end) = Self::poll_slot(&slot, cx.waker()) {
                     return std::task::Poll::Ready(end);
                 }
                 if !self.reaper_alive() {
