@@ -63,6 +63,8 @@ mod manager;
 mod pool;
 mod rt;
 mod stats;
+#[cfg(all(test, not(feature = "model-check")))]
+mod test_unit;
 pub mod text;
 pub mod url;
 

@@ -539,28 +539,8 @@ async fn open_with<M: Manager>(
 
 #[cfg(all(test, not(feature = "model-check")))]
 mod tests {
-    use std::convert::Infallible;
-
     use super::*;
-
-    struct Unit;
-
-    impl Manager for Unit {
-        type Connection = ();
-        type Error = Infallible;
-        async fn connect(&self) -> Result<(), Infallible> {
-            Ok(())
-        }
-        async fn is_valid(&self, _: &mut ()) -> Result<(), Infallible> {
-            Ok(())
-        }
-        async fn reset(&self, _: &mut ()) -> Result<(), Infallible> {
-            Ok(())
-        }
-        fn is_disconnect(&self, _: &Infallible) -> bool {
-            false
-        }
-    }
+    use crate::test_unit::Unit;
 
     /// A fast checkout writes one cache line of the pool and a return two: the first
     /// (mutex, idle queue, permits, zero-wait count) and, for a return, the third (the

@@ -351,34 +351,15 @@ impl<M: Manager> Drop for Alive<M> {
 
 #[cfg(all(test, not(feature = "model-check")))]
 mod tests {
-    use std::convert::Infallible;
     use std::sync::Arc;
     use std::task::{Poll, Waker};
     use std::time::Duration;
 
     use tokio::time::Instant;
 
+    use crate::PoolConfig;
     use crate::inner::{Inner, Take};
-    use crate::{Manager, PoolConfig};
-
-    struct Unit;
-
-    impl Manager for Unit {
-        type Connection = ();
-        type Error = Infallible;
-        async fn connect(&self) -> Result<(), Infallible> {
-            Ok(())
-        }
-        async fn is_valid(&self, _: &mut ()) -> Result<(), Infallible> {
-            Ok(())
-        }
-        async fn reset(&self, _: &mut ()) -> Result<(), Infallible> {
-            Ok(())
-        }
-        fn is_disconnect(&self, _: &Infallible) -> bool {
-            false
-        }
-    }
+    use crate::test_unit::Unit;
 
     /// A served waiter picks up its connection and returns it: the next waiter is
     /// served by that return.
