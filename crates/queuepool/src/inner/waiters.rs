@@ -120,15 +120,24 @@ impl<M: Manager> Inner<M> {
     ) -> (u64, Slot<M::Connection>, bool) {
         let ticket = st.queue_base + st.queue.len() as u64;
         let waiting = Hand::Waiting(Some(waker.clone()));
-        let slot = match st.spare_slots.front_mut().and_then(Arc::get_mut) {
-            // The oldest spare, no longer shared: its waiter is gone. (`get_mut` proves
-            // it: the waiter's clone was dropped, with a release the check acquires.)
-            Some(hand) => {
-                *hand
-                    .get_mut()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = waiting;
-                st.spare_slots.pop_front().expect("the front was just read")
-            }
+        let slot = match st.spare_slots.pop_front() {
+            Some(mut spare) => match Arc::get_mut(&mut spare) {
+                // The oldest spare, no longer shared: its waiter is gone. (`get_mut`
+                // proves it: the waiter's clone was dropped, with a release the check
+                // acquires.)
+                Some(hand) => {
+                    *hand
+                        .get_mut()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = waiting;
+                    spare
+                }
+                // Its waiter has not picked up yet (or never will: a future leaked
+                // while served): to the back, so it cannot hold up the others' reuse.
+                None => {
+                    st.spare_slots.push_back(spare);
+                    Arc::new(Mutex::new(waiting))
+                }
+            },
             None => Arc::new(Mutex::new(waiting)),
         };
         st.queue.push_back(Entry {
@@ -414,5 +423,43 @@ mod tests {
         pick_up_and_return(&inner, &c);
         let status = inner.status();
         assert_eq!((status.idle, status.checked_out, status.waiting), (1, 0, 0));
+    }
+
+    /// A served slot whose waiter never picks it up (a future leaked while served) does
+    /// not stop the reuse of the slots behind it.
+    #[tokio::test]
+    async fn a_slot_never_let_go_of_does_not_hold_up_the_reuse_of_the_others() {
+        let config = PoolConfig::builder()
+            .pool_size(2)
+            .max_overflow(0)
+            .pool_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let inner = Arc::new(Inner::new(Unit, config));
+        let connect = || match inner.take_first(Instant::now(), Waker::noop()) {
+            Ok(Take::Connect) => inner.new_conn((), 0),
+            _ => panic!("below the limit a checkout connects"),
+        };
+        let register = || match inner.take_first(Instant::now(), Waker::noop()) {
+            Err((_, slot)) => slot,
+            Ok(_) => panic!("at the limit a checkout waits"),
+        };
+        let (first, second) = (connect(), connect());
+        let stuck = register();
+        inner.put_back(first); // serves `stuck`, which is never picked up
+        let b = register();
+        inner.put_back(second); // serves B
+        pick_up_and_return(&inner, &b); // nobody waits: B's connection goes idle
+        let held = match inner.take_first(Instant::now(), Waker::noop()) {
+            Ok(Take::Ready(conn)) => conn,
+            _ => panic!("the idle connection is lent at once"),
+        };
+        let b_slot = Arc::as_ptr(&b);
+        drop(b);
+        let c = register(); // finds `stuck` at the front: sent to the back
+        let d = register(); // finds B's slot
+        assert_eq!(Arc::as_ptr(&d), b_slot, "B's slot was not reused");
+        assert!(!Arc::ptr_eq(&c, &stuck));
+        drop((c, d, held, stuck));
     }
 }
