@@ -72,6 +72,9 @@ pub struct Figures {
     /// Library: `pool_size + max_overflow` checkouts held at once afterwards, each
     /// running a query outside a transaction.
     pub lib_capacity_after: usize,
+    /// Library: why the first of those checkouts failed, if one did, with the pool's
+    /// status at that moment (what an intermittent miss needs to be understood).
+    pub lib_capacity_miss: Option<String>,
     /// `pool_size + max_overflow`.
     pub max_connections: usize,
     /// Service: requests abandoned by the client before the answer.
@@ -147,11 +150,29 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
     let status = pool.status();
     let max_connections = (pool_size + overflow) as usize;
     let mut held = Vec::new();
+    let mut capacity_miss = None;
     for _ in 0..max_connections {
-        match tokio::time::timeout(Duration::from_secs(3), pool.get()).await {
-            Ok(Ok(conn)) => held.push(conn),
-            _ => break,
-        }
+        let outcome = tokio::time::timeout(Duration::from_secs(3), pool.get()).await;
+        let why = match outcome {
+            Ok(Ok(conn)) => {
+                held.push(conn);
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no connection within 3 s".to_owned(),
+        };
+        let st = pool.status();
+        capacity_miss = Some(format!(
+            "checkout {} of {max_connections}: {why}; status then: {} held here, {} idle, \
+             {} checked out, {} connecting, {} waiting",
+            held.len() + 1,
+            held.len(),
+            st.idle,
+            st.checked_out,
+            st.connecting,
+            st.waiting
+        ));
+        break;
     }
     let mut clean = 0;
     for conn in &held {
@@ -254,6 +275,7 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
         lib_checked_out_after: checked_out,
         lib_open_after: status.idle + status.checked_out,
         lib_capacity_after: clean,
+        lib_capacity_miss: capacity_miss,
         max_connections,
         svc_cancelled: svc_cancelled.load(Ordering::Relaxed),
         svc_completed: svc_completed.load(Ordering::Relaxed),
@@ -320,6 +342,10 @@ impl Figures {
             self.lib_capacity_after,
             format!("= pool_size + max_overflow = {m}"),
             self.lib_capacity_after == m,
+        )
+        .info(
+            "library: the first checkout that failed afterwards",
+            self.lib_capacity_miss.as_deref().unwrap_or("none"),
         )
         .check(
             "service: requests abandoned mid-way",
