@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use queuepool_chaos::scenarios::blackhole;
 
 /// Fixed in c238db9 (query_timeout and a request bound in the service).
@@ -40,16 +38,11 @@ async fn library_blackhole_operations_end_within_their_timeouts_and_the_pool_rec
     let f = blackhole::run_library(&ctx, &p).await.unwrap();
     common::show(f.report(&p));
     assert!(f.ok > 0 && f.ok < f.total, "{f:?}");
-    assert!(f.slowest <= f.bound + Duration::from_millis(250), "{f:?}");
-    // The report's own bound, and its reason: a connect sent just before the network
-    // came back hangs for its whole connect_timeout (2 s), and the next one needs a
-    // connect of its own. (This asserted 1 s, which most runs meet; a CI run on a slow
-    // machine measured 2,002 ms, the case the bound describes.)
-    assert!(
-        f.first_success
-            .is_some_and(|d| d <= Duration::from_secs(2) + Duration::from_millis(250)),
-        "{f:?}"
-    );
+    assert!(f.slowest_within_bound(), "{f:?}");
+    // The report's own bound (see `first_success_within_bound`). (This asserted 1 s,
+    // which most runs meet; a CI run on a slow machine measured 2,002 ms, the case the
+    // bound describes.)
+    assert!(f.first_success_within_bound(), "{f:?}");
     assert_eq!(f.checked_out_after, 0);
     assert_eq!(f.capacity_after, p.pool_size as usize);
 }

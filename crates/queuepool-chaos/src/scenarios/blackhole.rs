@@ -361,6 +361,21 @@ pub async fn run_library(ctx: &Ctx, p: &Params) -> Result<LibraryFigures, ChaosE
 }
 
 impl LibraryFigures {
+    /// Every operation ended within `pool_timeout + connect_timeout + query timeout`,
+    /// with a scheduling margin.
+    pub fn slowest_within_bound(&self) -> bool {
+        self.slowest <= self.bound + Duration::from_millis(250)
+    }
+
+    /// The first success after the network came back came within `connect_timeout`
+    /// (2 s) plus one connect: an attempt sent just before the network came back hangs
+    /// for its whole connect_timeout; the next one then needs a connect of its own, and
+    /// the scheduling margin the slowest-operation check allows.
+    pub fn first_success_within_bound(&self) -> bool {
+        self.first_success
+            .is_some_and(|d| d <= Duration::from_secs(2) + Duration::from_millis(250))
+    }
+
     /// The figures as a table.
     pub fn report(&self, p: &Params) -> Report {
         let mut r = Report::new(
@@ -383,17 +398,13 @@ impl LibraryFigures {
                     "<= pool_timeout + connect_timeout + query timeout = {}",
                     secs(self.bound)
                 ),
-                self.slowest <= self.bound + Duration::from_millis(250),
+                self.slowest_within_bound(),
             )
             .check(
                 "network back -> first success",
                 opt_ms(self.first_success),
                 "<= connect_timeout = 2 s + one connect (attempts caught in the blackhole time out first)",
-                // An attempt sent just before the network came back hangs for its whole
-                // connect_timeout; the next one then needs a connect of its own, and the
-                // scheduling margin the slowest-operation check allows.
-                self.first_success
-                    .is_some_and(|d| d <= Duration::from_secs(2) + Duration::from_millis(250)),
+                self.first_success_within_bound(),
             )
             .check(
                 "checked out after the load",

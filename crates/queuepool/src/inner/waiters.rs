@@ -370,6 +370,33 @@ mod tests {
     use crate::inner::{Inner, Take};
     use crate::test_unit::Unit;
 
+    /// A pool of `size` connections, no overflow, that no test here waits out.
+    fn pool_of(size: u32) -> Arc<Inner<Unit>> {
+        let config = PoolConfig::builder()
+            .pool_size(size)
+            .max_overflow(0)
+            .pool_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Arc::new(Inner::new(Unit, config))
+    }
+
+    /// A checkout below the limit: the right to open a connection, opened here.
+    fn connect(inner: &Inner<Unit>) -> crate::inner::Conn<()> {
+        match inner.take_first(Instant::now(), Waker::noop()) {
+            Ok(Take::Connect) => inner.new_conn((), 0),
+            _ => panic!("below the limit a checkout connects"),
+        }
+    }
+
+    /// A checkout at the limit: registered as a waiter, its hand-off slot.
+    fn register(inner: &Inner<Unit>) -> super::Slot<()> {
+        match inner.take_first(Instant::now(), Waker::noop()) {
+            Err((_, slot)) => slot,
+            Ok(_) => panic!("at the limit a checkout waits"),
+        }
+    }
+
     /// A served waiter picks up its connection and returns it: the next waiter is
     /// served by that return.
     fn pick_up_and_return(inner: &Arc<Inner<Unit>>, slot: &super::Slot<()>) {
@@ -384,22 +411,10 @@ mod tests {
     /// waker): waits at the limit allocate no slot, and share none.
     #[tokio::test]
     async fn a_served_waiters_slot_is_reused_only_after_its_waiter_lets_go() {
-        let config = PoolConfig::builder()
-            .pool_size(1)
-            .max_overflow(0)
-            .pool_timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let inner = Arc::new(Inner::new(Unit, config));
+        let inner = pool_of(1);
         let spares = || inner.state().spare_slots.len();
-        let conn = match inner.take_first(Instant::now(), Waker::noop()) {
-            Ok(Take::Connect) => inner.new_conn((), 0),
-            _ => panic!("an empty pool of one lets its first checkout connect"),
-        };
-        let register = || match inner.take_first(Instant::now(), Waker::noop()) {
-            Err((_, slot)) => slot,
-            Ok(_) => panic!("the pool's one slot is taken: a checkout waits"),
-        };
+        let conn = connect(&inner);
+        let register = || register(&inner);
         let a = register();
         inner.put_back(conn); // serves A
         assert_eq!(spares(), 1, "a served waiter's slot is kept for reuse");
@@ -429,22 +444,9 @@ mod tests {
     /// not stop the reuse of the slots behind it.
     #[tokio::test]
     async fn a_slot_never_let_go_of_does_not_hold_up_the_reuse_of_the_others() {
-        let config = PoolConfig::builder()
-            .pool_size(2)
-            .max_overflow(0)
-            .pool_timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let inner = Arc::new(Inner::new(Unit, config));
-        let connect = || match inner.take_first(Instant::now(), Waker::noop()) {
-            Ok(Take::Connect) => inner.new_conn((), 0),
-            _ => panic!("below the limit a checkout connects"),
-        };
-        let register = || match inner.take_first(Instant::now(), Waker::noop()) {
-            Err((_, slot)) => slot,
-            Ok(_) => panic!("at the limit a checkout waits"),
-        };
-        let (first, second) = (connect(), connect());
+        let inner = pool_of(2);
+        let register = || register(&inner);
+        let (first, second) = (connect(&inner), connect(&inner));
         let stuck = register();
         inner.put_back(first); // serves `stuck`, which is never picked up
         let b = register();
