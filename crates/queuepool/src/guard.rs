@@ -50,6 +50,7 @@ struct LeakInfo {
 const HELD: &str = "a guard holds its slot and connection until it is dropped or detached";
 
 impl<M: Manager> PooledConn<M> {
+    #[inline]
     pub(crate) fn new(
         inner: Arc<Inner<M>>,
         conn: Conn<M::Connection>,

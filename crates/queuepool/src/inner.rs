@@ -340,7 +340,19 @@ impl<M: Manager> Inner<M> {
     /// Gives a permit back under the lock: to the oldest waiter still waiting for one,
     /// if any (served at `now`, when the caller has read the clock already), else to the
     /// free permits; withheld instead while the lend limit is being lowered.
+    #[inline]
     fn release_permit(&self, st: &mut State<M::Connection>, now: Option<Instant>) {
+        // The common case inline: nobody waits, the limit is not being lowered.
+        if st.unserved == 0 && st.debt == 0 {
+            st.free += 1;
+            return;
+        }
+        self.release_permit_contended(st, now);
+    }
+
+    /// [`Inner::release_permit`] when a waiter may be served or a permit withheld.
+    #[inline(never)]
+    fn release_permit_contended(&self, st: &mut State<M::Connection>, now: Option<Instant>) {
         if st.debt == 0 && st.unserved > 0 && self.serve_next(st, now) {
             return;
         }
@@ -357,6 +369,7 @@ impl<M: Manager> Inner<M> {
         }
     }
 
+    #[inline(always)]
     fn take_locked(
         &self,
         st: &mut State<M::Connection>,

@@ -256,6 +256,7 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Gives a counted checkout its guard.
+    #[inline]
     fn hand_over(
         &self,
         slot: Arc<Inner<M>>,
