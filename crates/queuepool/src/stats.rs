@@ -380,4 +380,18 @@ mod tests {
         assert_eq!(s.max, Duration::from_millis(9));
         assert_eq!(Histogram::new().summary().count, 0);
     }
+
+    #[test]
+    fn a_duration_is_placed_by_its_whole_microseconds_and_saturates() {
+        // Sub-microsecond parts are dropped, seconds and the subsecond part both count.
+        assert_eq!(Histogram::place(Duration::from_nanos(999)), (0, 0));
+        assert_eq!(Histogram::place(Duration::from_nanos(1_999)), (1, 1));
+        assert_eq!(Histogram::place(Duration::new(2, 1_500)), (2_000_001, 21));
+        // A duration whose microseconds overflow u64 saturates into the last bucket.
+        assert_eq!(Histogram::place(Duration::MAX), (u64::MAX, BUCKETS - 1));
+        assert_eq!(
+            Histogram::place(Duration::from_secs(u64::MAX / 1_000_000 + 1)),
+            (u64::MAX, BUCKETS - 1)
+        );
+    }
 }
