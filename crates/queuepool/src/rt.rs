@@ -6,18 +6,41 @@ use std::future::Future;
 use tokio::time::Instant;
 
 #[cfg(not(feature = "model-check"))]
-pub(crate) use std::sync::{Mutex, MutexGuard};
+pub(crate) use parking_lot::{Mutex, MutexGuard};
 
 #[cfg(feature = "model-check")]
 pub(crate) use shuttle::sync::{Mutex, MutexGuard};
 
-/// Locks a mutex. The pool's critical sections never panic (no user code, no
-/// allocation failure handling), so a poisoned lock still holds consistent state.
+/// Locks a mutex. `parking_lot`'s: no poisoning to check on every lock and unlock
+/// (37 instructions per loan of the 1-task bench, 799 -> 762); a panic under the lock
+/// (a manager's `health`) unlocks it on unwind, as std's did for us, since we ignored
+/// poisoning anyway: every critical section leaves the state consistent before it
+/// calls out.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    #[cfg(not(feature = "model-check"))]
+    {
+        m.lock()
+    }
+    #[cfg(feature = "model-check")]
+    {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Whether [`spawn`] has a runtime to run on.
+/// A mutex's value through an exclusive reference (no locking needed).
+pub(crate) fn get_mut<T>(m: &mut Mutex<T>) -> &mut T {
+    #[cfg(not(feature = "model-check"))]
+    {
+        m.get_mut()
+    }
+    #[cfg(feature = "model-check")]
+    {
+        m.get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 pub(crate) fn can_spawn() -> bool {
     #[cfg(feature = "model-check")]
     {

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use super::{Inner, State, Take, WaitEnd};
 use crate::manager::Manager;
-use crate::rt::{Mutex, lock};
+use crate::rt::{self, Mutex, lock};
 
 /// What a waiter's hand-off slot holds.
 pub(crate) enum Hand<C> {
@@ -126,9 +126,7 @@ impl<M: Manager> Inner<M> {
                 // proves it: the waiter's clone was dropped, with a release the check
                 // acquires.)
                 Some(hand) => {
-                    *hand
-                        .get_mut()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = waiting;
+                    *rt::get_mut(hand) = waiting;
                     spare
                 }
                 // Its waiter has not picked up yet (or never will: a future leaked
