@@ -23,10 +23,16 @@ use crate::stats::CloseReason;
 /// never shadow the connection's methods.
 #[must_use = "a connection goes back to the pool as soon as the guard is dropped"]
 pub struct PooledConn<M: Manager> {
-    /// The pool; the guard holds one slot of it until dropped or detached. (Kept small:
+    /// The loan, until the guard gives it back (dropped or detached). One `Option` for
+    /// all of it: once given back, the guard's drop glue checks one field. (Kept small:
     /// guards are moved through every layer of futures above a checkout.)
-    inner: Option<Arc<Inner<M>>>,
-    conn: Option<Conn<M::Connection>>,
+    loan: Option<Loan<M>>,
+}
+
+/// What a guard holds: one slot of the pool and its connection.
+struct Loan<M: Manager> {
+    inner: Arc<Inner<M>>,
+    conn: Conn<M::Connection>,
     checked_out_at: Instant,
     broken: bool,
     leak: Option<Box<LeakWatch>>,
@@ -62,22 +68,22 @@ impl<M: Manager> PooledConn<M> {
             .leak_threshold
             .and_then(|threshold| spawn_leak_watch(&inner, conn.id, threshold, caller));
         PooledConn {
-            inner: Some(inner),
-            conn: Some(conn),
-            checked_out_at: now,
-            broken: false,
-            leak,
+            loan: Some(Loan {
+                inner,
+                conn,
+                checked_out_at: now,
+                broken: false,
+                leak,
+            }),
         }
     }
 
     /// Takes the connection out of the pool: it no longer counts against the limit and
     /// is not returned on drop. Its slot is freed for another checkout.
     pub fn detach(mut this: Self) -> M::Connection {
-        let (mut conn, _) = this.take_conn();
-        if let Some(inner) = this.inner.take() {
-            inner.record_usage(&mut conn);
-            inner.release_slot();
-        }
+        let (inner, mut conn, _) = this.loan.take().expect(HELD).end();
+        inner.record_usage(&mut conn);
+        inner.release_slot();
         conn.raw
     }
 
@@ -87,11 +93,11 @@ impl<M: Manager> PooledConn<M> {
     /// replaced): after a database restart the pool recovers as a whole, without one
     /// failed request per stale connection. Returns whether it was a disconnect.
     pub fn report_error(this: &mut Self, error: &M::Error) -> bool {
-        let inner = this.inner.as_ref().expect(HELD);
-        let disconnect = inner.is_disconnect(error);
-        if disconnect && !this.broken {
-            this.broken = true;
-            inner.invalidate_all(this.conn.as_ref());
+        let loan = this.loan.as_mut().expect(HELD);
+        let disconnect = loan.inner.is_disconnect(error);
+        if disconnect && !loan.broken {
+            loan.broken = true;
+            loan.inner.invalidate_all(Some(&loan.conn));
         }
         disconnect
     }
@@ -100,7 +106,7 @@ impl<M: Manager> PooledConn<M> {
     /// checkout site is not enough: a framework's extractor calls `get()` for every
     /// handler, so it sets the route here. Free when `leak_threshold` is off.
     pub fn set_holder(this: &mut Self, holder: impl Into<String>) {
-        if let Some(leak) = &this.leak {
+        if let Some(leak) = this.loan.as_ref().and_then(|loan| loan.leak.as_ref()) {
             *leak
                 .info
                 .holder
@@ -111,40 +117,44 @@ impl<M: Manager> PooledConn<M> {
 
     /// Marks the connection as unusable: it is closed instead of returned.
     pub fn invalidate(this: &mut Self) {
-        this.broken = true;
+        this.loan.as_mut().expect(HELD).broken = true;
     }
 
     /// How long the connection has been checked out.
     pub fn held_for(this: &Self) -> std::time::Duration {
-        this.checked_out_at.elapsed()
+        this.loan.as_ref().expect(HELD).checked_out_at.elapsed()
     }
 
     /// The pool's identifier of this connection (as in the log lines).
     pub fn id(this: &Self) -> u64 {
-        this.conn.as_ref().map_or(0, |c| c.id)
+        this.loan.as_ref().map_or(0, |loan| loan.conn.id)
     }
+}
 
-    fn take_conn(&mut self) -> (Conn<M::Connection>, Instant) {
-        let (now, held) = self.finish();
-        let mut conn = self.conn.take().expect(HELD);
-        conn.usage = Some(held);
-        (conn, now)
-    }
-
-    /// Records the end of the loan: usage time, leak watch.
-    fn finish(&mut self) -> (Instant, std::time::Duration) {
-        let inner = self.inner.as_ref().expect(HELD);
+impl<M: Manager> Loan<M> {
+    /// Ends the loan: records its usage time (kept in the connection for the pool's
+    /// histogram), stops the leak watch; returns the pool, the connection and the
+    /// instant of the end.
+    fn end(self) -> (Arc<Inner<M>>, Conn<M::Connection>, Instant) {
+        let Loan {
+            inner,
+            mut conn,
+            checked_out_at,
+            leak,
+            ..
+        } = self;
         let now = Instant::now();
-        let held = now - self.checked_out_at;
+        let held = now - checked_out_at;
         inner.metrics.usage.record(held.as_secs_f64());
-        if let Some(leak) = self.leak.take() {
+        if let Some(leak) = leak {
             leak.task.abort();
             if leak.info.reported.load(Relaxed) {
                 tracing::info!(target: LOG, pool = %inner.config.name, held_ms = held.as_millis() as u64,
                     "Previously reported leaked connection returned to pool");
             }
         }
-        (now, held)
+        conn.usage = Some(held);
+        (inner, conn, now)
     }
 }
 
@@ -187,17 +197,15 @@ fn spawn_leak_watch<M: Manager>(
 
 impl<M: Manager> Drop for PooledConn<M> {
     fn drop(&mut self) {
-        if self.conn.is_none() {
+        let Some(loan) = self.loan.take() else {
             return; // detached
-        }
-        let (mut conn, now) = self.take_conn();
-        conn.last_used = now;
-        let Some(inner) = self.inner.take() else {
-            return;
         };
+        let broken = loan.broken;
+        let (inner, mut conn, now) = loan.end();
+        conn.last_used = now;
         let lease = Lease::new(inner);
         let inner = &*lease.inner;
-        if self.broken || std::thread::panicking() {
+        if broken || std::thread::panicking() {
             return lease.discard(conn, CloseReason::Invalidated);
         }
         match inner.health(&mut conn) {
@@ -319,13 +327,13 @@ impl<M: Manager> Deref for PooledConn<M> {
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
-        &self.conn.as_ref().expect(HELD).raw
+        &self.loan.as_ref().expect(HELD).conn.raw
     }
 }
 
 impl<M: Manager> DerefMut for PooledConn<M> {
     fn deref_mut(&mut self) -> &mut M::Connection {
-        &mut self.conn.as_mut().expect(HELD).raw
+        &mut self.loan.as_mut().expect(HELD).conn.raw
     }
 }
 
