@@ -27,7 +27,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
-/// Whether [`spawn`] has a runtime to run on.
 /// A mutex's value through an exclusive reference (no locking needed).
 pub(crate) fn get_mut<T>(m: &mut Mutex<T>) -> &mut T {
     #[cfg(not(feature = "model-check"))]
@@ -41,6 +40,7 @@ pub(crate) fn get_mut<T>(m: &mut Mutex<T>) -> &mut T {
     }
 }
 
+/// Whether [`spawn`] has a runtime to run on.
 pub(crate) fn can_spawn() -> bool {
     #[cfg(feature = "model-check")]
     {
