@@ -12,7 +12,7 @@ pub(crate) use parking_lot::{Mutex, MutexGuard};
 pub(crate) use shuttle::sync::{Mutex, MutexGuard};
 
 /// Locks a mutex. `parking_lot`'s: no poisoning to check on every lock and unlock
-/// (37 instructions per loan of the 1-task bench, 799 -> 762); a panic under the lock
+/// (measured in docs/BENCHMARKS.md, commit `bdc7320`); a panic under the lock
 /// (a manager's `health`) unlocks it on unwind, as std's did for us, since we ignored
 /// poisoning anyway: every critical section leaves the state consistent before it
 /// calls out.

@@ -163,10 +163,9 @@ pub async fn run(ctx: &Ctx, p: &Params) -> Result<Figures, ChaosError> {
         };
         let st = pool.status();
         capacity_miss = Some(format!(
-            "checkout {} of {max_connections}: {why}; status then: {} held here, {} idle, \
+            "checkout {} of {max_connections}: {why}; status then: {} idle, \
              {} checked out, {} connecting, {} waiting",
             held.len() + 1,
-            held.len(),
             st.idle,
             st.checked_out,
             st.connecting,
