@@ -114,6 +114,10 @@ pub(crate) struct State<C> {
     closed: bool,
     /// The reaper has a deadline to wake at: a new waiter need not wake it.
     reaper_armed: bool,
+    /// This critical section served a waiter or has a waker to wake: `handoff` or
+    /// `wake` is set, and the unlock ([`Locked`]) completes them. The one field an
+    /// unlock reads.
+    deferred: bool,
     /// Checkouts registered as waiters and still waiting for a permit (from the moment
     /// they found none until they are served, expire or leave): what
     /// `status().waiting` shows.
@@ -125,30 +129,38 @@ pub(crate) struct State<C> {
     debt: usize,
     /// Slot holders waiting for a `max_connecting` permit.
     connect_waiting: usize,
-    /// A waiter served in this critical section, woken when the lock is released
-    /// ([`Locked`]): waking a waiter (which may unpark another worker thread) never
-    /// happens under the pool's lock. More than one (the limit was raised) go to
-    /// `wake_more`.
-    wake: Option<Waker>,
-    /// The current number of slots (`limit` unless lowered by `set_lend_limit`): a
-    /// cold field that ends line 2.
+    /// The current number of slots (`limit` unless lowered by `set_lend_limit`).
     lend_limit: usize,
+    /// The ticket of the first entry of `queue`; with `serve_from`, the end of line 2:
+    /// written only when waiters are served, in the critical sections that write
+    /// `unserved` too.
+    queue_base: u64,
+    /// No waiter below this ticket still waits for a permit: where the next hand-off
+    /// starts looking.
+    serve_from: u64,
     // Line 3: what every return writes.
     loans: LoanStats,
     // Colder fields.
+    /// A waiter served in this critical section, woken when the lock is released
+    /// ([`Locked`]): waking a waiter (which may unpark another worker thread) never
+    /// happens under the pool's lock. More than one (the limit was raised, the pool
+    /// closed) go to `wake_more`; the first served by a return goes to `handoff`
+    /// instead.
+    wake: Option<Waker>,
+    wake_more: Vec<Waker>,
+    /// The first waiter served in this critical section and what it was served: left
+    /// in its hand-off slot, and the waiter woken, once the pool's lock is released
+    /// (`Inner::hand_off`), so the critical section does not wait for the slot's cache
+    /// line, which the waiter's thread last wrote.
+    handoff: Option<waiters::HandOff<C>>,
     /// Last time more than `pool_size` connections were needed at once.
     last_overflow_use: Instant,
-    wake_more: Vec<Waker>,
     /// The waiters in arrival order (see `waiters`): entry `i` has ticket
     /// `queue_base + i`.
     queue: VecDeque<waiters::Entry<C>>,
     /// Hand-off slots of served waiters, oldest first, reused once their waiters let go
     /// of them (see `waiters`).
     spare_slots: VecDeque<Slot<C>>,
-    queue_base: u64,
-    /// No waiter below this ticket still waits for a permit: where the next hand-off
-    /// starts looking.
-    serve_from: u64,
     /// The reaper has expired every waiting ticket below this one.
     reaped_upto: u64,
     /// `pool_size = auto`: the controller that moves `lend_limit`.
@@ -185,18 +197,22 @@ pub(crate) struct Inner<M: Manager> {
     reaper_alive: std::sync::atomic::AtomicBool,
     /// Wakes the reaper (a first waiter, the pool dropped).
     pub(crate) reaper: Arc<Notify>,
+    /// The pool itself, for the rare path that must give back a hand-off whose waiter
+    /// left while it was in flight (see `Locked`), which runs where only `&self` is.
+    me: std::sync::Weak<Inner<M>>,
 }
 
 impl<M: Manager> Inner<M> {
     /// Locks the pool's state; the guard wakes the waiters served under it once the
     /// lock is released.
-    fn state(&self) -> Locked<'_, M::Connection> {
+    fn state(&self) -> Locked<'_, M> {
         Locked {
             guard: Some(lock(&self.state)),
+            inner: self,
         }
     }
 
-    pub(crate) fn new(manager: M, config: PoolConfig) -> Self {
+    pub(crate) fn new(manager: M, config: PoolConfig) -> Arc<Self> {
         let now = Instant::now();
         let limit = config.max_connections().min(Semaphore::MAX_PERMITS);
         let auto = config.auto_size.map(|(floor, ceiling)| {
@@ -207,7 +223,8 @@ impl<M: Manager> Inner<M> {
                 now,
             ))
         });
-        let inner = Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             limit,
             connect_sem: Semaphore::new(config.max_connecting as usize),
             metrics: MetricHandles::new(&config.name),
@@ -225,6 +242,10 @@ impl<M: Manager> Inner<M> {
                 serve_from: 0,
                 reaped_upto: 0,
                 reaper_armed: false,
+                deferred: false,
+                wake: None,
+                wake_more: Vec::new(),
+                handoff: None,
                 closed: false,
                 last_overflow_use: now,
                 loans: LoanStats::new(),
@@ -232,8 +253,6 @@ impl<M: Manager> Inner<M> {
                 debt: 0,
                 free: limit,
                 unserved: 0,
-                wake: None,
-                wake_more: Vec::new(),
                 auto,
             }),
             counters: Counters::new(),
@@ -246,7 +265,7 @@ impl<M: Manager> Inner<M> {
             closed_flag: std::sync::atomic::AtomicBool::new(false),
             reaper_alive: std::sync::atomic::AtomicBool::new(false),
             reaper: Arc::new(Notify::new()),
-        };
+        });
         let start = inner.state().auto.as_ref().map(|g| g.ctl.effective_limit());
         if let Some(start) = start {
             inner.set_lend_limit(start);
@@ -781,7 +800,7 @@ impl<M: Manager> Inner<M> {
                 at("refilling", p(&st.refilling)),
                 at("debt", p(&st.debt)),
                 at("connect_waiting", p(&st.connect_waiting)),
-                at("wake", p(&st.wake)),
+                at("deferred", p(&st.deferred)),
             ],
             // The usage histogram's sum, max and first buckets.
             vec![at("usage", p(&st.loans.usage))],
@@ -894,25 +913,44 @@ impl<M: Manager> Inner<M> {
     }
 }
 
-/// The pool's lock, held (see [`Inner::state`]).
-struct Locked<'a, C> {
-    guard: Option<rt::MutexGuard<'a, State<C>>>,
+impl<C> State<C> {
+    /// What the critical section left for the unlock to do (see `deferred`): the
+    /// hand-off, the first waker, the others.
+    #[allow(clippy::type_complexity)]
+    fn take_deferred(&mut self) -> (Option<waiters::HandOff<C>>, Option<Waker>, Vec<Waker>) {
+        self.deferred = false;
+        let wake = self.wake.take();
+        let more = if wake.is_some() && !self.wake_more.is_empty() {
+            std::mem::take(&mut self.wake_more)
+        } else {
+            Vec::new()
+        };
+        (self.handoff.take(), wake, more)
+    }
 }
 
-impl<C> std::ops::Deref for Locked<'_, C> {
-    type Target = State<C>;
-    fn deref(&self) -> &State<C> {
+/// The pool's lock, held (see [`Inner::state`]). Released, it completes what the
+/// critical section deferred (`State::deferred`): the hand-off to a waiter served, the
+/// wake-ups.
+struct Locked<'a, M: Manager> {
+    guard: Option<rt::MutexGuard<'a, State<M::Connection>>>,
+    inner: &'a Inner<M>,
+}
+
+impl<M: Manager> std::ops::Deref for Locked<'_, M> {
+    type Target = State<M::Connection>;
+    fn deref(&self) -> &State<M::Connection> {
         self.guard.as_ref().expect("held until dropped")
     }
 }
 
-impl<C> std::ops::DerefMut for Locked<'_, C> {
-    fn deref_mut(&mut self) -> &mut State<C> {
+impl<M: Manager> std::ops::DerefMut for Locked<'_, M> {
+    fn deref_mut(&mut self) -> &mut State<M::Connection> {
         self.guard.as_mut().expect("held until dropped")
     }
 }
 
-impl<C> Drop for Locked<'_, C> {
+impl<M: Manager> Drop for Locked<'_, M> {
     fn drop(&mut self) {
         if let Some(mut guard) = self.guard.take() {
             // No permit is free while a waiter still waits for one (see `take_first`).
@@ -922,19 +960,25 @@ impl<C> Drop for Locked<'_, C> {
                 guard.free,
                 guard.unserved
             );
-            // `wake_more` holds wakers only when `wake` does (`wake_later`,
-            // `wake_waiting`): a lock that served nobody unlocks after one read of a
-            // line the fast path never writes (see `State`).
             debug_assert!(
                 guard.wake.is_some() || guard.wake_more.is_empty(),
                 "wakers queued in wake_more without one in wake"
             );
-            if guard.wake.is_none() {
+            debug_assert_eq!(
+                guard.deferred,
+                guard.wake.is_some() || guard.handoff.is_some(),
+                "`deferred` says whether anything waits for the unlock"
+            );
+            // A lock that served nobody unlocks after one read of a line the fast path
+            // never writes (see `State`).
+            if !guard.deferred {
                 return;
             }
-            let wake = guard.wake.take();
-            let more = std::mem::take(&mut guard.wake_more);
+            let (handoff, wake, more) = guard.take_deferred();
             drop(guard);
+            if let Some((slot, hand)) = handoff {
+                self.inner.hand_off(&slot, hand);
+            }
             if let Some(waker) = wake {
                 waker.wake();
             }
@@ -972,10 +1016,8 @@ impl<M: Manager> Drop for Waiter<'_, M> {
         let mut st = self.inner.state();
         let served = self.inner.leave(&mut st, self.ticket, self.slot);
         drop(st);
-        match served {
-            Some(Take::Ready(conn) | Take::Idle(conn)) => self.inner.put_back(conn),
-            Some(Take::Connect) => self.inner.release_slot(),
-            Some(Take::Closed) | None => {}
+        if let Some((take, waited)) = served {
+            self.inner.give_back(take, waited);
         }
     }
 }

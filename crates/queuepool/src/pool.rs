@@ -58,7 +58,7 @@ impl<M: Manager> Pool<M> {
     pub async fn new(manager: M, config: PoolConfig) -> Result<Self, PoolError> {
         config.validate()?;
         let pool = Pool {
-            inner: Arc::new(Inner::new(manager, config)),
+            inner: Inner::new(manager, config),
         };
         if pool.inner.config.prefill {
             pool.prefill().await?;

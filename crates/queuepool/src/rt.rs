@@ -27,19 +27,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
-/// A mutex's value through an exclusive reference (no locking needed).
-pub(crate) fn get_mut<T>(m: &mut Mutex<T>) -> &mut T {
-    #[cfg(not(feature = "model-check"))]
-    {
-        m.get_mut()
-    }
-    #[cfg(feature = "model-check")]
-    {
-        m.get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 /// Whether [`spawn`] has a runtime to run on.
 pub(crate) fn can_spawn() -> bool {
     #[cfg(feature = "model-check")]

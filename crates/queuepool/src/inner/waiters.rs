@@ -1,15 +1,21 @@
 //! The waiters' queue: arrival order, hand-offs and timeouts, without a timer each.
 //!
 //! A checkout at the limit is entered, under the pool's lock, in a queue of tickets in
-//! arrival order, with a small *hand-off slot* of its own (reused from an earlier
-//! waiter that has let go of it, so a wait does not allocate). A freed permit goes to the
-//! oldest entry still waiting, in the critical section that frees it: that section
-//! also takes the connection for the waiter (the idle one, or the right to open one,
-//! exactly as a checkout below the limit would) and leaves it in the waiter's slot,
-//! whose waker is woken once the pool's lock is released. The waiter then picks it up
-//! from its slot without taking the pool's lock: a waited checkout takes the pool's
-//! lock twice (to register, and in the return that serves it), as one below the limit
-//! does (to take, to return). Every step is O(1) per waiter under the lock: a cursor
+//! arrival order, with a small *hand-off slot* of its own (one allocation per wait). A
+//! freed permit goes to the oldest entry still waiting, in the critical section that
+//! frees it: that section also takes the connection for the waiter (the idle one, or
+//! the right to open one, exactly as a checkout below the limit would) and moves the
+//! waiter's slot out of its entry; once the pool's lock is released, the returning
+//! thread leaves what it took in the slot and wakes the waiter (`Inner::hand_off`). The
+//! slot's cache line was last written by the waiter's thread: writing it after the
+//! unlock keeps that miss out of the critical section, which both workers of a
+//! saturated pool queue for (measured in docs/BENCHMARKS.md). A waiter that leaves
+//! between the two (cancelled, or timed out on its own timer) finds its entry served
+//! and its slot still waiting: it marks the slot done, and the hand-off, finding it
+//! so, gives back what it carried, as a waiter that leaves after it was served does.
+//! The waiter picks up what it was served from its slot without taking the pool's
+//! lock: a waited checkout takes the pool's lock twice (to register, and in the return
+//! that serves it), as one below the limit does (to take, to return). Every step is O(1) per waiter under the lock: a cursor
 //! (`serve_from`) skips the entries no longer waiting, and they are dropped from the
 //! front.
 //!
@@ -37,7 +43,7 @@ use tokio::time::Instant;
 
 use super::{Inner, State, Take, WaitEnd};
 use crate::manager::Manager;
-use crate::rt::{self, Mutex, lock};
+use crate::rt::{Mutex, lock};
 
 /// What a waiter's hand-off slot holds.
 pub(crate) enum Hand<C> {
@@ -54,14 +60,15 @@ pub(crate) enum Hand<C> {
     Done,
 }
 
-/// A waiter's hand-off slot: shared by the waiter and its queue entry. Locked only
-/// under the pool's lock by the pool, and on its own by the waiter (lock order: the
-/// pool's, then a slot's).
+/// A waiter's hand-off slot: shared by the waiter and its queue entry (then the
+/// hand-off that serves it). Locked by the pool under the pool's lock, by a hand-off
+/// after it, and by the waiter on its own (lock order: the pool's, then a slot's; the
+/// pool's is never taken while a slot's is held).
 pub(crate) type Slot<C> = Arc<Mutex<Hand<C>>>;
 
-/// Hand-off slots kept for reuse, at most: a served waiter's slot is reused once the
-/// waiter has picked its connection up, so waits at the limit do not allocate.
-const SPARE_SLOTS: usize = 64;
+/// A hand-off decided under the pool's lock and completed once it is released: the
+/// waiter's slot and what it was served (see [`Inner::hand_off`]).
+pub(crate) type HandOff<C> = (Slot<C>, Hand<C>);
 
 /// A registered waiter, in arrival order.
 pub(crate) struct Entry<C> {
@@ -83,6 +90,7 @@ impl<C> State<C> {
 
     /// Queues a waker to wake once the lock is released.
     fn wake_later(&mut self, waker: Waker) {
+        self.deferred = true;
         if self.wake.is_none() {
             self.wake = Some(waker);
         } else {
@@ -120,24 +128,7 @@ impl<M: Manager> Inner<M> {
     ) -> (u64, Slot<M::Connection>, bool) {
         let ticket = st.queue_base + st.queue.len() as u64;
         let waiting = Hand::Waiting(Some(waker.clone()));
-        let slot = match st.spare_slots.pop_front() {
-            Some(mut spare) => match Arc::get_mut(&mut spare) {
-                // The oldest spare, no longer shared: its waiter is gone. (`get_mut`
-                // proves it: the waiter's clone was dropped, with a release the check
-                // acquires.)
-                Some(hand) => {
-                    *rt::get_mut(hand) = waiting;
-                    spare
-                }
-                // Its waiter has not picked up yet (or never will: a future leaked
-                // while served): to the back, so it cannot hold up the others' reuse.
-                None => {
-                    st.spare_slots.push_back(spare);
-                    Arc::new(Mutex::new(waiting))
-                }
-            },
-            None => Arc::new(Mutex::new(waiting)),
-        };
+        let slot = Arc::new(Mutex::new(waiting));
         st.queue.push_back(Entry {
             start,
             slot: Some(slot.clone()),
@@ -181,13 +172,60 @@ impl<M: Manager> Inner<M> {
         let now = now.unwrap_or_else(Instant::now);
         let waited = now.saturating_duration_since(start);
         let take = self.take_locked(st, waited, now);
-        st.end_wait(&slot, Hand::Served(take, now, waited));
-        // Kept for a later waiter once this one has picked its connection up: a wait
-        // then allocates no slot (see `enqueue`).
-        if st.spare_slots.len() < SPARE_SLOTS {
-            st.spare_slots.push_back(slot);
+        let served = Hand::Served(take, now, waited);
+        if st.handoff.is_none() {
+            // Left in the slot once the lock is released (`hand_off`).
+            st.handoff = Some((slot, served));
+            st.deferred = true;
+            return true;
         }
+        st.end_wait(&slot, served);
         true
+    }
+
+    /// Completes a hand-off decided under the lock (`serve_next`), after the lock is
+    /// released: leaves what the waiter was served in its slot and wakes it. If the
+    /// waiter left in between (timed out on its own timer, or cancelled: `leave` found
+    /// its entry already served and marked the slot done), what it was served goes back
+    /// as a waiter's that leaves does.
+    pub(super) fn hand_off(&self, slot: &Slot<M::Connection>, served: Hand<M::Connection>) {
+        let mut hand = lock(slot);
+        if let Hand::Waiting(waker) = &mut *hand {
+            let waker = waker.take();
+            *hand = served;
+            drop(hand);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return;
+        }
+        debug_assert!(
+            matches!(*hand, Hand::Done),
+            "a hand-off in flight is only ever left by its waiter"
+        );
+        drop(hand);
+        let Hand::Served(take, _, waited) = served else {
+            unreachable!("a hand-off carries what was served")
+        };
+        // The pool is alive: `self` is borrowed from it.
+        let inner = self.me.upgrade().expect("a pool serving a waiter is alive");
+        inner.give_back(take, waited);
+    }
+
+    /// Gives back what a waiter that left was served: the connection to the pool, the
+    /// slot to the next waiter or the free permits.
+    pub(super) fn give_back(self: &Arc<Self>, take: Take<M::Connection>, waited: Duration) {
+        if matches!(take, Take::Ready(_)) {
+            // Counted as a served checkout when it was taken for the waiter: nobody
+            // was served.
+            let mut st = self.state();
+            self.uncount_served(&mut st, waited);
+        }
+        match take {
+            Take::Ready(conn) | Take::Idle(conn) => self.put_back(conn),
+            Take::Connect => self.release_slot(),
+            Take::Closed => {}
+        }
     }
 
     /// One poll of a registered waiter, on its slot alone: what it was served (with
@@ -217,29 +255,26 @@ impl<M: Manager> Inner<M> {
 
     /// A waiter leaves without picking up its slot (timed out, pool closed, cancelled):
     /// unregistered if it still waited; what it was served, if anything, is returned
-    /// to be given back (the caller does, outside the lock).
+    /// with how long it waited, to be given back (the caller does, outside the lock,
+    /// with [`Inner::give_back`]).
     pub(super) fn leave(
         &self,
         st: &mut State<M::Connection>,
         ticket: u64,
         slot: &Slot<M::Connection>,
-    ) -> Option<Take<M::Connection>> {
+    ) -> Option<(Take<M::Connection>, Duration)> {
         match std::mem::replace(&mut *lock(slot), Hand::Done) {
             Hand::Waiting(_) => {
-                if let Some(entry) = st.entry(ticket) {
+                // Still queued: it no longer waits. Else it was served under the lock
+                // and its hand-off is in flight (`hand_off`), which finds the slot done
+                // and gives back what it was served.
+                if let Some(entry) = st.entry(ticket).filter(|e| e.slot.is_some()) {
                     entry.slot = None;
+                    self.unserve(st, 1);
                 }
-                self.unserve(st, 1);
                 None
             }
-            Hand::Served(take, _, waited) => {
-                if matches!(take, Take::Ready(_)) {
-                    // Counted as a served checkout when it was taken for the waiter:
-                    // nobody was served.
-                    self.uncount_served(st, waited);
-                }
-                Some(take)
-            }
+            Hand::Served(take, _, waited) => Some((take, waited)),
             Hand::Expired | Hand::Closed | Hand::Done => None,
         }
     }
@@ -247,28 +282,25 @@ impl<M: Manager> Inner<M> {
     /// Ends every wait still waiting (`close`: the pool closed), or only wakes them (the
     /// reaper ended: each keeps its own deadline from now on).
     pub(super) fn wake_waiting(&self, st: &mut State<M::Connection>, close: bool) {
-        let State {
-            queue, wake_more, ..
-        } = st;
+        let mut wake = Vec::new();
         let mut ended = 0;
-        for entry in queue.iter_mut() {
+        for entry in st.queue.iter_mut() {
             let Some(slot) = &entry.slot else { continue };
             let mut hand = lock(slot);
             if let Hand::Waiting(waker) = &mut *hand {
                 if close {
-                    wake_more.extend(waker.take());
+                    wake.extend(waker.take());
                     *hand = Hand::Closed;
                     drop(hand);
                     entry.slot = None;
                     ended += 1;
                 } else {
-                    wake_more.extend(waker.clone());
+                    wake.extend(waker.clone());
                 }
             }
         }
-        // Keep `Locked`'s one-branch fast path true: more wakers only beside `wake`.
-        if st.wake.is_none() {
-            st.wake = st.wake_more.pop();
+        for waker in wake {
+            st.wake_later(waker);
         }
         self.unserve(st, ended);
     }
@@ -376,7 +408,7 @@ mod tests {
             .pool_timeout(Duration::from_secs(60))
             .build()
             .unwrap();
-        Arc::new(Inner::new(Unit, config))
+        Inner::new(Unit, config)
     }
 
     /// A checkout below the limit: the right to open a connection, opened here.
@@ -384,14 +416,6 @@ mod tests {
         match inner.take_first(Instant::now(), Waker::noop()) {
             Ok(Take::Connect) => inner.new_conn((), 0),
             _ => panic!("below the limit a checkout connects"),
-        }
-    }
-
-    /// A checkout at the limit: registered as a waiter, its hand-off slot.
-    fn register(inner: &Inner<Unit>) -> super::Slot<()> {
-        match inner.take_first(Instant::now(), Waker::noop()) {
-            Err((_, slot)) => slot,
-            Ok(_) => panic!("at the limit a checkout waits"),
         }
     }
 
@@ -404,62 +428,64 @@ mod tests {
         }
     }
 
-    /// A hand-off slot is reused for a later waiter only once its own waiter has let go
-    /// of it, and the reused slot starts waiting afresh (no stale connection, no stale
-    /// waker): waits at the limit allocate no slot, and share none.
-    #[tokio::test]
-    async fn a_served_waiters_slot_is_reused_only_after_its_waiter_lets_go() {
+    /// A pool of one whose connection is lent, a waiter registered behind it (its
+    /// ticket and slot), and the return that serves the waiter stopped between its
+    /// critical section and the hand-off (what the returning thread holds then).
+    fn hand_off_in_flight() -> (Arc<Inner<Unit>>, u64, super::Slot<()>, super::HandOff<()>) {
         let inner = pool_of(1);
-        let spares = || inner.state().spare_slots.len();
         let conn = connect(&inner);
-        let register = || register(&inner);
-        let a = register();
-        inner.put_back(conn); // serves A
-        assert_eq!(spares(), 1, "a served waiter's slot is kept for reuse");
-        let b = register();
-        assert!(
-            !Arc::ptr_eq(&a, &b),
-            "B got the slot A has not picked up yet"
-        );
-        assert_eq!(spares(), 1);
-        pick_up_and_return(&inner, &a); // serves B
-        let reused = Arc::as_ptr(&a);
-        drop(a);
-        let c = register();
-        assert_eq!(Arc::as_ptr(&c), reused, "C did not reuse A's slot");
-        assert_eq!(spares(), 1, "A's slot left the spares, B's joined them");
-        assert!(
-            Inner::<Unit>::poll_slot(&c, Waker::noop()).is_pending(),
-            "a reused slot starts waiting"
-        );
-        pick_up_and_return(&inner, &b); // serves C
-        pick_up_and_return(&inner, &c);
-        let status = inner.status();
-        assert_eq!((status.idle, status.checked_out, status.waiting), (1, 0, 0));
+        let Err((ticket, slot)) = inner.take_first(Instant::now(), Waker::noop()) else {
+            panic!("at the limit a checkout waits");
+        };
+        // `put_back`'s critical section, keeping what `Locked` would hand off.
+        let mut st = inner.state();
+        st.idle.push_back(conn);
+        inner.free_slot(&mut st, Some(Instant::now()));
+        let (handoff, wake, _) = st.take_deferred();
+        assert!(wake.is_none(), "the waiter is woken by the hand-off");
+        let in_flight = handoff.expect("a return that serves defers the hand-off");
+        drop(st);
+        (inner, ticket, slot, in_flight)
     }
 
-    /// A served slot whose waiter never picks it up (a future leaked while served) does
-    /// not stop the reuse of the slots behind it.
+    /// The hand-off of a served waiter happens after the pool's lock is released; a
+    /// waiter polled in between keeps waiting, and is served when it lands.
     #[tokio::test]
-    async fn a_slot_never_let_go_of_does_not_hold_up_the_reuse_of_the_others() {
-        let inner = pool_of(2);
-        let register = || register(&inner);
-        let (first, second) = (connect(&inner), connect(&inner));
-        let stuck = register();
-        inner.put_back(first); // serves `stuck`, which is never picked up
-        let b = register();
-        inner.put_back(second); // serves B
-        pick_up_and_return(&inner, &b); // nobody waits: B's connection goes idle
-        let held = match inner.take_first(Instant::now(), Waker::noop()) {
-            Ok(Take::Ready(conn)) => conn,
-            _ => panic!("the idle connection is lent at once"),
-        };
-        let b_slot = Arc::as_ptr(&b);
-        drop(b);
-        let c = register(); // finds `stuck` at the front: sent to the back
-        let d = register(); // finds B's slot
-        assert_eq!(Arc::as_ptr(&d), b_slot, "B's slot was not reused");
-        assert!(!Arc::ptr_eq(&c, &stuck));
-        drop((c, d, held, stuck));
+    async fn a_waiter_polled_before_its_hand_off_lands_waits_for_it() {
+        let (inner, _, slot, (to, hand)) = hand_off_in_flight();
+        assert_eq!(inner.status().waiting, 0, "served under the lock");
+        assert!(Inner::<Unit>::poll_slot(&slot, Waker::noop()).is_pending());
+        inner.hand_off(&to, hand);
+        pick_up_and_return(&inner, &slot);
+        let status = inner.status();
+        assert_eq!((status.idle, status.checked_out, status.waiting), (1, 0, 0));
+        assert_eq!(inner.stats().checkouts, 1);
+    }
+
+    /// A waiter that leaves (cancelled, or timed out on its own timer) while its
+    /// hand-off is in flight is not uncounted twice, and the hand-off, finding it gone,
+    /// gives back what it was served: the connection is idle again, the permit free,
+    /// and nobody was counted as served.
+    #[tokio::test]
+    async fn a_waiter_that_leaves_while_its_hand_off_is_in_flight_gets_it_given_back() {
+        let (inner, ticket, slot, (to, hand)) = hand_off_in_flight();
+        let mut st = inner.state();
+        assert!(
+            inner.leave(&mut st, ticket, &slot).is_none(),
+            "nothing to give back yet: the hand-off has not landed"
+        );
+        drop(st);
+        assert_eq!(inner.status().waiting, 0);
+        inner.hand_off(&to, hand);
+        let status = inner.status();
+        assert_eq!((status.idle, status.checked_out, status.waiting), (1, 0, 0));
+        assert_eq!(inner.stats().checkouts, 0, "nobody was served");
+        assert!(
+            matches!(
+                inner.take_first(Instant::now(), Waker::noop()),
+                Ok(Take::Ready(_))
+            ),
+            "the connection given back is lent at once"
+        );
     }
 }
