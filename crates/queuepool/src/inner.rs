@@ -77,11 +77,13 @@ pub(crate) struct ConnData<C> {
 
 /// What a checkout that holds a permit finds.
 pub(crate) enum Take<C> {
-    /// An idle connection that needs no check, counted as a served checkout. The caller
-    /// owns the slot from here on and must wrap it (in a [`Lease`] or a guard) before
-    /// its next await.
-    Ready(Conn<C>),
-    /// An idle connection to check before lending it (same ownership rule).
+    /// An idle connection, counted as a served checkout. The caller owns the slot from
+    /// here on and must wrap it (in a [`Lease`] or a guard) before its next await. It
+    /// asks [`Inner::ready`] once the lock is released (the connection's line was last
+    /// written by whichever thread returned it: reading it under the lock would make
+    /// every other checkout wait for that miss); a connection that is not ready (to
+    /// ping, reset or replace) is uncounted ([`Inner::uncount_lend`]) and checked on the
+    /// slow path.
     Idle(Conn<C>),
     /// No idle connection: the right to open one (same ownership rule).
     Connect,
@@ -403,24 +405,26 @@ impl<M: Manager> Inner<M> {
         st.slots += 1;
         self.note_usage(st, now);
         match conn {
-            Some(mut conn) => {
-                if self.ready(&mut conn, now) {
-                    if waited.is_zero() {
-                        st.zero_waits += 1;
-                    } else {
-                        st.loans.wait.record(waited);
-                    }
-                    Take::Ready(conn)
+            Some(conn) => {
+                if waited.is_zero() {
+                    st.zero_waits += 1;
                 } else {
-                    Take::Idle(conn)
+                    st.loans.wait.record(waited);
                 }
+                Take::Idle(conn)
             }
             None => Take::Connect,
         }
     }
 
-    /// Takes back the count of a ready connection taken for a waiter (`waited`) that
-    /// left without it.
+    /// Takes back the count of a checkout served an idle connection after waiting
+    /// `waited` ([`Take::Idle`]) that is not lent: it needs a check first (counted
+    /// when it is lent), or its waiter left without it.
+    pub(crate) fn uncount_lend(&self, waited: Duration) {
+        let mut st = self.state();
+        self.uncount_served(&mut st, waited);
+    }
+
     fn uncount_served(&self, st: &mut State<M::Connection>, waited: Duration) {
         if waited.is_zero() {
             st.zero_waits -= 1;

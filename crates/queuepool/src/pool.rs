@@ -149,8 +149,12 @@ impl<M: Manager> Pool<M> {
             match take {
                 // The common case, without an await: an idle connection that needs no
                 // ping, reset or replacement (already counted).
-                Take::Ready(conn) => Ok(self.hand_over(inner.clone(), conn, waited, caller, now)),
-                Take::Idle(conn) => {
+                Take::Idle(mut conn) => {
+                    if inner.ready(&mut conn, now) {
+                        return Ok(self.hand_over(inner.clone(), conn, waited, caller, now));
+                    }
+                    // Counted again when it is lent, after its check.
+                    inner.uncount_lend(waited);
                     let lease = Lease::new(inner.clone());
                     Box::pin(self.checkout(lease, Some(conn), start, caller)).await
                 }

@@ -215,14 +215,13 @@ impl<M: Manager> Inner<M> {
     /// Gives back what a waiter that left was served: the connection to the pool, the
     /// slot to the next waiter or the free permits.
     pub(super) fn give_back(self: &Arc<Self>, take: Take<M::Connection>, waited: Duration) {
-        if matches!(take, Take::Ready(_)) {
-            // Counted as a served checkout when it was taken for the waiter: nobody
-            // was served.
-            let mut st = self.state();
-            self.uncount_served(&mut st, waited);
-        }
         match take {
-            Take::Ready(conn) | Take::Idle(conn) => self.put_back(conn),
+            Take::Idle(conn) => {
+                // Counted as a served checkout when it was taken for the waiter: nobody
+                // was served.
+                self.uncount_lend(waited);
+                self.put_back(conn);
+            }
             Take::Connect => self.release_slot(),
             Take::Closed => {}
         }
@@ -423,7 +422,7 @@ mod tests {
     /// served by that return.
     fn pick_up_and_return(inner: &Arc<Inner<Unit>>, slot: &super::Slot<()>) {
         match Inner::<Unit>::poll_slot(slot, Waker::noop()) {
-            Poll::Ready(Ok((Take::Ready(conn), ..))) => inner.put_back(conn),
+            Poll::Ready(Ok((Take::Idle(conn), ..))) => inner.put_back(conn),
             _ => panic!("the waiter was not served a ready connection"),
         }
     }
@@ -483,7 +482,7 @@ mod tests {
         assert!(
             matches!(
                 inner.take_first(Instant::now(), Waker::noop()),
-                Ok(Take::Ready(_))
+                Ok(Take::Idle(_))
             ),
             "the connection given back is lent at once"
         );
