@@ -955,8 +955,9 @@ impl<M: Manager> std::ops::DerefMut for Locked<'_, M> {
 }
 
 impl<M: Manager> Drop for Locked<'_, M> {
+    #[inline]
     fn drop(&mut self) {
-        if let Some(mut guard) = self.guard.take() {
+        if let Some(guard) = self.guard.take() {
             // No permit is free while a waiter still waits for one (see `take_first`).
             debug_assert!(
                 guard.free == 0 || guard.unserved == 0,
@@ -974,21 +975,29 @@ impl<M: Manager> Drop for Locked<'_, M> {
                 "`deferred` says whether anything waits for the unlock"
             );
             // A lock that served nobody unlocks after one read of a line the fast path
-            // never writes (see `State`).
-            if !guard.deferred {
-                return;
+            // never writes (see `State`), inline.
+            if guard.deferred {
+                self.complete(guard);
             }
-            let (handoff, wake, more) = guard.take_deferred();
-            drop(guard);
-            if let Some((slot, hand)) = handoff {
-                self.inner.hand_off(&slot, hand);
-            }
-            if let Some(waker) = wake {
-                waker.wake();
-            }
-            for waker in more {
-                waker.wake();
-            }
+        }
+    }
+}
+
+impl<M: Manager> Locked<'_, M> {
+    /// Unlocks, then completes what the critical section deferred: the hand-off, the
+    /// wake-ups (out of line: the fast path has none).
+    #[inline(never)]
+    fn complete(&self, mut guard: rt::MutexGuard<'_, State<M::Connection>>) {
+        let (handoff, wake, more) = guard.take_deferred();
+        drop(guard);
+        if let Some((slot, hand)) = handoff {
+            self.inner.hand_off(&slot, hand);
+        }
+        if let Some(waker) = wake {
+            waker.wake();
+        }
+        for waker in more {
+            waker.wake();
         }
     }
 }
