@@ -160,9 +160,6 @@ pub(crate) struct State<C> {
     /// The waiters in arrival order (see `waiters`): entry `i` has ticket
     /// `queue_base + i`.
     queue: VecDeque<waiters::Entry<C>>,
-    /// Hand-off slots of served waiters, oldest first, reused once their waiters let go
-    /// of them (see `waiters`).
-    spare_slots: VecDeque<Slot<C>>,
     /// The reaper has expired every waiting ticket below this one.
     reaped_upto: u64,
     /// `pool_size = auto`: the controller that moves `lend_limit`.
@@ -239,7 +236,6 @@ impl<M: Manager> Inner<M> {
                 connect_waiting: 0,
                 zero_waits: 0,
                 queue: VecDeque::new(),
-                spare_slots: VecDeque::new(),
                 queue_base: 0,
                 serve_from: 0,
                 reaped_upto: 0,

@@ -15,9 +15,9 @@
 //! so, gives back what it carried, as a waiter that leaves after it was served does.
 //! The waiter picks up what it was served from its slot without taking the pool's
 //! lock: a waited checkout takes the pool's lock twice (to register, and in the return
-//! that serves it), as one below the limit does (to take, to return). Every step is O(1) per waiter under the lock: a cursor
-//! (`serve_from`) skips the entries no longer waiting, and they are dropped from the
-//! front.
+//! that serves it), as one below the limit does (to take, to return). Every step is
+//! O(1) per waiter under the lock: a cursor (`serve_from`) skips the entries no longer
+//! waiting, and they are dropped from the front.
 //!
 //! `pool_timeout` is kept by the *reaper*, one background task per pool with one timer:
 //! since every waiter has the same `pool_timeout`, deadlines come in ticket order, so
@@ -127,8 +127,7 @@ impl<M: Manager> Inner<M> {
         waker: &Waker,
     ) -> (u64, Slot<M::Connection>, bool) {
         let ticket = st.queue_base + st.queue.len() as u64;
-        let waiting = Hand::Waiting(Some(waker.clone()));
-        let slot = Arc::new(Mutex::new(waiting));
+        let slot = Arc::new(Mutex::new(Hand::Waiting(Some(waker.clone()))));
         st.queue.push_back(Entry {
             start,
             slot: Some(slot.clone()),
