@@ -143,13 +143,12 @@ pub(crate) struct State<C> {
     // Line 3: what every return writes.
     loans: LoanStats,
     // Colder fields.
-    /// A waiter served in this critical section, woken when the lock is released
+    /// Waiters whose wait ended in this critical section (served beside a hand-off
+    /// when the limit was raised, expired, closed), woken when the lock is released
     /// ([`Locked`]): waking a waiter (which may unpark another worker thread) never
-    /// happens under the pool's lock. More than one (the limit was raised, the pool
-    /// closed) go to `wake_more`; the first served by a return goes to `handoff`
-    /// instead.
-    wake: Option<Waker>,
-    wake_more: Vec<Waker>,
+    /// happens under the pool's lock. The first waiter served by a return goes to
+    /// `handoff` instead.
+    wake: Vec<Waker>,
     /// The first waiter served in this critical section and what it was served: left
     /// in its hand-off slot, and the waiter woken, once the pool's lock is released
     /// (`Inner::hand_off`), so the critical section does not wait for the slot's cache
@@ -241,8 +240,7 @@ impl<M: Manager> Inner<M> {
                 reaped_upto: 0,
                 reaper_armed: false,
                 deferred: false,
-                wake: None,
-                wake_more: Vec::new(),
+                wake: Vec::new(),
                 handoff: None,
                 closed: false,
                 last_overflow_use: now,
@@ -418,10 +416,6 @@ impl<M: Manager> Inner<M> {
     /// when it is lent), or its waiter left without it.
     pub(crate) fn uncount_lend(&self, waited: Duration) {
         let mut st = self.state();
-        self.uncount_served(&mut st, waited);
-    }
-
-    fn uncount_served(&self, st: &mut State<M::Connection>, waited: Duration) {
         if waited.is_zero() {
             st.zero_waits -= 1;
         } else {
@@ -915,17 +909,10 @@ impl<M: Manager> Inner<M> {
 
 impl<C> State<C> {
     /// What the critical section left for the unlock to do (see `deferred`): the
-    /// hand-off, the first waker, the others.
-    #[allow(clippy::type_complexity)]
-    fn take_deferred(&mut self) -> (Option<waiters::HandOff<C>>, Option<Waker>, Vec<Waker>) {
+    /// hand-off and the wakers.
+    fn take_deferred(&mut self) -> (Option<waiters::HandOff<C>>, Vec<Waker>) {
         self.deferred = false;
-        let wake = self.wake.take();
-        let more = if wake.is_some() && !self.wake_more.is_empty() {
-            std::mem::take(&mut self.wake_more)
-        } else {
-            Vec::new()
-        };
-        (self.handoff.take(), wake, more)
+        (self.handoff.take(), std::mem::take(&mut self.wake))
     }
 }
 
@@ -961,13 +948,9 @@ impl<M: Manager> Drop for Locked<'_, M> {
                 guard.free,
                 guard.unserved
             );
-            debug_assert!(
-                guard.wake.is_some() || guard.wake_more.is_empty(),
-                "wakers queued in wake_more without one in wake"
-            );
             debug_assert_eq!(
                 guard.deferred,
-                guard.wake.is_some() || guard.handoff.is_some(),
+                !guard.wake.is_empty() || guard.handoff.is_some(),
                 "`deferred` says whether anything waits for the unlock"
             );
             // A lock that served nobody unlocks after one read of a line the fast path
@@ -984,15 +967,12 @@ impl<M: Manager> Locked<'_, M> {
     /// wake-ups (out of line: the fast path has none).
     #[inline(never)]
     fn complete(&self, mut guard: rt::MutexGuard<'_, State<M::Connection>>) {
-        let (handoff, wake, more) = guard.take_deferred();
+        let (handoff, wake) = guard.take_deferred();
         drop(guard);
         if let Some((slot, hand)) = handoff {
             self.inner.hand_off(&slot, hand);
         }
-        if let Some(waker) = wake {
-            waker.wake();
-        }
-        for waker in more {
+        for waker in wake {
             waker.wake();
         }
     }

@@ -147,8 +147,8 @@ impl<M: Manager> Pool<M> {
             };
             // We hold a slot: it is wrapped (guard or lease) before the next await.
             match take {
-                // The common case, without an await: an idle connection that needs no
-                // ping, reset or replacement (already counted).
+                // An idle connection (already counted): lent at once, without an await,
+                // when it needs no ping, reset or replacement (the common case).
                 Take::Idle(mut conn) => {
                     if inner.ready(&mut conn, now) {
                         return Ok(self.hand_over(inner.clone(), conn, waited, caller, now));

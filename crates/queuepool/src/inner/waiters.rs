@@ -91,11 +91,7 @@ impl<C> State<C> {
     /// Queues a waker to wake once the lock is released.
     fn wake_later(&mut self, waker: Waker) {
         self.deferred = true;
-        if self.wake.is_none() {
-            self.wake = Some(waker);
-        } else {
-            self.wake_more.push(waker);
-        }
+        self.wake.push(waker);
     }
 
     /// Ends a wait whose slot was taken out of its entry: leaves `hand` in the slot and
@@ -280,9 +276,9 @@ impl<M: Manager> Inner<M> {
     /// Ends every wait still waiting (`close`: the pool closed), or only wakes them (the
     /// reaper ended: each keeps its own deadline from now on).
     pub(super) fn wake_waiting(&self, st: &mut State<M::Connection>, close: bool) {
-        let mut wake = Vec::new();
+        let State { queue, wake, .. } = st;
         let mut ended = 0;
-        for entry in st.queue.iter_mut() {
+        for entry in queue.iter_mut() {
             let Some(slot) = &entry.slot else { continue };
             let mut hand = lock(slot);
             if let Hand::Waiting(waker) = &mut *hand {
@@ -297,9 +293,7 @@ impl<M: Manager> Inner<M> {
                 }
             }
         }
-        for waker in wake {
-            st.wake_later(waker);
-        }
+        st.deferred |= !st.wake.is_empty();
         self.unserve(st, ended);
     }
 
@@ -439,8 +433,8 @@ mod tests {
         let mut st = inner.state();
         st.idle.push_back(conn);
         inner.free_slot(&mut st, Some(Instant::now()));
-        let (handoff, wake, _) = st.take_deferred();
-        assert!(wake.is_none(), "the waiter is woken by the hand-off");
+        let (handoff, wake) = st.take_deferred();
+        assert!(wake.is_empty(), "the waiter is woken by the hand-off");
         let in_flight = handoff.expect("a return that serves defers the hand-off");
         drop(st);
         (inner, ticket, slot, in_flight)
