@@ -4,6 +4,7 @@
 //! it and how to read the figures.
 
 mod args;
+mod code;
 mod error;
 mod pg;
 mod pools;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
 }
 
 fn core(a: &CoreArgs) -> Result<(), BenchError> {
+    eprintln!("queuepool-bench: {}", code::CODE);
     let mut rows = Vec::new();
     for &scenario in &a.scenarios {
         let mut results: Vec<(pools::PoolKind, Vec<RepFigures>)> =
@@ -73,6 +75,7 @@ fn core(a: &CoreArgs) -> Result<(), BenchError> {
         rows.extend(report::rows(scenario, &results));
     }
     let report = Report {
+        code: code::CODE,
         scenarios: rows,
         reps: a.reps,
         secs: a.secs.as_secs_f64(),

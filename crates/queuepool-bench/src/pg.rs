@@ -702,6 +702,8 @@ pub struct PgRow {
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct PgReport {
+    /// The code measured.
+    pub code: crate::code::Code,
     /// One row per pool.
     pub scenarios: Vec<PgRow>,
     /// Repetitions per row.
@@ -720,6 +722,7 @@ pub struct PgReport {
 
 /// Runs the group.
 pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
+    eprintln!("queuepool-bench: {}", crate::code::CODE);
     // With `--tls` the cluster lives on its own runtime for the whole run (the
     // testkit's setup and teardown use it); the measurements get fresh ones.
     let cluster_rt;
@@ -792,6 +795,7 @@ pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
         })
         .collect();
     let report = PgReport {
+        code: crate::code::CODE,
         scenarios: rows,
         reps: a.reps,
         secs: a.secs.as_secs_f64(),
@@ -820,7 +824,8 @@ fn run_order(pools: usize, rep: usize) -> Vec<usize> {
 
 fn table(r: &PgReport) -> String {
     let mut out = format!(
-        "pg group: {} tasks, pool {}, SELECT 1 (simple protocol), {}; median of {} reps x {:.1} s (warm-up {:.1} s)\n",
+        "{}\npg group: {} tasks, pool {}, SELECT 1 (simple protocol), {}; median of {} reps x {:.1} s (warm-up {:.1} s)\n",
+        r.code,
         r.tasks,
         r.pool_size,
         if r.tls {

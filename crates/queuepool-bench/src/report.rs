@@ -116,6 +116,8 @@ pub const SPREAD_WARNING: f64 = 1.5;
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The code measured.
+    pub code: crate::code::Code,
     /// One row per (scenario, pool).
     pub scenarios: Vec<Row>,
     /// Repetitions per row.
@@ -209,6 +211,7 @@ fn per_round(p: Option<Paired>) -> String {
 /// The table printed on stdout.
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "{}", report.code);
     let _ = writeln!(
         out,
         "median of {} reps x {:.1} s (warm-up {:.1} s), {} hardware threads; waits = time of get().await",
@@ -361,6 +364,7 @@ mod tests {
     #[test]
     fn the_table_shows_each_row_s_spread_and_warns_only_when_one_is_wide() {
         let report = |reps: Vec<RepFigures>| Report {
+            code: crate::code::CODE,
             scenarios: rows(
                 Scenario::Contended,
                 &[
@@ -398,6 +402,7 @@ mod tests {
         let path = dir.join("out.json");
         std::fs::write(&path, "old").unwrap();
         let report = Report {
+            code: crate::code::CODE,
             scenarios: rows(Scenario::Single, &[(PoolKind::Bb8, vec![rep(10.0, 1.5)])]),
             reps: 1,
             secs: 2.0,

@@ -1,0 +1,51 @@
+//! Records which code the bench is built from: the commit, and whether the sources that
+//! go into the build differed from it. Every run prints it and writes it into its JSON,
+//! so a figure names its code, and a binary left behind by another checkout that shares
+//! the target directory (cargo gives the same artifact names to the same crates built
+//! from two clones) says which code it really is.
+
+use std::path::Path;
+use std::process::Command;
+
+/// `git -C root args...`, trimmed, if git ran and succeeded.
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// What counts as "the code": the crates and the workspace manifests (docs do not).
+const SOURCES: [&str; 3] = ["crates", "Cargo.toml", "Cargo.lock"];
+
+fn main() {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_owned());
+    let root = Path::new(&manifest).join("../..");
+    // Run again when a source changes (a directory is scanned as a whole) or the commit
+    // or the index moves.
+    for path in SOURCES {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
+    }
+    if let Some(dir) = git(&root, &["rev-parse", "--absolute-git-dir"]) {
+        for file in ["HEAD", "index", "logs/HEAD"] {
+            println!("cargo:rerun-if-changed={dir}/{file}");
+        }
+    }
+    let commit = git(&root, &["rev-parse", "--short=12", "HEAD"]);
+    let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+    status.extend(SOURCES);
+    let modified = match (&commit, git(&root, &status)) {
+        (Some(_), Some(changes)) => !changes.is_empty(),
+        _ => false,
+    };
+    println!(
+        "cargo:rustc-env=QUEUEPOOL_BENCH_COMMIT={}",
+        commit.as_deref().unwrap_or("unknown")
+    );
+    println!("cargo:rustc-env=QUEUEPOOL_BENCH_MODIFIED={modified}");
+}
