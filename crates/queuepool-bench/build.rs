@@ -7,9 +7,12 @@
 use std::path::Path;
 use std::process::Command;
 
-/// `git -C root args...`, trimmed, if git ran and succeeded.
+/// `git -C root args...`, trimmed, if git ran and succeeded. `--no-optional-locks`: a
+/// `git status` must not refresh the index, whose new time would run this script, and
+/// rebuild the bench, once more on the next build.
 fn git(root: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new("git")
+        .arg("--no-optional-locks")
         .arg("-C")
         .arg(root)
         .args(args)
@@ -20,8 +23,17 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// What counts as "the code": the crates and the workspace manifests (docs do not).
-const SOURCES: [&str; 3] = ["crates", "Cargo.toml", "Cargo.lock"];
+/// What counts as "the code": the workspace crates this binary is built from (its path
+/// dependencies, direct and through each other) and the workspace manifests; not the
+/// other crates (an edit to them must not rebuild the bench) nor the docs.
+const SOURCES: [&str; 6] = [
+    "crates/queuepool",
+    "crates/queuepool-postgres",
+    "crates/queuepool-testkit",
+    "crates/queuepool-bench",
+    "Cargo.toml",
+    "Cargo.lock",
+];
 
 fn main() {
     let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_owned());
@@ -37,11 +49,10 @@ fn main() {
         }
     }
     let commit = git(&root, &["rev-parse", "--short=12", "HEAD"]);
-    let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
-    status.extend(SOURCES);
-    let modified = match (&commit, git(&root, &status)) {
-        (Some(_), Some(changes)) => !changes.is_empty(),
-        _ => false,
+    let modified = commit.is_some() && {
+        let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+        status.extend(SOURCES);
+        git(&root, &status).is_some_and(|changes| !changes.is_empty())
     };
     println!(
         "cargo:rustc-env=QUEUEPOOL_BENCH_COMMIT={}",

@@ -7,7 +7,8 @@ use serde::Serialize;
 pub struct Code {
     /// `git rev-parse --short=12 HEAD` at build time, or `unknown` (no git).
     pub commit: &'static str,
-    /// The crates or workspace manifests differed from that commit.
+    /// The sources the binary is built from (its workspace crates, the workspace
+    /// manifests) differed from that commit.
     pub modified: bool,
     /// The crate's directory at build time (not in the JSON: a local path).
     #[serde(skip)]
