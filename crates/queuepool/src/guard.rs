@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use crate::config::ResetOnReturn;
+use crate::home::Home;
 use crate::inner::{Conn, Inner, LOG, Lease};
 use crate::manager::{Health, Manager};
 use crate::rt;
@@ -31,7 +32,8 @@ pub struct PooledConn<M: Manager> {
 
 /// What a guard holds: one slot of the pool and its connection.
 struct Loan<M: Manager> {
-    inner: Arc<Inner<M>>,
+    /// The pool, through the home of the thread that lent it (see `home`).
+    home: Arc<Home<M>>,
     conn: Conn<M::Connection>,
     checked_out_at: Instant,
     broken: bool,
@@ -58,18 +60,19 @@ const HELD: &str = "a guard holds its slot and connection until it is dropped or
 impl<M: Manager> PooledConn<M> {
     #[inline]
     pub(crate) fn new(
-        inner: Arc<Inner<M>>,
+        home: Arc<Home<M>>,
         conn: Conn<M::Connection>,
         caller: &'static Location<'static>,
         now: Instant,
     ) -> Self {
-        let leak = inner
+        let leak = home
+            .inner
             .config
             .leak_threshold
-            .and_then(|threshold| spawn_leak_watch(&inner, conn.id, threshold, caller));
+            .and_then(|threshold| spawn_leak_watch(&home.inner, conn.id, threshold, caller));
         PooledConn {
             loan: Some(Loan {
-                inner,
+                home,
                 conn,
                 checked_out_at: now,
                 broken: false,
@@ -81,9 +84,9 @@ impl<M: Manager> PooledConn<M> {
     /// Takes the connection out of the pool: it no longer counts against the limit and
     /// is not returned on drop. Its slot is freed for another checkout.
     pub fn detach(mut this: Self) -> M::Connection {
-        let (inner, mut conn, _) = this.loan.take().expect(HELD).end();
-        inner.record_usage(&mut conn);
-        inner.release_slot();
+        let (home, mut conn, _) = this.loan.take().expect(HELD).end();
+        home.inner.record_usage(&mut conn);
+        home.inner.release_slot();
         conn.raw
     }
 
@@ -94,10 +97,10 @@ impl<M: Manager> PooledConn<M> {
     /// failed request per stale connection. Returns whether it was a disconnect.
     pub fn report_error(this: &mut Self, error: &M::Error) -> bool {
         let loan = this.loan.as_mut().expect(HELD);
-        let disconnect = loan.inner.is_disconnect(error);
+        let disconnect = loan.home.inner.is_disconnect(error);
         if disconnect && !loan.broken {
             loan.broken = true;
-            loan.inner.invalidate_all(Some(&loan.conn));
+            loan.home.inner.invalidate_all(Some(&loan.conn));
         }
         disconnect
     }
@@ -125,6 +128,12 @@ impl<M: Manager> PooledConn<M> {
         this.loan.as_ref().expect(HELD).checked_out_at.elapsed()
     }
 
+    /// The home through which this guard holds the pool.
+    #[cfg(all(test, not(feature = "model-check")))]
+    pub(crate) fn home(this: &Self) -> &Arc<Home<M>> {
+        &this.loan.as_ref().expect(HELD).home
+    }
+
     /// The pool's identifier of this connection (as in the log lines).
     pub fn id(this: &Self) -> u64 {
         this.loan.as_ref().map_or(0, |loan| loan.conn.id)
@@ -135,14 +144,15 @@ impl<M: Manager> Loan<M> {
     /// Ends the loan: records its usage time (kept in the connection for the pool's
     /// histogram), stops the leak watch; returns the pool, the connection and the
     /// instant of the end.
-    fn end(self) -> (Arc<Inner<M>>, Conn<M::Connection>, Instant) {
+    fn end(self) -> (Arc<Home<M>>, Conn<M::Connection>, Instant) {
         let Loan {
-            inner,
+            home,
             mut conn,
             checked_out_at,
             leak,
             ..
         } = self;
+        let inner = &home.inner;
         let now = Instant::now();
         let held = now - checked_out_at;
         inner.metrics.usage.record(held.as_secs_f64());
@@ -154,7 +164,7 @@ impl<M: Manager> Loan<M> {
             }
         }
         conn.usage = Some(held);
-        (inner, conn, now)
+        (home, conn, now)
     }
 }
 
@@ -201,10 +211,10 @@ impl<M: Manager> Drop for PooledConn<M> {
             return; // detached
         };
         let broken = loan.broken;
-        let (inner, mut conn, now) = loan.end();
+        let (home, mut conn, now) = loan.end();
         conn.last_used = now;
-        let lease = Lease::new(inner);
-        let inner = &*lease.inner;
+        let lease = Lease::through(home);
+        let inner = &**lease.inner();
         if broken || std::thread::panicking() {
             return lease.discard(conn, CloseReason::Invalidated);
         }
@@ -237,10 +247,10 @@ impl<M: Manager> Drop for PooledConn<M> {
         // its reset. The boxed future is small: the timer exists only in the task.
         tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection rollback-on-return");
         let deadline = now + inner.config.connect_timeout;
-        let (pool, id) = (Arc::downgrade(&lease.inner), conn.id);
+        let (pool, id) = (Arc::downgrade(lease.inner()), conn.id);
         let mut op = Box::pin(async move {
             // A panicking reset is contained: the connection is discarded, the slot freed.
-            let reset = AssertUnwindSafe(lease.inner.manager.reset(&mut conn.raw));
+            let reset = AssertUnwindSafe(lease.inner().manager.reset(&mut conn.raw));
             let result = reset.catch_unwind().await;
             (lease, conn, result)
         });
@@ -266,14 +276,14 @@ impl<M: Manager> Drop for PooledConn<M> {
 /// Puts a connection back after its reset, or closes it if the reset failed or
 /// panicked.
 fn finish_reset<M: Manager>(
-    lease: Lease<M>,
+    lease: Lease<M, Arc<Home<M>>>,
     mut conn: Conn<M::Connection>,
     result: std::thread::Result<Result<(), M::Error>>,
 ) {
     let result = result
-        .map_err(|panic| lease.inner.note_panic("reset", &*panic))
+        .map_err(|panic| lease.inner().note_panic("reset", &*panic))
         .ok();
-    match reset_outcome(&lease.inner, &mut conn, result) {
+    match reset_outcome(lease.inner(), &mut conn, result) {
         Ok(()) => lease.put_back(conn),
         Err(()) => lease.discard(conn, CloseReason::Invalidated),
     }

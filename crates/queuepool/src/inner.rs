@@ -687,7 +687,7 @@ impl<M: Manager> Inner<M> {
         let lease = Lease::new(self.clone());
         let deadline = Instant::now() + self.config.connect_timeout;
         let mut op = Box::pin(async move {
-            lease.inner.manager.close(conn.raw).await;
+            lease.inner().manager.close(conn.raw).await;
             lease
         });
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -54,6 +54,7 @@ mod config;
 mod contain;
 mod error;
 mod guard;
+mod home;
 mod inner;
 mod lease;
 // The model check has no timer: it runs the state machine without the background task.

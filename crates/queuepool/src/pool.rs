@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::config::PoolConfig;
 use crate::error::PoolError;
 use crate::guard::{PooledConn, reset};
+use crate::home::Homes;
 use crate::inner::{Conn, Inner, LOG, Lease, PING_SKIP, Slot, Take, WaitEnd};
 #[cfg(not(feature = "model-check"))]
 use crate::maintenance;
@@ -25,12 +26,15 @@ use crate::stats::{CloseReason, Stats, Status};
 /// An async connection pool. Cheap to clone: clones share the same connections.
 pub struct Pool<M: Manager> {
     inner: Arc<Inner<M>>,
+    /// The references to `inner` that guards hold, one per thread (see `home`).
+    homes: Homes<M>,
 }
 
 impl<M: Manager> Clone for Pool<M> {
     fn clone(&self) -> Self {
         Pool {
             inner: self.inner.clone(),
+            homes: self.homes.clone(),
         }
     }
 }
@@ -57,8 +61,10 @@ impl<M: Manager> Pool<M> {
     /// Cancelling it drops the half-built pool and the connections opened so far.
     pub async fn new(manager: M, config: PoolConfig) -> Result<Self, PoolError> {
         config.validate()?;
+        let inner = Inner::new(manager, config);
         let pool = Pool {
-            inner: Inner::new(manager, config),
+            homes: Homes::new(&inner),
+            inner,
         };
         if pool.inner.config.prefill {
             pool.prefill().await?;
@@ -151,7 +157,7 @@ impl<M: Manager> Pool<M> {
                 // when it needs no ping, reset or replacement (the common case).
                 Take::Idle(mut conn) => {
                     if inner.ready(&mut conn, now) {
-                        return Ok(self.hand_over(inner.clone(), conn, waited, caller, now));
+                        return Ok(self.hand_over(conn, waited, caller, now));
                     }
                     // Counted again when it is lent, after its check.
                     inner.uncount_lend(waited);
@@ -209,7 +215,8 @@ impl<M: Manager> Pool<M> {
                     lease.discard(conn, CloseReason::PoolClosed);
                     return Err(PoolError::Closed);
                 }
-                Ok(self.lend(lease.into_inner(), conn, start, caller, now))
+                lease.hand_over();
+                Ok(self.lend(conn, start, caller, now))
             }
             // Dropping `find` drops a connection being opened, pinged or reset; the
             // lease frees the slot.
@@ -248,7 +255,6 @@ impl<M: Manager> Pool<M> {
     /// guard.
     fn lend(
         &self,
-        slot: Arc<Inner<M>>,
         conn: Conn<M::Connection>,
         start: Instant,
         caller: &'static Location<'static>,
@@ -256,14 +262,14 @@ impl<M: Manager> Pool<M> {
     ) -> PooledConn<M> {
         let waited = now - start;
         self.inner.record_lend(waited);
-        self.hand_over(slot, conn, waited, caller, now)
+        self.hand_over(conn, waited, caller, now)
     }
 
-    /// Gives a counted checkout its guard.
+    /// Gives a counted checkout, which holds a slot, its guard (with the home of this
+    /// thread: see `home`).
     #[inline]
     fn hand_over(
         &self,
-        slot: Arc<Inner<M>>,
         conn: Conn<M::Connection>,
         waited: Duration,
         caller: &'static Location<'static>,
@@ -272,7 +278,7 @@ impl<M: Manager> Pool<M> {
         let inner = &self.inner;
         inner.metrics.acquire.record(waited.as_secs_f64());
         tracing::debug!(target: LOG, pool = %inner.config.name, conn = conn.id, "Connection checked out from pool");
-        PooledConn::new(slot, conn, caller, now)
+        PooledConn::new(self.homes.here(), conn, caller, now)
     }
 
     /// Checks an idle connection before lending it, all within `deadline`; `None` if
@@ -566,6 +572,67 @@ mod tests {
         // The usage histogram's sum, max and first bucket are on the third line too.
         let usage = lines[2][0].1;
         assert!(usage + 24 <= 3 * 64, "usage histogram head at byte {usage}");
+    }
+
+    /// A loan holds the pool through its thread's home, so neither the checkout nor
+    /// the return writes the pool's shared reference count (which every other loan on
+    /// every other core would write too); guards lent on different threads hold
+    /// different homes (`home`).
+    #[test]
+    fn loans_on_different_threads_hold_the_pool_through_different_homes() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pool = rt.block_on(Pool::new(Unit, PoolConfig::default())).unwrap();
+        let shared = Arc::strong_count(&pool.inner);
+        let here = rt.block_on(pool.get()).unwrap();
+        assert_eq!(
+            Arc::strong_count(&pool.inner),
+            shared,
+            "a checkout cloned the pool's own reference"
+        );
+        let home = |guard: &PooledConn<Unit>| pool.homes.index_of(PooledConn::home(guard));
+        let mine = home(&here).expect("the guard holds one of the pool's homes");
+        let other = std::thread::scope(|s| {
+            s.spawn(|| {
+                let guard = rt.block_on(pool.get()).unwrap();
+                let other = home(&guard);
+                drop(guard);
+                other
+            })
+            .join()
+            .unwrap()
+        });
+        if pool.homes.len() > 1 {
+            assert_ne!(other, Some(mine), "two threads, one home");
+        }
+        drop(here);
+        assert_eq!(
+            Arc::strong_count(&pool.inner),
+            shared,
+            "a return dropped a reference it did not take"
+        );
+    }
+
+    /// Homes hold the pool, the pool does not hold them: once the handles and the
+    /// guards are gone, the pool is freed (no cycle), even if a guard outlives every
+    /// handle.
+    #[tokio::test]
+    async fn a_guard_that_outlives_the_pool_handles_frees_the_pool_when_dropped() {
+        let pool = Pool::new(Unit, PoolConfig::default()).await.unwrap();
+        let weak = Arc::downgrade(&pool.inner);
+        let guard = pool.get().await.unwrap();
+        let clone = pool.clone();
+        drop(pool);
+        drop(clone);
+        assert!(weak.upgrade().is_some(), "the guard keeps the pool alive");
+        drop(guard);
+        assert!(
+            weak.upgrade().is_none(),
+            "the pool outlived its handles and guards"
+        );
     }
 
     #[tokio::test(start_paused = true)]
