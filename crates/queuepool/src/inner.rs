@@ -41,7 +41,9 @@ use crate::config::{Order, PoolConfig};
 pub(crate) use crate::lease::Lease;
 use crate::manager::{Health, Manager};
 use crate::rt::{self, Mutex, lock};
-use crate::stats::{AutoSizeStats, CloseReason, Counters, LoanStats, MetricHandles, Stats, Status};
+use crate::stats::{
+    AutoSizeStats, CloseReason, Counters, Histogram, LoanStats, MetricHandles, Stats, Status,
+};
 
 mod waiters;
 pub(crate) use waiters::Slot;
@@ -165,6 +167,10 @@ pub(crate) struct State<C> {
     auto: Option<Governor>,
 }
 
+/// A value on cache lines of its own.
+#[repr(align(64))]
+pub(crate) struct CacheLine<T>(pub(crate) T);
+
 /// `repr(C)` with the state first, on its own cache lines (see [`State`]).
 #[repr(C, align(64))]
 pub(crate) struct Inner<M: Manager> {
@@ -195,6 +201,10 @@ pub(crate) struct Inner<M: Manager> {
     reaper_alive: std::sync::atomic::AtomicBool,
     /// Wakes the reaper (a first waiter, the pool dropped).
     pub(crate) reaper: Arc<Notify>,
+    /// The waits of checkouts served by a hand-off, recorded by the waiter when it picks
+    /// up its connection (see `waiters`): not under the pool's lock, on a line of its
+    /// own. `stats()` adds them to the wait histogram.
+    served_waits: CacheLine<Mutex<Histogram>>,
     /// The pool itself, for the rare path that must give back a hand-off whose waiter
     /// left while it was in flight (see `Locked`), which runs where only `&self` is.
     me: std::sync::Weak<Inner<M>>,
@@ -257,6 +267,7 @@ impl<M: Manager> Inner<M> {
             drained: Notify::new(),
             closing: Notify::new(),
             generation: AtomicU64::new(0),
+            served_waits: CacheLine(Mutex::new(Histogram::new())),
             next_id: AtomicU64::new(1),
             closed_flag: std::sync::atomic::AtomicBool::new(false),
             reaper_alive: std::sync::atomic::AtomicBool::new(false),
@@ -296,7 +307,11 @@ impl<M: Manager> Inner<M> {
             return Err((ticket, slot));
         }
         st.free -= 1;
-        Ok(self.take_locked(&mut st, Duration::ZERO, now))
+        let take = self.take_locked(&mut st, now);
+        if matches!(take, Take::Idle(_)) {
+            st.zero_waits += 1;
+        }
+        Ok(take)
     }
 
     /// Waits in arrival order, until `pool_timeout` after `start`, for a checkout that
@@ -323,7 +338,7 @@ impl<M: Manager> Inner<M> {
         };
         #[cfg(feature = "model-check")]
         let outcome = {
-            let step = std::future::poll_fn(|cx| Self::poll_slot(&slot, cx.waker()));
+            let step = std::future::poll_fn(|cx| self.poll_slot(&slot, start, cx.waker()));
             rt::wait_deadline(start + self.config.pool_timeout, step)
                 .await
                 .unwrap_or(Err(WaitEnd::Timeout))
@@ -334,7 +349,7 @@ impl<M: Manager> Inner<M> {
             // Only if the reaper is gone: this waiter's own timer.
             let mut own: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
             std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(end) = Self::poll_slot(&slot, cx.waker()) {
+                if let std::task::Poll::Ready(end) = self.poll_slot(&slot, start, cx.waker()) {
                     return std::task::Poll::Ready(end);
                 }
                 if !self.reaper_alive() {
@@ -384,13 +399,10 @@ impl<M: Manager> Inner<M> {
         }
     }
 
+    /// Takes, for a checkout that holds a permit, an idle connection or the right to
+    /// open one (not counted here: see `take_first` and `Inner::picked_up`).
     #[inline(always)]
-    fn take_locked(
-        &self,
-        st: &mut State<M::Connection>,
-        waited: Duration,
-        now: Instant,
-    ) -> Take<M::Connection> {
+    fn take_locked(&self, st: &mut State<M::Connection>, now: Instant) -> Take<M::Connection> {
         if st.closed {
             self.release_permit(st, None);
             return Take::Closed;
@@ -399,27 +411,18 @@ impl<M: Manager> Inner<M> {
         st.slots += 1;
         self.note_usage(st, now);
         match conn {
-            Some(conn) => {
-                if waited.is_zero() {
-                    st.zero_waits += 1;
-                } else {
-                    st.loans.wait.record(waited);
-                }
-                Take::Idle(conn)
-            }
+            Some(conn) => Take::Idle(conn),
             None => Take::Connect,
         }
     }
 
-    /// Takes back the count of a checkout served an idle connection after waiting
-    /// `waited` ([`Take::Idle`]) that is not lent: it needs a check first (counted
-    /// when it is lent), or its waiter left without it.
-    pub(crate) fn uncount_lend(&self, waited: Duration) {
-        let mut st = self.state();
-        if waited.is_zero() {
-            st.zero_waits -= 1;
-        } else {
-            st.loans.wait.unrecord(waited);
+    /// Takes back the count of a checkout served an idle connection ([`Take::Idle`])
+    /// that is not lent (it needs a check first, and is counted when it is lent): at
+    /// once by `take_first`, or, `waited`, by a hand-off (`Inner::picked_up`).
+    pub(crate) fn uncount_lend(&self, waited: Option<Duration>) {
+        match waited {
+            None => self.state().zero_waits -= 1,
+            Some(waited) => lock(&self.served_waits.0).unrecord(waited),
         }
     }
 
@@ -491,6 +494,7 @@ impl<M: Manager> Inner<M> {
         let st = self.state();
         let mut loans = st.loans.clone();
         loans.wait.record_zeros(st.zero_waits);
+        loans.wait.merge(&lock(&self.served_waits.0));
         let auto = st.auto.as_ref().map(|g| {
             let (floor, ceiling) = g.ctl.bounds();
             AutoSizeStats {
@@ -1005,8 +1009,8 @@ impl<M: Manager> Drop for Waiter<'_, M> {
         let mut st = self.inner.state();
         let served = self.inner.leave(&mut st, self.ticket, self.slot);
         drop(st);
-        if let Some((take, waited)) = served {
-            self.inner.give_back(take, waited);
+        if let Some(take) = served {
+            self.inner.give_back(take);
         }
     }
 }

@@ -143,13 +143,17 @@ impl<M: Manager> Pool<M> {
             let first =
                 std::future::poll_fn(|cx| Poll::Ready(inner.take_first(start, cx.waker()))).await;
             // A checkout served at once waited for nothing: no clock arithmetic.
-            let (take, now, waited) = match first {
+            // (`served`: how long it waited, if a hand-off served it.)
+            let (take, now, served) = match first {
                 // Waiting at the limit, inline: boxing it kept `get()`'s future at 104
                 // bytes instead of 296, but cost an allocation per wait. (Registered as
                 // a waiter by `take_first`; `wait_slot` unregisters it however it
                 // ends.)
-                Err((ticket, slot)) => self.wait_slot(start, ticket, slot).await?,
-                Ok(take) => (take, start, Duration::ZERO),
+                Err((ticket, slot)) => {
+                    let (take, now, waited) = self.wait_slot(start, ticket, slot).await?;
+                    (take, now, Some(waited))
+                }
+                Ok(take) => (take, start, None),
             };
             // We hold a slot: it is wrapped (guard or lease) before the next await.
             match take {
@@ -157,10 +161,11 @@ impl<M: Manager> Pool<M> {
                 // when it needs no ping, reset or replacement (the common case).
                 Take::Idle(mut conn) => {
                     if inner.ready(&mut conn, now) {
+                        let waited = served.unwrap_or_default();
                         return Ok(self.hand_over(conn, waited, caller, now));
                     }
                     // Counted again when it is lent, after its check.
-                    inner.uncount_lend(waited);
+                    inner.uncount_lend(served);
                     let lease = Lease::new(inner.clone());
                     Box::pin(self.checkout(lease, Some(conn), start, caller)).await
                 }

@@ -163,6 +163,15 @@ impl Histogram {
         self.sum_us = self.sum_us.saturating_sub(us);
     }
 
+    /// Adds every duration recorded in `other`.
+    pub(crate) fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        self.max_us = self.max_us.max(other.max_us);
+    }
+
     /// Records `n` zero durations.
     pub(crate) fn record_zeros(&mut self, n: u64) {
         self.buckets[0] += n;

@@ -685,3 +685,31 @@ async fn stats_count_checkouts_and_time() {
     assert_eq!(stats.wait.max, 2 * S);
     assert_eq!(stats.usage.max, 2 * S);
 }
+
+/// A waiter served an idle connection by a hand-off counts its checkout when it picks
+/// the connection up, off the pool's lock; if the connection then needs a check (a
+/// ping: here it became suspect while the waiter waited), that count is taken back and
+/// the checkout is counted once, when it is lent after the ping.
+#[tokio::test(start_paused = true)]
+async fn a_served_waiter_whose_connection_needs_a_ping_is_counted_once() {
+    let (pool, server) = pool(config().pool_size(1).max_overflow(0).pre_ping(true)).await;
+    let conn = pool.get().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { drop(pool.get().await.unwrap()) })
+    };
+    tokio::time::sleep(2 * S).await;
+    pool.invalidate_all();
+    let pings = server.pings.load(SeqCst);
+    drop(conn);
+    waiter.await.unwrap();
+    assert_eq!(
+        server.pings.load(SeqCst),
+        pings + 1,
+        "the suspect was pinged"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.checkouts, 2, "{stats:?}");
+    assert_eq!(stats.wait.count, 2);
+    assert_eq!(stats.wait.max, 2 * S);
+}

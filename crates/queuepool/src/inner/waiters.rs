@@ -49,9 +49,11 @@ use crate::rt::{Mutex, lock};
 pub(crate) enum Hand<C> {
     /// Still waiting; the waker to wake when that changes.
     Waiting(Option<Waker>),
-    /// Served at the instant given, after waiting the duration given: what a checkout
-    /// holding a permit takes (the caller owns the slot it counts, see [`Take`]).
-    Served(Take<C>, Instant, Duration),
+    /// Served at the instant given: what a checkout holding a permit takes (the caller
+    /// owns the slot it counts, see [`Take`]). Counted when the waiter picks it up
+    /// (`Inner::picked_up`), which also works out how long it waited: neither is done
+    /// under the pool's lock.
+    Served(Take<C>, Instant),
     /// The deadline passed before it was served.
     Expired,
     /// The pool closed before it was served.
@@ -151,23 +153,24 @@ impl<M: Manager> Inner<M> {
             return false;
         }
         let mut ticket = st.serve_from.max(st.queue_base);
-        let (slot, start) = loop {
+        let slot = loop {
             let Some(entry) = st.entry(ticket) else {
                 st.serve_from = ticket;
                 debug_assert_eq!(st.unserved, 0, "a waiter counted as waiting is not queued");
                 return false;
             };
             if let Some(slot) = entry.slot.take() {
-                break (slot, entry.start);
+                break slot;
             }
             ticket += 1;
         };
         st.serve_from = ticket + 1;
         self.unserve(st, 1);
+        // The wait it ended is worked out and counted by the waiter (`picked_up`): no
+        // clock arithmetic here, where both workers of a saturated pool queue.
         let now = now.unwrap_or_else(Instant::now);
-        let waited = now.saturating_duration_since(start);
-        let take = self.take_locked(st, waited, now);
-        let served = Hand::Served(take, now, waited);
+        let take = self.take_locked(st, now);
+        let served = Hand::Served(take, now);
         if st.handoff.is_none() {
             // Left in the slot once the lock is released (`hand_off`).
             st.handoff = Some((slot, served));
@@ -199,35 +202,50 @@ impl<M: Manager> Inner<M> {
             "a hand-off in flight is only ever left by its waiter"
         );
         drop(hand);
-        let Hand::Served(take, _, waited) = served else {
+        let Hand::Served(take, _) = served else {
             unreachable!("a hand-off carries what was served")
         };
         // The pool is alive: `self` is borrowed from it.
         let inner = self.me.upgrade().expect("a pool serving a waiter is alive");
-        inner.give_back(take, waited);
+        inner.give_back(take);
     }
 
-    /// Gives back what a waiter that left was served: the connection to the pool, the
-    /// slot to the next waiter or the free permits.
-    pub(super) fn give_back(self: &Arc<Self>, take: Take<M::Connection>, waited: Duration) {
+    /// Gives back what a waiter that left was served (never counted: it did not pick
+    /// it up): the connection to the pool, the slot to the next waiter or the free
+    /// permits.
+    pub(super) fn give_back(self: &Arc<Self>, take: Take<M::Connection>) {
         match take {
-            Take::Idle(conn) => {
-                // Counted as a served checkout when it was taken for the waiter: nobody
-                // was served.
-                self.uncount_lend(waited);
-                self.put_back(conn);
-            }
+            Take::Idle(conn) => self.put_back(conn),
             Take::Connect => self.release_slot(),
             Take::Closed => {}
         }
     }
 
-    /// One poll of a registered waiter, on its slot alone: what it was served (with
-    /// the instant and how long it waited), or how its wait ended, or `Pending` with
-    /// `waker` kept.
+    /// A waiter that started at `start` picks up what it was served `at`: counts it
+    /// as a served checkout if it is an idle connection (a connection to open is
+    /// counted when it is lent), with how long it waited, which it returns. Off the
+    /// pool's lock: on the waiter's thread, under a lock of the served waits alone.
+    pub(super) fn picked_up(
+        &self,
+        take: &Take<M::Connection>,
+        start: Instant,
+        at: Instant,
+    ) -> Duration {
+        let waited = at.saturating_duration_since(start);
+        if matches!(take, Take::Idle(_)) {
+            lock(&self.served_waits.0).record(waited);
+        }
+        waited
+    }
+
+    /// One poll of a registered waiter that started at `start`, on its slot alone:
+    /// what it was served (with the instant and how long it waited: counted, see
+    /// [`Inner::picked_up`]), or how its wait ended, or `Pending` with `waker` kept.
     #[allow(clippy::type_complexity)]
     pub(super) fn poll_slot(
+        &self,
         slot: &Slot<M::Connection>,
+        start: Instant,
         waker: &Waker,
     ) -> Poll<Result<(Take<M::Connection>, Instant, Duration), WaitEnd>> {
         let mut hand = lock(slot);
@@ -241,7 +259,11 @@ impl<M: Manager> Inner<M> {
             Hand::Expired => Poll::Ready(Err(WaitEnd::Timeout)),
             Hand::Closed | Hand::Done => Poll::Ready(Err(WaitEnd::Closed)),
             Hand::Served(..) => match std::mem::replace(&mut *hand, Hand::Done) {
-                Hand::Served(take, at, waited) => Poll::Ready(Ok((take, at, waited))),
+                Hand::Served(take, at) => {
+                    drop(hand);
+                    let waited = self.picked_up(&take, start, at);
+                    Poll::Ready(Ok((take, at, waited)))
+                }
                 _ => unreachable!("matched as served"),
             },
         }
@@ -249,14 +271,13 @@ impl<M: Manager> Inner<M> {
 
     /// A waiter leaves without picking up its slot (timed out, pool closed, cancelled):
     /// unregistered if it still waited; what it was served, if anything, is returned
-    /// with how long it waited, to be given back (the caller does, outside the lock,
-    /// with [`Inner::give_back`]).
+    /// to be given back (the caller does, outside the lock, with [`Inner::give_back`]).
     pub(super) fn leave(
         &self,
         st: &mut State<M::Connection>,
         ticket: u64,
         slot: &Slot<M::Connection>,
-    ) -> Option<(Take<M::Connection>, Duration)> {
+    ) -> Option<Take<M::Connection>> {
         match std::mem::replace(&mut *lock(slot), Hand::Done) {
             Hand::Waiting(_) => {
                 // Still queued: it no longer waits. Else it was served under the lock
@@ -268,7 +289,7 @@ impl<M: Manager> Inner<M> {
                 }
                 None
             }
-            Hand::Served(take, _, waited) => Some((take, waited)),
+            Hand::Served(take, _) => Some(take),
             Hand::Expired | Hand::Closed | Hand::Done => None,
         }
     }
@@ -414,7 +435,7 @@ mod tests {
     /// A served waiter picks up its connection and returns it: the next waiter is
     /// served by that return.
     fn pick_up_and_return(inner: &Arc<Inner<Unit>>, slot: &super::Slot<()>) {
-        match Inner::<Unit>::poll_slot(slot, Waker::noop()) {
+        match inner.poll_slot(slot, Instant::now(), Waker::noop()) {
             Poll::Ready(Ok((Take::Idle(conn), ..))) => inner.put_back(conn),
             _ => panic!("the waiter was not served a ready connection"),
         }
@@ -446,7 +467,11 @@ mod tests {
     async fn a_waiter_polled_before_its_hand_off_lands_waits_for_it() {
         let (inner, _, slot, (to, hand)) = hand_off_in_flight();
         assert_eq!(inner.status().waiting, 0, "served under the lock");
-        assert!(Inner::<Unit>::poll_slot(&slot, Waker::noop()).is_pending());
+        assert!(
+            inner
+                .poll_slot(&slot, Instant::now(), Waker::noop())
+                .is_pending()
+        );
         inner.hand_off(&to, hand);
         pick_up_and_return(&inner, &slot);
         let status = inner.status();
