@@ -116,10 +116,12 @@ fn checkout_return_and_cancel_never_leak_or_exceed_the_limit() {
         || {
             let pool = model_pool(1, 1);
             let open = pool.manager().open.clone();
+            let lent = Arc::new(AtomicUsize::new(0));
             let tasks: Vec<_> = (0..4)
                 .map(|i| {
                     let pool = pool.clone();
                     let open = open.clone();
+                    let lent = lent.clone();
                     spawn(async move {
                         let got = CancelAfter {
                             fut: Box::pin(pool.get()),
@@ -127,6 +129,7 @@ fn checkout_return_and_cancel_never_leak_or_exceed_the_limit() {
                         }
                         .await;
                         if let Some(Ok(mut conn)) = got {
+                            lent.fetch_add(1, SeqCst);
                             assert!(!conn.in_tx, "lent inside a transaction");
                             assert!(open.load(SeqCst) <= 2, "over the limit");
                             conn.in_tx = i % 2 == 0;
@@ -151,6 +154,12 @@ fn checkout_return_and_cancel_never_leak_or_exceed_the_limit() {
                 let status = pool.status();
                 assert_eq!(status.checked_out, 0, "{status}");
                 assert!(open.load(SeqCst) <= 2);
+                // Every checkout that returned a connection was counted once, and no
+                // other: served waiters that timed out or were cancelled before they
+                // picked up what they were served are not.
+                let stats = pool.stats();
+                assert_eq!(stats.checkouts, lent.load(SeqCst) as u64, "{stats:?}");
+                assert_eq!(stats.wait.count, stats.checkouts);
                 // A return frees its slot's permit just after its count: a checkout may
                 // time out (at random here) in between, never for good.
                 let a = get_within(&pool, 1000).await;
