@@ -40,17 +40,14 @@ impl<M: Manager> Clone for Homes<M> {
     }
 }
 
-/// Homes per pool at most (memory: 128 bytes each).
+/// Homes per pool at most (memory: 128 bytes each, and a usage histogram of 384).
 const MAX_HOMES: usize = 64;
 
 impl<M: Manager> Homes<M> {
-    /// One home per hardware thread (rounded up to a power of two), at most
-    /// [`MAX_HOMES`].
+    /// One home per shard of the pool ([`shards`]).
     pub(crate) fn new(inner: &Arc<Inner<M>>) -> Self {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let n = threads.next_power_of_two().min(MAX_HOMES);
         Homes {
-            each: (0..n)
+            each: (0..inner.shards)
                 .map(|_| {
                     Arc::new(Home {
                         inner: inner.clone(),
@@ -63,7 +60,7 @@ impl<M: Manager> Homes<M> {
     /// The home of the calling thread.
     #[inline]
     pub(crate) fn here(&self) -> Arc<Home<M>> {
-        self.each[thread_number() & (self.each.len() - 1)].clone()
+        self.each[shard(self.each.len())].clone()
     }
 
     #[cfg(all(test, not(feature = "model-check")))]
@@ -75,6 +72,19 @@ impl<M: Manager> Homes<M> {
     pub(crate) fn index_of(&self, home: &Arc<Home<M>>) -> Option<usize> {
         self.each.iter().position(|h| Arc::ptr_eq(h, home))
     }
+}
+
+/// How many per-thread shards a pool keeps (homes, usage histograms): one per hardware
+/// thread, rounded up to a power of two, at most [`MAX_HOMES`].
+pub(crate) fn shards() -> usize {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    threads.next_power_of_two().min(MAX_HOMES)
+}
+
+/// The calling thread's shard among `n` (a power of two).
+#[inline]
+pub(crate) fn shard(n: usize) -> usize {
+    thread_number() & (n - 1)
 }
 
 /// A number per thread, given in the order threads first ask (from 1; 0 is "none

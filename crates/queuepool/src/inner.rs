@@ -142,7 +142,13 @@ pub(crate) struct State<C> {
     /// No waiter below this ticket still waits for a permit: where the next hand-off
     /// starts looking.
     serve_from: u64,
-    // Line 3: what every return writes.
+    // Line 3: read by every return, written only on slower paths.
+    /// The loans' usage times, one histogram per thread shard (`home::shard`), each on
+    /// lines of its own: a return records into its thread's (under the lock, as
+    /// before), so the line it writes stays with the core that writes it instead of
+    /// moving between cores on every return. `stats()` adds them up.
+    usage: Box<[CacheLine<Histogram>]>,
+    /// The waits (`usage` is the sum of the shards, made when read).
     loans: LoanStats,
     // Colder fields.
     /// Waiters whose wait ended in this critical section (served beside a hand-off
@@ -205,6 +211,8 @@ pub(crate) struct Inner<M: Manager> {
     /// up its connection (see `waiters`): not under the pool's lock, on a line of its
     /// own. `stats()` adds them to the wait histogram.
     served_waits: CacheLine<Mutex<Histogram>>,
+    /// Per-thread shards of the usage histogram and homes (`home::shards`).
+    pub(crate) shards: usize,
     /// The pool itself, for the rare path that must give back a hand-off whose waiter
     /// left while it was in flight (see `Locked`), which runs where only `&self` is.
     me: std::sync::Weak<Inner<M>>,
@@ -222,6 +230,7 @@ impl<M: Manager> Inner<M> {
 
     pub(crate) fn new(manager: M, config: PoolConfig) -> Arc<Self> {
         let now = Instant::now();
+        let shards = crate::home::shards();
         let limit = config.max_connections().min(Semaphore::MAX_PERMITS);
         let auto = config.auto_size.map(|(floor, ceiling)| {
             Governor::new(AutoSize::new(
@@ -254,6 +263,7 @@ impl<M: Manager> Inner<M> {
                 handoff: None,
                 closed: false,
                 last_overflow_use: now,
+                usage: (0..shards).map(|_| CacheLine(Histogram::new())).collect(),
                 loans: LoanStats::new(),
                 lend_limit: limit,
                 debt: 0,
@@ -268,6 +278,7 @@ impl<M: Manager> Inner<M> {
             closing: Notify::new(),
             generation: AtomicU64::new(0),
             served_waits: CacheLine(Mutex::new(Histogram::new())),
+            shards,
             next_id: AtomicU64::new(1),
             closed_flag: std::sync::atomic::AtomicBool::new(false),
             reaper_alive: std::sync::atomic::AtomicBool::new(false),
@@ -449,7 +460,7 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn record_usage(&self, conn: &mut Conn<M::Connection>) {
         if let Some(held) = conn.usage.take() {
             let mut st = self.state();
-            st.loans.usage.record(held);
+            st.record_usage(held);
             let moved = if self.config.auto_size.is_some() {
                 self.feed_auto(&mut st, held, Instant::now())
             } else {
@@ -493,6 +504,9 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn stats(&self) -> Stats {
         let st = self.state();
         let mut loans = st.loans.clone();
+        for shard in &st.usage {
+            loans.usage.merge(&shard.0);
+        }
         loans.wait.record_zeros(st.zero_waits);
         loans.wait.merge(&lock(&self.served_waits.0));
         let auto = st.auto.as_ref().map(|g| {
@@ -572,7 +586,7 @@ impl<M: Manager> Inner<M> {
         let mut st = self.state();
         let mut moved = None;
         if let Some(held) = conn.usage.take() {
-            st.loans.usage.record(held);
+            st.record_usage(held);
             if self.config.auto_size.is_some() {
                 moved = self.feed_auto(&mut st, held, conn.last_used);
             }
@@ -800,9 +814,15 @@ impl<M: Manager> Inner<M> {
                 at("connect_waiting", p(&st.connect_waiting)),
                 at("deferred", p(&st.deferred)),
             ],
-            // The usage histogram's sum, max and first buckets.
-            vec![at("usage", p(&st.loans.usage))],
+            // Read by a return: which usage histogram is its thread's.
+            vec![at("usage", p(&st.usage))],
         ]
+    }
+
+    /// How many loans each thread shard of the usage histogram holds.
+    #[cfg(all(test, not(feature = "model-check")))]
+    pub(crate) fn usage_shard_counts(&self) -> Vec<u64> {
+        self.state().usage.iter().map(|h| h.0.count()).collect()
     }
 
     /// The reaper's task is about to be spawned: the waiters rely on it.
@@ -914,6 +934,13 @@ impl<M: Manager> Inner<M> {
 impl<C> State<C> {
     /// What the critical section left for the unlock to do (see `deferred`): the
     /// hand-off and the wakers.
+    /// Records a loan's usage time in the calling thread's shard.
+    #[inline]
+    fn record_usage(&mut self, held: Duration) {
+        let i = crate::home::shard(self.usage.len());
+        self.usage[i].0.record(held);
+    }
+
     fn take_deferred(&mut self) -> (Option<waiters::HandOff<C>>, Vec<Waker>) {
         self.deferred = false;
         (self.handoff.take(), std::mem::take(&mut self.wake))
