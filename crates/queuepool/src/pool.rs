@@ -577,18 +577,25 @@ mod tests {
         }
     }
 
-    /// A loan holds the pool through its thread's home, so neither the checkout nor
-    /// the return writes the pool's shared reference count (which every other loan on
-    /// every other core would write too); guards lent on different threads hold
-    /// different homes (`home`).
-    #[test]
-    fn loans_on_different_threads_hold_the_pool_through_different_homes() {
+    /// A pool on a runtime of its own, for tests that check out from two OS threads
+    /// (`rt.block_on` on each).
+    fn pool_on_a_runtime() -> (tokio::runtime::Runtime, Pool<Unit>) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let pool = rt.block_on(Pool::new(Unit, PoolConfig::default())).unwrap();
+        (rt, pool)
+    }
+
+    /// A loan holds the pool through its thread's home, so neither the checkout nor
+    /// the return writes the pool's shared reference count (which every other loan on
+    /// every other core would write too); guards lent on different threads hold
+    /// different homes (`home`).
+    #[test]
+    fn loans_on_different_threads_hold_the_pool_through_different_homes() {
+        let (rt, pool) = pool_on_a_runtime();
         let shared = Arc::strong_count(&pool.inner);
         let here = rt.block_on(pool.get()).unwrap();
         assert_eq!(
@@ -624,12 +631,7 @@ mod tests {
     /// shards up.
     #[test]
     fn returns_on_different_threads_record_usage_in_different_shards() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let pool = rt.block_on(Pool::new(Unit, PoolConfig::default())).unwrap();
+        let (rt, pool) = pool_on_a_runtime();
         drop(rt.block_on(pool.get()).unwrap());
         std::thread::scope(|s| {
             s.spawn(|| drop(rt.block_on(pool.get()).unwrap()));
