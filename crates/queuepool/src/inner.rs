@@ -79,7 +79,8 @@ pub(crate) struct ConnData<C> {
 
 /// What a checkout that holds a permit finds.
 pub(crate) enum Take<C> {
-    /// An idle connection, counted as a served checkout. The caller owns the slot from
+    /// An idle connection, counted as a served checkout (by `take_first` at once; by
+    /// the waiter when it picks it up, after a hand-off). The caller owns the slot from
     /// here on and must wrap it (in a [`Lease`] or a guard) before its next await. It
     /// asks [`Inner::ready`] once the lock is released (the connection's line was last
     /// written by whichever thread returned it: reading it under the lock would make
@@ -94,11 +95,11 @@ pub(crate) enum Take<C> {
 }
 
 /// `repr(C)`, hot fields first. With [`Inner`] aligned to a cache line (the mutex at
-/// its start), a fast checkout writes one line of it and a return two: the first (the
-/// mutex, the idle queue, the permit counts and the zero-wait count), written by both;
-/// the third, the head of the usage histogram, written by returns. The second is only
-/// read on the fast path (so it stays shared between cores instead of moving on every
-/// loan). Rarely used fields follow. (The checkout count is not kept: it is the wait
+/// its start), a fast checkout and a return write one line of it, the first (the
+/// mutex, the idle queue, the permit counts and the zero-wait count), and a return its
+/// own thread's usage shard besides, on lines of their own. The second and third are
+/// only read on the fast path (so they stay shared between cores instead of moving on
+/// every loan). Rarely used fields follow. (The checkout count is not kept: it is the wait
 /// histogram's count, zero waits included.)
 #[repr(C)]
 pub(crate) struct State<C> {
@@ -148,8 +149,10 @@ pub(crate) struct State<C> {
     /// before), so the line it writes stays with the core that writes it instead of
     /// moving between cores on every return. `stats()` adds them up.
     usage: Box<[CacheLine<Histogram>]>,
-    /// The waits (`usage` is the sum of the shards, made when read).
-    loans: LoanStats,
+    /// The waits of checkouts served by the slow path (those served at once are
+    /// counted in `zero_waits`, those served by a hand-off in `served_waits`; all are
+    /// added when read).
+    wait: Histogram,
     // Colder fields.
     /// Waiters whose wait ended in this critical section (served beside a hand-off
     /// when the limit was raised, expired, closed), woken when the lock is released
@@ -264,7 +267,7 @@ impl<M: Manager> Inner<M> {
                 closed: false,
                 last_overflow_use: now,
                 usage: (0..shards).map(|_| CacheLine(Histogram::new())).collect(),
-                loans: LoanStats::new(),
+                wait: Histogram::new(),
                 lend_limit: limit,
                 debt: 0,
                 free: limit,
@@ -453,7 +456,7 @@ impl<M: Manager> Inner<M> {
     /// Counts a checkout that went through the slow path.
     pub(crate) fn record_lend(&self, waited: Duration) {
         let mut st = self.state();
-        st.loans.wait.record(waited);
+        st.wait.record(waited);
     }
 
     /// Records how long a connection that is not put back was held.
@@ -503,7 +506,10 @@ impl<M: Manager> Inner<M> {
 
     pub(crate) fn stats(&self) -> Stats {
         let st = self.state();
-        let mut loans = st.loans.clone();
+        let mut loans = LoanStats {
+            usage: Histogram::new(),
+            wait: st.wait.clone(),
+        };
         for shard in &st.usage {
             loans.usage.merge(&shard.0);
         }

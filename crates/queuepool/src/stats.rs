@@ -212,23 +212,13 @@ impl Histogram {
     }
 }
 
-/// What every loan records, kept under the pool's lock (see [`Histogram`]).
-#[derive(Debug, Clone)]
-#[repr(C)] // The usage histogram's head first: see `inner::State`.
+/// What the loans recorded, added up from the pool's histograms when read
+/// (`Inner::stats`).
+#[derive(Debug)]
 pub(crate) struct LoanStats {
     pub(crate) usage: Histogram,
-    /// Every checkout's wait (those served at once are added when read): its count is
-    /// the number of checkouts.
+    /// Every checkout's wait: its count is the number of checkouts.
     pub(crate) wait: Histogram,
-}
-
-impl LoanStats {
-    pub(crate) fn new() -> Self {
-        LoanStats {
-            wait: Histogram::new(),
-            usage: Histogram::new(),
-        }
-    }
 }
 
 /// The pool's rarer events: atomics, counted without the lock.
