@@ -5,23 +5,10 @@
 //! from two clones) says which code it really is.
 
 use std::path::Path;
-use std::process::Command;
 
-/// `git -C root args...`, trimmed, if git ran and succeeded. `--no-optional-locks`: a
-/// `git status` must not refresh the index, whose new time would run this script, and
-/// rebuild the bench, once more on the next build.
-fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .arg("--no-optional-locks")
-        .arg("-C")
-        .arg(root)
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
+#[path = "src/git.rs"]
+mod git;
+use git::git;
 
 /// What counts as "the code": the workspace crates this binary is built from (its path
 /// dependencies, direct and through each other) and the workspace manifests; not the

@@ -40,12 +40,10 @@ mod tests {
     /// not rebuild (the build script not run again) would name the one before.
     #[test]
     fn the_commit_compiled_in_is_the_checkouts_head() {
-        let head = std::process::Command::new("git")
-            .args(["-C", CODE.built_in, "rev-parse", "--short=12", "HEAD"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        let head = crate::git::git(
+            std::path::Path::new(CODE.built_in),
+            &["rev-parse", "--short=12", "HEAD"],
+        );
         match head {
             Some(head) => assert_eq!(CODE.commit, head),
             None => assert_eq!(CODE.commit, "unknown", "no git here, none at build time"),

@@ -6,6 +6,8 @@
 mod args;
 mod code;
 mod error;
+#[cfg(test)]
+mod git;
 mod pg;
 mod pools;
 mod report;
@@ -19,10 +21,16 @@ use error::BenchError;
 use report::{RepFigures, Report};
 
 fn main() -> ExitCode {
-    let result = args::parse(std::env::args().skip(1)).and_then(|cmd| match cmd {
-        Command::Core(a) => core(&a),
-        Command::Pg(a) => pg::run_group(&a),
-        Command::Help => Err(BenchError::Help),
+    let result = args::parse(std::env::args().skip(1)).and_then(|cmd| {
+        if !matches!(cmd, Command::Help) {
+            // Every run names the code it measures before it starts.
+            eprintln!("queuepool-bench: {}", code::CODE);
+        }
+        match cmd {
+            Command::Core(a) => core(&a),
+            Command::Pg(a) => pg::run_group(&a),
+            Command::Help => Err(BenchError::Help),
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,7 +57,6 @@ fn main() -> ExitCode {
 }
 
 fn core(a: &CoreArgs) -> Result<(), BenchError> {
-    eprintln!("queuepool-bench: {}", code::CODE);
     let mut rows = Vec::new();
     for &scenario in &a.scenarios {
         let mut results: Vec<(pools::PoolKind, Vec<RepFigures>)> =

@@ -722,7 +722,6 @@ pub struct PgReport {
 
 /// Runs the group.
 pub fn run_group(a: &PgArgs) -> Result<(), BenchError> {
-    eprintln!("queuepool-bench: {}", crate::code::CODE);
     // With `--tls` the cluster lives on its own runtime for the whole run (the
     // testkit's setup and teardown use it); the measurements get fresh ones.
     let cluster_rt;
