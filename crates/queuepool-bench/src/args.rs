@@ -21,7 +21,9 @@ usage: queuepool-bench core [--json FILE] [--reps N] [--secs S] [--warmup S]
   --pool LIST     pools to run: queuepool (manager reports returned connections clean),
                   queuepool-reset (manager asks for a no-op reset on every return),
                   deadpool, bb8 (default: these four), or the diagnostic
-                  tokio-semaphore (bare semaphore, no connections: the fair-handoff ceiling)
+                  tokio-semaphore (bare semaphore, no connections: the fair-handoff ceiling),
+                  floor (1-task only: the clock reads, locks and reference count every
+                  queuepool loan pays, and nothing else: the one-task ceiling)
   --scenario LIST scenarios to run: 1-task, 64-tasks-pool-8, 8-tasks-pool-8 (default all)
 
 usage: queuepool-bench pg [--json FILE] [--database-url URL] [--reps N] [--seconds S]
@@ -168,6 +170,12 @@ fn parse_core(mut args: impl Iterator<Item = String>) -> Result<CoreArgs, BenchE
             "--scenario" => out.scenarios = parse_list(&flag, &value, Scenario::parse)?,
             _ => unreachable!("flag checked against `known` above"),
         }
+    }
+    // The floor never waits: beside a limit it would measure nothing a pool does.
+    if out.pools.contains(&PoolKind::Floor) && out.scenarios != [Scenario::Single] {
+        return Err(BenchError::Args(
+            "`--pool floor` runs only the one-task scenario: add `--scenario 1-task`".to_owned(),
+        ));
     }
     Ok(out)
 }
@@ -389,6 +397,9 @@ mod tests {
         let c = core(&["--pool", "tokio-semaphore,deadpool"]).unwrap();
         assert_eq!(c.pools, vec![PoolKind::TokioSemaphore, PoolKind::Deadpool]);
         assert!(!PoolKind::ALL.contains(&PoolKind::TokioSemaphore));
+        let c = core(&["--pool", "floor,queuepool", "--scenario", "1-task"]).unwrap();
+        assert_eq!(c.pools, vec![PoolKind::Floor, PoolKind::Queuepool]);
+        assert!(!PoolKind::ALL.contains(&PoolKind::Floor));
     }
 
     #[test]
@@ -402,6 +413,9 @@ mod tests {
             vec!["--frobnicate"],
             vec!["--pool", "r2d2"],
             vec!["--tls"],
+            // The floor never waits: only the one-task scenario.
+            vec!["--pool", "floor"],
+            vec!["--pool", "floor", "--scenario", "1-task,8-tasks-pool-8"],
         ] {
             let err = core(&bad).unwrap_err().to_string();
             assert!(!err.contains('\n'), "{bad:?}: {err}");

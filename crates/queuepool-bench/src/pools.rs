@@ -41,6 +41,10 @@ pub enum PoolKind {
     /// permits and no connections at all. The fair-handoff ceiling: no pool that lends
     /// in arrival order through tokio wakers can do much better.
     TokioSemaphore,
+    /// Diagnostic, only with `--pool` and the one-task scenario: no pool at all, only the
+    /// primitives every queuepool loan pays whatever its logic (see [`Floor`]). The
+    /// ceiling of the one-task row for a pool with queuepool's rules.
+    Floor,
 }
 
 impl PoolKind {
@@ -53,12 +57,13 @@ impl PoolKind {
     ];
 
     /// Every pool `--pool` accepts.
-    pub const SELECTABLE: [PoolKind; 5] = [
+    pub const SELECTABLE: [PoolKind; 6] = [
         PoolKind::Queuepool,
         PoolKind::QueuepoolReset,
         PoolKind::Deadpool,
         PoolKind::Bb8,
         PoolKind::TokioSemaphore,
+        PoolKind::Floor,
     ];
 
     /// The name used in the table, the JSON (`pool` key) and `--pool`.
@@ -69,6 +74,7 @@ impl PoolKind {
             PoolKind::Bb8 => "bb8",
             PoolKind::QueuepoolReset => "queuepool-reset",
             PoolKind::TokioSemaphore => "tokio-semaphore",
+            PoolKind::Floor => "floor",
         }
     }
 
@@ -265,6 +271,53 @@ impl BenchPool for SemaphoreCeiling {
     }
 }
 
+// -------------------------------------------------------------------------------- floor
+
+/// The floor of a queuepool loan: the primitives that every checkout and return of
+/// queuepool pays whatever its logic, and nothing else (no connection, no queue, no
+/// check, no statistics). A checkout reads the clock (`tokio::time::Instant`, as
+/// queuepool does, so that `tokio::time::pause()` drives its rules), locks and unlocks a
+/// `parking_lot` mutex (queuepool's lock; the count under it stands for the pool's
+/// state) and takes a counted reference to the pool (an `Arc` clone: an owned guard
+/// must keep the pool alive, and safe Rust has no cheaper way); the return reads the
+/// clock (the exact usage time and the connection's last use), locks and unlocks, and
+/// drops the reference. It never waits, so it means something only with one task.
+#[derive(Debug, Clone)]
+pub struct Floor(Arc<parking_lot::Mutex<u64>>);
+
+/// The floor's "guard": the reference and the instant of the checkout.
+#[derive(Debug)]
+pub struct FloorLoan {
+    pool: Arc<parking_lot::Mutex<u64>>,
+    at: tokio::time::Instant,
+}
+
+/// Builds the floor.
+pub fn floor() -> Floor {
+    Floor(Arc::new(parking_lot::Mutex::new(0)))
+}
+
+impl Drop for FloorLoan {
+    fn drop(&mut self) {
+        let now = tokio::time::Instant::now();
+        *self.pool.lock() -= 1;
+        std::hint::black_box((self.at, now));
+    }
+}
+
+impl BenchPool for Floor {
+    type Guard<'a> = FloorLoan;
+
+    async fn checkout(&self) -> Result<FloorLoan, BenchError> {
+        let at = tokio::time::Instant::now();
+        *self.0.lock() += 1;
+        Ok(FloorLoan {
+            pool: self.0.clone(),
+            at,
+        })
+    }
+}
+
 /// Opens `size` connections by holding `size` checkouts at once, so every pool starts
 /// full, like queuepool's prefill.
 pub async fn prefill<P: BenchPool>(pool: &P, size: u32) -> Result<(), BenchError> {
@@ -274,4 +327,23 @@ pub async fn prefill<P: BenchPool>(pool: &P, size: u32) -> Result<(), BenchError
     }
     drop(held);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The floor pays what it claims on every loan: the lock (its count moves), the
+    /// guard's counted reference to the pool, and both clock reads (the instants it keeps).
+    #[tokio::test]
+    async fn a_floor_loan_takes_the_lock_and_a_reference_and_gives_both_back() {
+        let pool = floor();
+        let loan = pool.checkout().await.unwrap();
+        assert_eq!(*pool.0.lock(), 1);
+        assert_eq!(Arc::strong_count(&pool.0), 2);
+        assert!(loan.at <= tokio::time::Instant::now());
+        drop(loan);
+        assert_eq!(*pool.0.lock(), 0);
+        assert_eq!(Arc::strong_count(&pool.0), 1);
+    }
 }

@@ -88,6 +88,7 @@ pub fn measure(
             run(&rt, pool, scenario, warmup, secs)
         }
         PoolKind::TokioSemaphore => run(&rt, pools::tokio_semaphore(size), scenario, warmup, secs),
+        PoolKind::Floor => run(&rt, pools::floor(), scenario, warmup, secs),
         PoolKind::Deadpool => {
             let pool = rt.block_on(pools::deadpool(size))?;
             run(&rt, pool, scenario, warmup, secs)
