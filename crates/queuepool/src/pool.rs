@@ -140,10 +140,10 @@ impl<M: Manager> Pool<M> {
         async move {
             let start = Instant::now();
             // The guard's hold on the pool (its thread's home), taken before the lock
-            // rather than after it: the same increment, but it measured 1-3.5 % faster
-            // here with one task (docs/BENCHMARKS.md), beside the clock read and the
-            // lock's own atomic instead of after the critical section. A checkout that
-            // ends without a guard drops it.
+            // rather than after it: the same increment, but one task ran 1.0-3.6 %
+            // faster with it here, beside the clock read, than after the critical
+            // section (four A/Bs, docs/BENCHMARKS.md). A checkout that ends without a
+            // guard drops it.
             let home = self.homes.here();
             let inner = &self.inner;
             let first =
