@@ -938,8 +938,6 @@ impl<M: Manager> Inner<M> {
 }
 
 impl<C> State<C> {
-    /// What the critical section left for the unlock to do (see `deferred`): the
-    /// hand-off and the wakers.
     /// Records a loan's usage time in the calling thread's shard.
     #[inline]
     fn record_usage(&mut self, held: Duration) {
@@ -947,6 +945,8 @@ impl<C> State<C> {
         self.usage[i].0.record(held);
     }
 
+    /// What the critical section left for the unlock to do (see `deferred`): the
+    /// hand-off and the wakers.
     fn take_deferred(&mut self) -> (Option<waiters::HandOff<C>>, Vec<Waker>) {
         self.deferred = false;
         (self.handoff.take(), std::mem::take(&mut self.wake))
