@@ -84,7 +84,14 @@ impl<M: Manager> PooledConn<M> {
     /// Takes the connection out of the pool: it no longer counts against the limit and
     /// is not returned on drop. Its slot is freed for another checkout.
     pub fn detach(mut this: Self) -> M::Connection {
-        let (home, mut conn, _) = this.loan.take().expect(HELD).end();
+        let Loan {
+            home,
+            mut conn,
+            checked_out_at,
+            leak,
+            ..
+        } = this.loan.take().expect(HELD);
+        end_loan(&home.inner, &mut conn, checked_out_at, leak);
         home.inner.record_usage(&mut conn);
         home.inner.release_slot();
         conn.raw
@@ -137,22 +144,6 @@ impl<M: Manager> PooledConn<M> {
     /// The pool's identifier of this connection (as in the log lines).
     pub fn id(this: &Self) -> u64 {
         this.loan.as_ref().map_or(0, |loan| loan.conn.id)
-    }
-}
-
-impl<M: Manager> Loan<M> {
-    /// Ends the loan ([`end_loan`]); returns the pool, the connection and the instant
-    /// of the end.
-    fn end(self) -> (Arc<Home<M>>, Conn<M::Connection>, Instant) {
-        let Loan {
-            home,
-            mut conn,
-            checked_out_at,
-            leak,
-            ..
-        } = self;
-        let now = end_loan(&home.inner, &mut conn, checked_out_at, leak);
-        (home, conn, now)
     }
 }
 
